@@ -1,0 +1,70 @@
+"""The ``voxelkit`` command line.  Each subcommand lives in its own module with a ``register`` function."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .. import __version__
+
+#: Subcommand modules, in the order ``--help`` lists them.
+SUBCOMMANDS = ("info", "fit", "simulate", "stats", "run", "demo")
+
+
+class CliError(Exception):
+    """An error to print as one line (no traceback) with exit status 2."""
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand accepts (``--device``, ``--quiet``, ``--verbose``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("general")
+    g.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None,
+                   help="array backend (default: $VOXELKIT_DEVICE or auto)")
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxelkit",
+        description="Voxelwise PET kinetic modelling and permutation statistics (NumPy or CuPy).",
+    )
+    parser.add_argument("--version", action="version", version=f"voxelkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parent = common_options()
+    for name in SUBCOMMANDS:
+        mod = importlib.import_module(f".{name}", __name__)
+        mod.register(sub, parent)
+    return parser
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    if getattr(args, "verbose", False):
+        level = logging.DEBUG
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    setup_logging(args)
+    from ..backend import BackendError  # noqa: PLC0415
+    from ..frames import FrameError  # noqa: PLC0415
+    from ..io import InputError  # noqa: PLC0415
+
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, BackendError, FrameError, InputError, FileNotFoundError, FileExistsError) as exc:
+        print(f"voxelkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"voxelkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
