@@ -114,7 +114,7 @@ def kernel_source(module: str) -> str:
 NVRTC_OPTIONS = ("--std=c++14",)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _raw_module_cached(xp_id: int, module: str) -> Any:
     xp = _XP_BY_ID[xp_id]
     return xp.RawModule(code=kernel_source(module), options=NVRTC_OPTIONS)

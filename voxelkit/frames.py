@@ -145,24 +145,46 @@ class FrameTiming:
         return keep
 
 
-def trapezoid_matrix(t: np.ndarray, from_zero: bool = True) -> np.ndarray:
-    """Matrix ``M`` (F x F) such that ``M @ y`` is the running trapezoid integral of samples ``y`` at ``t``.
+INTEGRATION_SCHEMES = ("trapezoid", "trapezoid_first_mid", "frames")
 
-    ``(M @ y)[i]`` integrates from the start to ``t[i]``.  With ``from_zero`` a point (0, 0) is put before
-    the first sample (activity zero at injection, kinfitr's convention); without it the integral starts at
-    ``t[0]`` (TPCCLIB's reference Logan).  ``t`` in any unit; the integral carries that unit.
+
+def integration_coefficients(frames: FrameTiming, scheme: str = "trapezoid") -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients ``a``, ``b`` (minutes) of the running integral ``I[i] = I[i-1] + a[i] C[i-1] + b[i] C[i]``
+    (``I[0] = b[0] C[0]``) of frame values ``C`` up to each frame's mid-time.
+
+    Schemes:
+    - ``trapezoid``: trapezoid rule on mid-times with a point (0, 0) at injection (kinfitr's default).
+    - ``trapezoid_first_mid``: trapezoid rule starting at the first mid-time (TPCCLIB's reference Logan).
+    - ``frames``: each frame's value held over its duration, integral up to the frame's mid-time
+      (kinfitr's ``frame_cumsum``, used when ``dur`` is given); gaps before the first frame count as zero.
     """
-    t = np.asarray(t, dtype=float)
+    t = frames.mid_min
     n = t.size
+    a = np.zeros(n)
+    b = np.zeros(n)
+    if scheme in ("trapezoid", "trapezoid_first_mid"):
+        dt = np.diff(t)
+        a[1:] = 0.5 * dt
+        b[1:] = 0.5 * dt
+        if scheme == "trapezoid":
+            b[0] = 0.5 * t[0]
+    elif scheme == "frames":
+        d = frames.duration_min
+        a[1:] = 0.5 * d[:-1]
+        b[:] = 0.5 * d
+    else:
+        raise ValueError(f"unknown integration scheme {scheme!r}: choose one of {', '.join(INTEGRATION_SCHEMES)}")
+    return a, b
+
+
+def integration_matrix(frames: FrameTiming, scheme: str = "trapezoid") -> np.ndarray:
+    """Matrix ``M`` (F x F, minutes) with ``M @ C`` the running integral of :func:`integration_coefficients`."""
+    a, b = integration_coefficients(frames, scheme)
+    n = a.size
     m = np.zeros((n, n))
-    if n == 0:
-        return m
-    dt = np.diff(t)
+    m[0, 0] = b[0]
     for i in range(1, n):
-        # integral to t[i] = integral to t[i-1] + dt/2 * (y[i-1] + y[i])
         m[i] = m[i - 1]
-        m[i, i - 1] += 0.5 * dt[i - 1]
-        m[i, i] += 0.5 * dt[i - 1]
-    if from_zero and t[0] > 0:
-        m[:, 0] += 0.5 * t[0]
+        m[i, i - 1] += a[i]
+        m[i, i] += b[i]
     return m

@@ -1,0 +1,107 @@
+"""``voxelkit fit`` (4-D image -> parametric maps) and ``voxelkit fit-tacs`` (TAC table -> one row per region)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("voxelkit")
+
+#: CLI option -> model keyword, with a converter.  Only options the user gave are passed on.
+MODEL_OPTIONS: dict[str, str] = {
+    "tstar": "tstar",
+    "k2prime": "k2prime",
+    "end": "end",
+    "window": "window",
+    "weights": "weights",
+    "integration": "integration",
+}
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    from ..models import MODELS  # noqa: PLC0415
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="logan", choices=sorted(MODELS), help="kinetic model (default: logan)")
+    g.add_argument("--tstar", type=float, default=None, metavar="MIN",
+                   help="Logan: frames starting at or after t* (minutes) enter the regression")
+    g.add_argument("--k2prime", type=float, default=None, metavar="K",
+                   help="reference-region efflux rate k2' (1/min)")
+    g.add_argument("--end", type=float, default=None, metavar="MIN",
+                   help="Logan: ignore frames ending after this time (minutes)")
+    g.add_argument("--window", type=float, nargs=2, default=None, metavar=("START", "END"),
+                   help="fit only frames inside [START, END] minutes")
+    g.add_argument("--weights", default=None,
+                   help="frame weights: none, duration, duration_activity, or (fit-tacs) a column name")
+    g.add_argument("--integration", default=None, choices=("trapezoid", "trapezoid_first_mid", "frames"),
+                   help="running-integral rule (default trapezoid from a zero at injection, as kinfitr)")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts = {}
+    for attr, key in MODEL_OPTIONS.items():
+        val = getattr(args, attr, None)
+        if val is not None:
+            opts[key] = tuple(val) if isinstance(val, list) else val
+    return opts
+
+
+def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("fit", parents=[parent], help="fit a kinetic model to every voxel of a 4-D PET image",
+                       description="Fit a reference-tissue model voxelwise and write parametric maps "
+                                   "(NIfTI + JSON sidecars) to OUTDIR.")
+    p.add_argument("pet", help="4-D PET image; frame times from its BIDS JSON sidecar unless --frames-json")
+    p.add_argument("--ref-mask", required=True, help="reference region mask (mean TAC used)")
+    p.add_argument("--mask", default=None, help="brain mask (default: voxels with finite, non-zero signal)")
+    p.add_argument("--frames-json", default=None, help="BIDS JSON with FrameTimesStart/FrameDuration (seconds)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
+    p.add_argument("--prefix", default="", help="prefix of output file names")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output maps")
+    add_model_options(p)
+    p.set_defaults(func=run_fit)
+
+    q = sub.add_parser("fit-tacs", parents=[parent], help="fit a kinetic model to regional TACs (TSV)",
+                       description="Fit a reference-tissue model to each region of a TAC table (TSV with "
+                                   "frame_start, frame_end in seconds and one column per region).")
+    q.add_argument("tacs", help="TAC table (TSV)")
+    q.add_argument("--ref", required=True, metavar="COLUMN", help="reference region column")
+    q.add_argument("--regions", nargs="+", default=None, help="region columns to fit (default: all others)")
+    q.add_argument("-o", "--output", default=None, metavar="OUT.tsv", help="output TSV (default: print)")
+    add_model_options(q)
+    q.set_defaults(func=run_fit_tacs)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from ..api import fit  # noqa: PLC0415
+    from ..frames import FrameTiming  # noqa: PLC0415
+
+    frames = FrameTiming.from_bids_json(args.frames_json) if args.frames_json else None
+    result = fit(args.pet, reference=args.ref_mask, model=args.model, mask=args.mask, frames=frames,
+                 device=args.device, **model_options(args))
+    out = Path(args.output)
+    if out.resolve() == Path(args.pet).resolve().parent and not args.prefix:
+        log.info("writing maps beside the input image")
+    written = result.save(out, prefix=args.prefix, overwrite=args.overwrite)
+    counts = result.status_counts()
+    log.info("%s: %d voxels in %.2f s on %s; status %s; wrote %d files to %s", args.model, result.n,
+             result.seconds, result.backend, counts, len(written), out)
+    return 0
+
+
+def run_fit_tacs(args: argparse.Namespace) -> int:
+    from ..api import fit_tacs  # noqa: PLC0415
+    from ..io import write_tsv  # noqa: PLC0415
+
+    opts = model_options(args)
+    weights = opts.pop("weights", None)
+    result = fit_tacs(args.tacs, ref=args.ref, model=args.model, regions=args.regions, weights=weights,
+                      device=args.device or "cpu", **opts)
+    text = write_tsv(result.rows(), args.output)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        log.info("wrote %d regions to %s", result.n, args.output)
+    return 0
