@@ -18,6 +18,9 @@ MODEL_OPTIONS: dict[str, str] = {
     "window": "window",
     "weights": "weights",
     "integration": "integration",
+    "theta3_range": "theta3_range",
+    "n_basis": "n_basis",
+    "bp_max": "bp_max",
 }
 
 
@@ -38,6 +41,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="frame weights: none, duration, duration_activity, or (fit-tacs) a column name")
     g.add_argument("--integration", default=None, choices=("trapezoid", "trapezoid_first_mid", "frames"),
                    help="running-integral rule (default trapezoid from a zero at injection, as kinfitr)")
+    g.add_argument("--theta3-range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="SRTM/SRTM2: basis-function theta3 grid range (1/min); default from k2' and --bp-max")
+    g.add_argument("--n-basis", type=int, default=None, metavar="N",
+                   help="SRTM/SRTM2: number of basis functions (log-spaced theta3)")
+    g.add_argument("--bp-max", type=float, default=None, metavar="BP",
+                   help="SRTM/SRTM2: highest BPND the default theta3 grid must reach")
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:

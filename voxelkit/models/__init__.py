@@ -12,6 +12,10 @@ from .status import Status
 #: name -> "module:Class"
 MODELS: dict[str, str] = {
     "logan": "voxelkit.models.logan:Logan",
+    "mrtm": "voxelkit.models.mrtm:MRTM",
+    "mrtm2": "voxelkit.models.mrtm:MRTM2",
+    "srtm": "voxelkit.models.srtm:SRTM",
+    "srtm2": "voxelkit.models.srtm:SRTM2",
 }
 
 
