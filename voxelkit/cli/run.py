@@ -1,14 +1,105 @@
-"""``voxelkit run``: not built yet (see the issue tracker)."""
+"""``voxelkit run``: a whole BIDS-PET study in one command."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger("voxelkit")
+
+
+def add_study_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``run`` and ``demo`` (they override the study file)."""
+    g = p.add_argument_group("study")
+    g.add_argument("--conditions", nargs=2, metavar=("A", "B"), default=None,
+                   help="session labels of the two conditions; the contrast is A - B (default anakinra placebo)")
+    g.add_argument("--ref-mask", default=None, help="reference region mask (e.g. occipital cortex)")
+    g.add_argument("--mask", dest="brain_mask", default=None, help="brain mask")
+    g.add_argument("--atlas", default=None, help="integer label atlas for region names and ROI tables")
+    g.add_argument("--atlas-labels", default=None, help="TSV lookup of the atlas: index, name")
+    g.add_argument("--model", default=None, help="kinetic model (default srtm)")
+    g.add_argument("--k2prime", type=float, default=None, metavar="K", help="k2' (1/min) for the model")
+    g.add_argument("--tstar", type=float, default=None, metavar="MIN", help="Logan t* (minutes)")
+    g.add_argument("--window", nargs=3, action="append", metavar=("NAME", "START", "END"), default=None,
+                   help="a named time window in minutes (repeat: --window baseline 0 45 --window challenge 45 90)")
+    g.add_argument("--contrast", choices=("bp_nd", "activation"), default=None,
+                   help="bp_nd: condition difference of BPND; activation: of baseline - challenge BPND")
+    g.add_argument("--smoothing-fwhm", type=float, default=None, metavar="MM", help="smoothing before statistics")
+    g.add_argument("--covariates", nargs="+", default=None, help="participants.tsv columns (nuisance)")
+    g.add_argument("--on-missing", choices=("drop", "stop"), default=None,
+                   help="subjects lacking a condition: report and drop (default) or stop")
+    i = p.add_argument_group("inference")
+    i.add_argument("--n-perm", type=int, default=None, help="permutations (default 5000)")
+    i.add_argument("--cluster-p", type=float, default=None, help="cluster-forming threshold p (default 0.001)")
+    i.add_argument("--tfce", dest="tfce", action="store_true", default=None, help="TFCE (default on)")
+    i.add_argument("--no-tfce", dest="tfce", action="store_false", help="no TFCE")
+    i.add_argument("--one-sided", dest="two_sided", action="store_false", default=None,
+                   help="one-sided test A > B (default two-sided)")
+    i.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--no-report", dest="report", action="store_false", default=None, help="skip the HTML report")
+
+
+def study_overrides(args: argparse.Namespace) -> dict:
+    opts = {}
+    for key in ("conditions", "ref_mask", "brain_mask", "atlas", "atlas_labels", "model", "contrast",
+                "smoothing_fwhm", "covariates", "on_missing", "n_perm", "cluster_p", "tfce", "two_sided", "seed",
+                "report", "device"):
+        val = getattr(args, key, None)
+        if val is not None:
+            opts[key] = val
+    model_options = {}
+    if getattr(args, "k2prime", None) is not None:
+        model_options["k2prime"] = args.k2prime
+    if getattr(args, "tstar", None) is not None:
+        model_options["tstar"] = args.tstar
+    if model_options:
+        opts["model_options"] = model_options
+    if getattr(args, "window", None):
+        opts["windows"] = {name: (float(a), float(b)) for name, a, b in args.window}
+    return opts
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("run", parents=[parent], help="(not built yet)")
-    p.set_defaults(func=_run)
+    p = sub.add_parser("run", parents=[parent], help="run a whole BIDS-PET study: fits, statistics, report",
+                       description="Fit every scan of a BIDS-PET crossover study, compute the condition "
+                                   "contrast, run permutation inference and write a report. Re-running with "
+                                   "the same inputs and settings reuses finished per-scan fits.")
+    p.add_argument("bids_dir", nargs="?", default=None, help="BIDS-PET dataset (or give bids_dir in --study)")
+    p.add_argument("--study", default=None, metavar="STUDY.toml", help="study file (TOML); CLI options win")
+    p.add_argument("-o", "--output", dest="output_dir", default=None,
+                   help="output directory (default BIDS_DIR/derivatives/voxelkit)")
+    add_study_options(p)
+    p.set_defaults(func=run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    raise SystemExit("voxelkit run: not built yet")
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import StudyConfig, load_study_file, run_study  # noqa: PLC0415
+    from . import CliError  # noqa: PLC0415
+
+    opts = study_overrides(args)
+    if args.output_dir:
+        opts["output_dir"] = args.output_dir
+    if args.bids_dir:
+        opts["bids_dir"] = args.bids_dir
+    if args.study:
+        cfg = load_study_file(args.study, **opts)
+    else:
+        if "bids_dir" not in opts:
+            raise CliError("give a BIDS dataset directory or --study STUDY.toml")
+        cfg = StudyConfig(**opts)
+    result = run_study(cfg, progress=not args.quiet)
+    print_summary(result)
+    return 0
+
+
+def print_summary(result) -> None:
+    cfg = result.config
+    print(f"subjects: {len(result.subjects)} paired"
+          + (f", dropped {len(result.dropped)}: {result.dropped}" if result.dropped else ""))
+    print(f"fits: {result.fitted} fitted, {result.reused} reused; outputs in {result.output_dir}")
+    sig = [r for r in result.roi_tests if r.get("p_fdr", 1) < 0.05]
+    if result.roi_tests:
+        print(f"ROI paired tests ({cfg.contrast}, {cfg.conditions[0]} - {cfg.conditions[1]}): "
+              f"{len(sig)} of {len(result.roi_tests)} regions with FDR q < 0.05")
+    if result.report:
+        print(f"report: {result.report}")
