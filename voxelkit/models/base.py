@@ -20,8 +20,23 @@ from ..frames import INTEGRATION_SCHEMES, FrameTiming, integration_coefficients,
 from ..io import InputError, Masker, write_image, write_json
 from .status import Status
 
-#: Weighting schemes accepted by every model (or pass an array of per-frame weights).
-WEIGHT_SCHEMES = ("none", "duration", "duration_activity")
+#: Weighting schemes accepted by every model (or pass an array of per-frame weights).  Activity-based schemes
+#: use the reference TAC (a large, low-noise region, as kinfitr advises) and are scaled to a maximum of 1.
+#: kinfitr ``weights_create`` method numbers in brackets:
+#:
+#: - ``none``: all frames weigh 1.
+#: - ``duration``: frame duration [7].
+#: - ``sqrt_duration``: square root of the duration [4].
+#: - ``duration_activity``: duration over decay-corrected activity [6].
+#: - ``duration_uncorrected_activity``: duration over decay-uncorrected activity [1].
+#: - ``sqrt_duration_uncorrected_activity``: sqrt(duration x decay-uncorrected activity) [2, kinfitr's default].
+#: - ``counts``: the Poisson inverse variance of decay-corrected frame values,
+#:   duration x decay factor / decay-corrected activity (var(C) ~ C / (duration x decay factor)).
+WEIGHT_SCHEMES = ("none", "duration", "sqrt_duration", "duration_activity", "duration_uncorrected_activity",
+                  "sqrt_duration_uncorrected_activity", "counts")
+
+#: Half-life of carbon-11, minutes (the default for decay handling in activity-based weights).
+C11_HALF_LIFE_MIN = 20.364
 
 
 @dataclass
@@ -145,32 +160,58 @@ class ModelFit:
         return out
 
 
-def frame_weights(scheme: str | np.ndarray | None, frames: FrameTiming, reference: np.ndarray,
-                  half_life_min: float | None = 20.364) -> np.ndarray:
-    """Per-frame regression weights (not normalised to a sum).
+def decay_factor(frames: FrameTiming, half_life_min: float | None) -> np.ndarray:
+    """Frame-average decay factor relative to injection (<= 1; 1 when ``half_life_min`` is None or 0):
+    decay-uncorrected activity = decay-corrected activity x this factor.  Exact integral of exp(-lambda t)
+    over each frame (kinfitr's ``decay_uncorrect``).  ``half_life_min`` in minutes."""
+    if not half_life_min:
+        return np.ones(frames.n_frames)
+    lam = np.log(2.0) / float(half_life_min)
+    d = frames.duration_min
+    return np.exp(-lam * frames.start_min) * (-np.expm1(-lam * d)) / (lam * d)
 
-    ``none``: all ones.  ``duration``: frame duration (min).  ``duration_activity``: duration over
-    decay-corrected activity of the reference (a count-based variance model: var ~ C * exp(lambda t) / d).
-    An array gives the weights directly (one per frame).
+
+def frame_weights(scheme: str | np.ndarray | None, frames: FrameTiming, reference: np.ndarray,
+                  half_life_min: float | None = C11_HALF_LIFE_MIN) -> np.ndarray:
+    """Per-frame regression weights (inverse variances up to a common factor), scaled to a maximum of 1.
+
+    ``scheme``: one of :data:`WEIGHT_SCHEMES` (see there; kinfitr's ``weights_create`` methods without its
+    minimum-weight rescaling), None (= ``none``), or an array with one non-negative weight per frame (used
+    as given).  Activity-based schemes use ``reference`` (decay-corrected activity, any unit) clipped below
+    at 1% of its maximum, as kinfitr does; decay-uncorrected activity uses ``half_life_min`` (minutes).
     """
     n = frames.n_frames
     if scheme is None or (isinstance(scheme, str) and scheme == "none"):
         return np.ones(n)
     if isinstance(scheme, str):
+        if scheme not in WEIGHT_SCHEMES:
+            raise InputError(f"unknown weighting scheme {scheme!r}: choose one of {', '.join(WEIGHT_SCHEMES)} "
+                             "or give one weight per frame")
+        d = frames.duration_min
+        act = np.clip(np.asarray(reference, dtype=float), 0.0, None)
+        peak = float(act.max()) if act.size else 0.0
+        act = np.maximum(act, 0.01 * peak) if peak > 0 else np.ones(n)
+        decay = decay_factor(frames, half_life_min)
         if scheme == "duration":
-            return frames.duration_min.copy()
-        if scheme == "duration_activity":
-            lam = np.log(2) / half_life_min if half_life_min else 0.0
-            act = np.clip(np.abs(reference), 1e-12, None) * np.exp(lam * frames.mid_min)
-            w = frames.duration_min / act
-            return w / w.max()
-        raise InputError(f"unknown weighting scheme {scheme!r}: choose one of {', '.join(WEIGHT_SCHEMES)} "
-                         "or give one weight per frame")
+            w = d.copy()
+        elif scheme == "sqrt_duration":
+            w = np.sqrt(d)
+        elif scheme == "duration_activity":
+            w = d / act
+        elif scheme == "duration_uncorrected_activity":
+            w = d / (act * decay)
+        elif scheme == "sqrt_duration_uncorrected_activity":
+            w = np.sqrt(d * act * decay)
+        else:  # counts
+            w = d * decay / act
+        return w / w.max()
     w = np.asarray(scheme, dtype=float).reshape(-1)
     if w.size != n:
         raise InputError(f"weights: {w.size} values for {n} frames")
     if not np.isfinite(w).all() or (w < 0).any():
         raise InputError("weights must be finite and non-negative")
+    if not (w > 0).any():
+        raise InputError("weights are all zero")
     return w
 
 
@@ -178,7 +219,24 @@ class ReferenceModel:
     """Base class of reference-tissue models.
 
     Subclasses set ``name``, ``param_names`` and ``n_regressors``, and implement ``_fit_chunk`` (backend
-    arrays in, backend arrays out) and optionally ``_prepare`` and ``predict``.
+    arrays in, backend arrays out) and optionally ``_prepare``, ``_prepare_tacs`` and ``predict``.
+
+    Shared options
+    --------------
+    window : ``(start, end)`` minutes (either may be None = open): only frames lying wholly inside enter
+        the regression.  Running integrals always start at injection and use **all** frames up to each
+        frame (not only the window's), so a window that does not start at 0 is valid for every
+        integral-based model (Logan, MRTM, MRTM2): the operational equations hold at every time, and the
+        window only selects which times are fitted.  This is what a bolus-plus-infusion study with a
+        baseline and a challenge phase needs (fit each phase separately); note that a BPND change inside
+        the scan violates the model's assumptions for the frames after it.
+    weights : a scheme of :data:`WEIGHT_SCHEMES`, None (= ``none``) or one weight per frame.  Frames outside
+        the window get weight 0.
+    half_life_min : radionuclide half-life (minutes) for the decay-uncorrected weighting schemes
+        (default carbon-11, 20.364 min; fluorine-18 is 109.77 min).
+    device : ``auto``, ``cpu``, ``gpu`` or a :class:`~voxelkit.backend.Backend`.
+    chunk_voxels : voxels per chunk sent to the backend (bounds memory).
+    integration : running-integral rule (:data:`voxelkit.frames.INTEGRATION_SCHEMES`).
     """
 
     name: ClassVar[str] = "base"
@@ -187,20 +245,36 @@ class ReferenceModel:
 
     def __init__(self, *, window: tuple[float | None, float | None] | None = None,
                  weights: str | np.ndarray | None = "none", device: str | Backend | None = None,
-                 chunk_voxels: int = 131072, integration: str = "trapezoid") -> None:
-        self.window = tuple(window) if window is not None else None
+                 chunk_voxels: int = 131072, integration: str = "trapezoid",
+                 half_life_min: float | None = C11_HALF_LIFE_MIN) -> None:
+        if window is not None:
+            window = tuple(None if v is None else float(v) for v in window)
+            if len(window) != 2:
+                raise InputError(f"window must be (start, end) in minutes, got {window}")
+            if window[0] is not None and window[1] is not None and not window[0] < window[1]:
+                raise InputError(f"window start {window[0]} min must be before its end {window[1]} min")
+        self.window = window
+        if isinstance(weights, str) and weights not in WEIGHT_SCHEMES:
+            raise InputError(f"unknown weighting scheme {weights!r}: choose one of {', '.join(WEIGHT_SCHEMES)} "
+                             "or give one weight per frame")
         self.weights = weights
         self.device = device
         self.chunk_voxels = int(chunk_voxels)
         if integration not in INTEGRATION_SCHEMES:
             raise InputError(f"unknown integration {integration!r}: choose one of {', '.join(INTEGRATION_SCHEMES)}")
         self.integration = integration
+        if half_life_min is not None and not (np.isfinite(half_life_min) and half_life_min > 0):
+            raise InputError(f"half_life_min must be a positive number of minutes, got {half_life_min}")
+        self.half_life_min = half_life_min
 
     # -- configuration -------------------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
         w = self.weights if isinstance(self.weights, str) or self.weights is None else "user array"
-        return {"window_min": list(self.window) if self.window else None, "weights": w,
-                "integration": self.integration}
+        out = {"window_min": list(self.window) if self.window else None, "weights": w,
+               "integration": self.integration}
+        if isinstance(self.weights, str) and ("uncorrected" in self.weights or self.weights == "counts"):
+            out["half_life_min"] = self.half_life_min
+        return out
 
     def used_frames(self, frames: FrameTiming) -> np.ndarray:
         if self.window is None:
@@ -209,8 +283,12 @@ class ReferenceModel:
 
     def _prepare(self, reference: np.ndarray, frames: FrameTiming) -> Prepared:
         used = self.used_frames(frames)
-        w = frame_weights(self.weights, frames, reference) * used
+        w = frame_weights(self.weights, frames, reference, self.half_life_min) * used
         return Prepared(frames, used, w, reference)
+
+    def _prepare_tacs(self, tacs: np.ndarray, prep: Prepared, names: list[str] | None) -> None:
+        """Hook called once with all TACs (host, n x F) before the chunked fit (e.g. to estimate a shared
+        k2' from the data).  Default: nothing."""
 
     # -- fitting ---------------------------------------------------------------------------------------------
     def fit(self, tacs: np.ndarray, reference: np.ndarray, frames: FrameTiming, *,
@@ -236,6 +314,7 @@ class ReferenceModel:
         if int(prep.used.sum()) < self.n_regressors + 1:
             raise InputError(f"{self.name}: only {int(prep.used.sum())} frames in the fitted range, need at "
                              f"least {self.n_regressors + 1} (check t*/window)")
+        self._prepare_tacs(tacs, prep, names)
         n = tacs.shape[0]
         params = {k: np.empty(n, dtype=np.float32) for k in self.param_names}
         status = np.empty(n, dtype=np.uint8)

@@ -1,0 +1,427 @@
+"""Ichise's multilinear reference tissue models MRTM (three parameters) and MRTM2 (two parameters, k2' fixed).
+
+Ichise M, Liow JS, Lu JQ, et al. (2003) J Cereb Blood Flow Metab 23:1096-1112.  From SRTM
+(``dCt/dt = R1 dCr/dt + k2 Cr - k2a Ct`` with ``k2 = R1 k2'``, ``k2a = k2 / (1 + BPND)``), integrating from
+injection gives the operational equations, fitted by weighted linear least squares over the fitted frames::
+
+    MRTM :  Ct(t) = g1 int_0^t Cr + g2 int_0^t Ct + g3 Cr(t)
+            g1 = k2,  g2 = -k2a,  g3 = R1     ->  BPND = -(g1/g2) - 1,  R1 = g3,  k2 = g1,  k2' = g1/g3
+    MRTM2:  Ct(t) = g1 (int_0^t Cr + Cr(t)/k2') + g2 int_0^t Ct
+            g1 = k2,  g2 = -k2a               ->  BPND = -(g1/g2) - 1,  k2 = g1,  R1 = g1/k2'
+
+(as kinfitr's ``mrtm1``/``mrtm2``).  Times in minutes, k2, k2', k2a in 1/min, R1 unitless, ``wrss`` in
+(activity unit)^2 x weight.  Integrals run from injection to each frame's mid-time over **all** frames (the
+``integration`` rule, default the trapezoid with a zero at injection, as kinfitr); the regression uses only
+the frames inside ``window``.
+
+Solution.  The columns ``int Cr`` and ``Cr`` are the same for every voxel, only ``int Ct`` differs, so the
+3x3 (2x2) normal equations are solved by block elimination (Frisch-Waugh): the shared columns' weighted Gram
+matrix is inverted once per scan, every voxel needs seven weighted sums (five of them products of its TAC
+with precomputed vectors, i.e. one matrix product for all voxels) and one division.  NumPy and the CUDA kernel
+(``kernels/mrtm.cu``) do the same arithmetic in float64 with the same status rules.
+
+Status: NaN/inf in a TAC -> ``nonfinite_input``; ``int Ct`` (numerically) in the span of the shared columns
+(e.g. an all-zero voxel) or a non-finite BPND -> ``singular``; both with NaN parameters.  A fit with
+``k2a <= 0``, ``k2 <= 0`` or (MRTM) ``R1 <= 0`` keeps its values but gets ``implausible``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import Backend
+from ..frames import FrameTiming
+from ..io import InputError
+from .base import Prepared, ReferenceModel
+from .status import Status
+
+#: Relative tolerance under which the voxel's ``int Ct`` column counts as lying in the span of the shared
+#: columns (``singular``): residual sum of squares of ``int Ct`` <= RTOL x its total sum of squares.
+SINGULAR_RTOL = 1e-10
+
+#: Sub-chunk (voxels) of the NumPy path: keeps the (voxels x frames) float64 temporaries in cache.
+NUMPY_BLOCK = 4096
+
+
+def _shared_design(prep: Prepared, columns: list[np.ndarray], integ: np.ndarray) -> dict[str, Any]:
+    """Precompute everything the per-voxel solve needs from the shared regressors ``columns`` (each (F,)).
+
+    Returns ``extra`` entries: ``used_idx``, ``n_needed``, ``mu`` (n_used x n_needed integration rows),
+    ``wu`` (weights of used frames), ``vy``/``vx`` ((n_needed, p): TAC -> ``X_s' W y`` / ``X_s' W int Ct``),
+    ``gram_inv`` (p x p), ``xs`` (p, F) shared columns."""
+    used_idx = np.flatnonzero(prep.used)
+    n_needed = int(used_idx[-1]) + 1
+    w = prep.weights
+    wu = w[used_idx]
+    xs = np.stack(columns)  # (p, F)
+    xsu = xs[:, used_idx]  # (p, n_used)
+    gram = (xsu * wu) @ xsu.T
+    scale = np.sqrt(np.diag(gram))
+    if not (np.all(np.isfinite(gram)) and np.all(scale > 0)):
+        raise InputError("the reference TAC gives a singular design in the fitted frames (zero or non-finite "
+                         "reference there?)")
+    corr = gram / np.outer(scale, scale)
+    if np.linalg.det(corr) < 1e-12:
+        raise InputError("the reference TAC gives a singular design in the fitted frames (int Cr and Cr are "
+                         "collinear: too few frames or a degenerate reference TAC?)")
+    gram_inv = np.linalg.inv(gram)
+    mu = integ[np.ix_(used_idx, np.arange(n_needed))]  # (n_used, n_needed)
+    wx = (xsu * wu).T  # (n_used, p)
+    vy = np.zeros((n_needed, xs.shape[0]))
+    vy[used_idx] = wx
+    vx = mu.T @ wx
+    return {"used_idx": used_idx, "n_needed": n_needed, "mu": mu, "wu": wu, "vy": vy, "vx": vx,
+            "gram_inv": gram_inv, "xs": xs}
+
+
+def mrtm_sums_xp(xp: Any, c: Any, ex: dict[str, Any]) -> tuple[Any, ...]:
+    """Per-voxel weighted sums of a block ``c`` (n x n_needed, float64, finite).
+
+    Returns ``sy`` (n, p) = X_s'Wy, ``sx`` (n, p) = X_s'W I, ``sii`` = I'WI, ``siy`` = I'Wy, ``syy`` = y'Wy with
+    ``I`` the running integral of the voxel's TAC at the used frames."""
+    mu = ex["_mu_xp"]
+    wu = ex["_wu_xp"]
+    lin = c @ ex["_v_xp"]  # (n, 2p)
+    p = ex["xs"].shape[0]
+    integ = c @ mu.T  # (n, n_used)
+    cu = c[:, ex["used_idx"]] if ex["_take_all"] is False else c
+    cw = cu * wu
+    iw = integ * wu
+    sii = xp.einsum("ij,ij->i", iw, integ)
+    siy = xp.einsum("ij,ij->i", iw, cu)
+    syy = xp.einsum("ij,ij->i", cw, cu)
+    return lin[:, :p], lin[:, p:], sii, siy, syy
+
+
+def mrtm_solve_xp(xp: Any, sy: Any, sx: Any, sii: Any, siy: Any, syy: Any,
+                  gram_inv: Any) -> tuple[Any, Any, Any, Any]:
+    """Block-eliminated weighted least squares.  Returns the shared-column coefficients ``gs`` (n, p),
+    the ``int Ct`` coefficient ``g2`` (n,), the weighted residual sum of squares and an ``ok`` flag."""
+    gsx = sx @ gram_inv  # G X_s'W I, (n, p)
+    gsy = sy @ gram_inv
+    den = sii - xp.sum(gsx * sx, axis=1)  # ||I - P I||_W^2
+    num = siy - xp.sum(gsx * sy, axis=1)  # <I - P I, y>_W
+    ok = den > SINGULAR_RTOL * sii
+    g2 = num / xp.where(ok, den, 1.0)
+    gs = gsy - g2[:, None] * gsx
+    rss = (syy - xp.sum(gsy * sy, axis=1)) - g2 * num
+    return gs, g2, xp.maximum(rss, 0.0), ok
+
+
+class _MRTMBase(ReferenceModel):
+    """Shared machinery of MRTM and MRTM2 (subclasses define the shared columns and the parameters)."""
+
+    n_shared: int = 2
+
+    def _shared_columns(self, reference: np.ndarray, integ: np.ndarray, prep: Prepared) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _prepare(self, reference: np.ndarray, frames: FrameTiming) -> Prepared:
+        prep = super()._prepare(reference, frames)
+        prep.extra["integ"] = self.integration_matrix(frames)
+        return prep
+
+    def _build(self, prep: Prepared) -> None:
+        integ = prep.extra["integ"]
+        prep.extra.update(_shared_design(prep, self._shared_columns(prep.reference, integ, prep), integ))
+
+    def _prepare_tacs(self, tacs: np.ndarray, prep: Prepared, names: list[str] | None) -> None:
+        self._build(prep)
+
+    def _fit_chunk(self, be: Backend, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
+        if be.is_gpu:
+            return self._fit_chunk_kernel(be, tacs, prep)
+        return self._fit_chunk_xp(be, tacs, prep)
+
+    # -- array-module path ----------------------------------------------------------------------------------
+    def _device_extra(self, be: Backend, prep: Prepared) -> dict[str, Any]:
+        ex = prep.extra
+        key = f"_dev_{be.name}"
+        if key not in ex:
+            ex[key] = {
+                "_mu_xp": be.asarray(ex["mu"], dtype=np.float64),
+                "_wu_xp": be.asarray(ex["wu"], dtype=np.float64),
+                "_v_xp": be.asarray(np.concatenate([ex["vy"], ex["vx"]], axis=1), dtype=np.float64),
+                "_gram_inv_xp": be.asarray(ex["gram_inv"], dtype=np.float64),
+                "_take_all": bool(ex["used_idx"].size == ex["n_needed"]),
+                "used_idx": ex["used_idx"] if be.name == "numpy" else be.asarray(ex["used_idx"]),
+                "xs": ex["xs"],
+            }
+        return ex[key]
+
+    def _fit_chunk_xp(self, be: Backend, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
+        xp = be.xp
+        dex = self._device_extra(be, prep)
+        n_needed = prep.extra["n_needed"]
+        n = tacs.shape[0]
+        out = {k: xp.empty(n, dtype=xp.float32) for k in self.param_names}
+        status = xp.empty(n, dtype=xp.uint8)
+        block = NUMPY_BLOCK if not be.is_gpu else max(n, 1)
+        for s in range(0, n, block):
+            sl = slice(s, min(n, s + block))
+            c = tacs[sl, :n_needed].astype(xp.float64)
+            finite = xp.all(xp.isfinite(c), axis=1)
+            c = xp.where(finite[:, None], c, 0.0)
+            sy, sx, sii, siy, syy = mrtm_sums_xp(xp, c, dex)
+            gs, g2, rss, ok = mrtm_solve_xp(xp, sy, sx, sii, siy, syy, dex["_gram_inv_xp"])
+            p, st = self._params_xp(xp, gs, g2, rss, ok, finite, prep)
+            for k in self.param_names:
+                out[k][sl] = p[k]
+            status[sl] = st
+        return out, status
+
+    def _status_xp(self, xp: Any, ok: Any, finite: Any, bp: Any, implausible: Any) -> Any:
+        st = xp.where(implausible, np.uint8(Status.IMPLAUSIBLE), np.uint8(Status.OK)).astype(xp.uint8)
+        st = xp.where(ok & xp.isfinite(bp), st, np.uint8(Status.SINGULAR))
+        return xp.where(finite, st, np.uint8(Status.NONFINITE_INPUT)).astype(xp.uint8)
+
+    def _params_xp(self, xp: Any, gs: Any, g2: Any, rss: Any, ok: Any, finite: Any,
+                   prep: Prepared) -> tuple[dict[str, Any], Any]:
+        raise NotImplementedError
+
+    # -- CUDA path ----------------------------------------------------------------------------------------------
+    def _fit_chunk_kernel(self, be: Backend, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
+        xp = be.xp
+        ex = prep.extra
+        n, f = tacs.shape
+        ca, cb = self.integration_coefficients(prep.frames)
+        p = ex["xs"].shape[0]
+        xs = np.zeros((2, f))
+        xs[:p] = ex["xs"]
+        gram_inv = np.zeros((2, 2))
+        gram_inv[:p, :p] = ex["gram_inv"]
+        d = lambda a: be.asarray(np.ascontiguousarray(a), dtype=np.float64)  # noqa: E731
+        out = {k: xp.empty(n, dtype=np.float32) for k in ("bp_nd", "r1", "k2", "k2prime", "wrss")}
+        status = xp.empty(n, dtype=np.uint8)
+        k2p_fixed = float(ex.get("k2prime_used", 0.0) or 0.0)
+        kern = be.kernel("mrtm", "mrtm_fit")
+        be.launch(kern, n, (tacs, d(ca), d(cb), d(xs[0]), d(xs[1]), d(prep.weights),
+                            be.asarray(prep.used.astype(np.uint8)), d(gram_inv.reshape(-1)), np.int32(n),
+                            np.int32(f), np.int32(ex["n_needed"]), np.int32(p), np.float64(k2p_fixed),
+                            out["bp_nd"], out["r1"], out["k2"], out["k2prime"], out["wrss"], status))
+        return {k: out[k] for k in self.param_names}, status
+
+    # -- fitted curves ------------------------------------------------------------------------------------------
+    def predict(self, params: dict[str, np.ndarray], reference: np.ndarray, frames: FrameTiming) -> np.ndarray:
+        """Model TACs (k x F, activity) implied by ``bp_nd``, ``r1``, ``k2`` and the reference TAC.
+
+        Solves the discretised operational equation ``Ct = k2 int Cr + R1 Cr - k2a int Ct`` exactly for
+        ``Ct`` (a lower-triangular system, since the running integral uses only frames up to each one), with
+        the same integration rule as the fit: the curve the model predicts from the reference alone, over
+        all frames (also those outside the window).  NaN parameters give NaN curves."""
+        integ = self.integration_matrix(frames)
+        ref = np.asarray(reference, dtype=float).reshape(-1)
+        bp = np.asarray(params["bp_nd"], dtype=float).reshape(-1)
+        r1 = np.asarray(params["r1"], dtype=float).reshape(-1)
+        k2 = np.asarray(params["k2"], dtype=float).reshape(-1)
+        g2 = -k2 / (1.0 + bp)
+        rhs = k2[:, None] * (integ @ ref)[None, :] + r1[:, None] * ref[None, :]
+        out = np.empty_like(rhs)
+        for i in range(ref.size):  # forward substitution over frames (vectorized over TACs)
+            acc = rhs[:, i] + g2 * (out[:, :i] @ integ[i, :i])
+            out[:, i] = acc / (1.0 - g2 * integ[i, i])
+        return out
+
+
+class MRTM(_MRTMBase):
+    """MRTM (Ichise 2003), three parameters; outputs ``bp_nd``, ``r1``, ``k2`` (1/min), ``k2prime`` (1/min),
+    ``wrss`` and a status code per TAC.
+
+    Parameters: ``window``, ``weights``, ``integration``, ``half_life_min``, ``device``, ``chunk_voxels``
+    (see :class:`~voxelkit.models.base.ReferenceModel`).
+    """
+
+    name = "mrtm"
+    param_names = ("bp_nd", "r1", "k2", "k2prime", "wrss")
+    n_regressors = 3
+
+    def _shared_columns(self, reference: np.ndarray, integ: np.ndarray, prep: Prepared) -> list[np.ndarray]:
+        return [integ @ reference, reference]
+
+    def _params_xp(self, xp: Any, gs: Any, g2: Any, rss: Any, ok: Any, finite: Any,
+                   prep: Prepared) -> tuple[dict[str, Any], Any]:
+        g1, g3 = gs[:, 0], gs[:, 1]
+        g2s = xp.where(g2 != 0, g2, 1.0)
+        bp = xp.where(g2 != 0, -(g1 / g2s) - 1.0, xp.inf)
+        g3s = xp.where(g3 != 0, g3, 1.0)
+        k2p = xp.where(g3 != 0, g1 / g3s, xp.nan)
+        implausible = (g2 >= 0) | (g1 <= 0) | (g3 <= 0)
+        st = self._status_xp(xp, ok, finite, bp, implausible)
+        good = (st == Status.OK) | (st == Status.IMPLAUSIBLE)
+        nan = xp.float64(np.nan)
+        out = {"bp_nd": xp.where(good, bp, nan), "r1": xp.where(good, g3, nan), "k2": xp.where(good, g1, nan),
+               "k2prime": xp.where(good, k2p, nan), "wrss": xp.where(good, rss, nan)}
+        return {k: v.astype(xp.float32) for k, v in out.items()}, st
+
+
+class MRTM2(_MRTMBase):
+    """MRTM2 (Ichise 2003), two parameters with k2' fixed; outputs ``bp_nd``, ``r1``, ``k2`` (1/min),
+    ``k2prime`` (the k2' used, 1/min), ``wrss`` and a status code per TAC.
+
+    Exactly one source of k2' (1/min):
+
+    k2prime : a number (1/min), or ``"median"``: the median k2' of an MRTM fit over the TACs being fitted,
+        taken over those that MRTM fits well with high binding: status ``ok``, k2' > 0, BPND at or above the
+        ``k2prime_bp_quantile`` quantile of the ``ok`` BPNDs, and relative residual ``wrss / sum(w Ct^2)`` at
+        or below the median of those (at least one TAC always qualifies).
+    k2prime_region : a boolean mask over the TACs (n,): k2' from an MRTM fit of the mean of its finite TACs
+        (a high-binding region).
+    k2prime_tac : a TAC (F,) of a high-binding region: k2' from its MRTM fit.
+    k2prime_name : description of where ``k2prime_region``/``k2prime_tac`` came from (for ``fit.info``).
+
+    Which source was used, its value and details go to ``fit.info`` (``k2prime_source``, ``k2prime``...), and
+    from there to the JSON sidecar.  The MRTM fit of the k2' source uses the same window, weights and
+    integration rule.
+    """
+
+    name = "mrtm2"
+    param_names = ("bp_nd", "r1", "k2", "k2prime", "wrss")
+    n_regressors = 2
+
+    def __init__(self, *, k2prime: float | str | None = None, k2prime_region: np.ndarray | None = None,
+                 k2prime_tac: np.ndarray | None = None, k2prime_name: str | None = None,
+                 k2prime_bp_quantile: float = 0.9, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        given = [k for k, v in (("k2prime", k2prime), ("k2prime_region", k2prime_region),
+                                ("k2prime_tac", k2prime_tac)) if v is not None]
+        if not given:
+            raise InputError("mrtm2 needs k2' (1/min): give k2prime=<value>, k2prime='median' (from an MRTM fit "
+                             "of the data), a high-binding region (k2prime_region / --k2prime-region COLUMN / "
+                             "--k2prime-mask IMG) or its TAC (k2prime_tac)")
+        if len(given) > 1:
+            raise InputError(f"mrtm2: give only one source of k2', got {', '.join(given)}")
+        if isinstance(k2prime, str):
+            if k2prime.lower() != "median":
+                try:
+                    k2prime = float(k2prime)
+                except ValueError:
+                    raise InputError(f"k2prime must be a rate in 1/min or 'median', got {k2prime!r}") from None
+            else:
+                k2prime = "median"
+        if isinstance(k2prime, int | float | np.floating) and not (np.isfinite(k2prime) and k2prime > 0):
+            raise InputError(f"k2prime must be a positive rate in 1/min, got {k2prime}")
+        if not 0.0 <= float(k2prime_bp_quantile) < 1.0:
+            raise InputError(f"k2prime_bp_quantile must be in [0, 1), got {k2prime_bp_quantile}")
+        self.k2prime = k2prime if isinstance(k2prime, str) or k2prime is None else float(k2prime)
+        self.k2prime_region = None if k2prime_region is None else np.asarray(k2prime_region)
+        if self.k2prime_region is not None and self.k2prime_region.dtype != bool:
+            raise InputError("k2prime_region must be a boolean mask over the TACs (use k2prime_tac for a TAC)")
+        self.k2prime_tac = None if k2prime_tac is None else np.asarray(k2prime_tac, dtype=float).reshape(-1)
+        self.k2prime_name = k2prime_name
+        self.k2prime_bp_quantile = float(k2prime_bp_quantile)
+
+    def options(self) -> dict[str, Any]:
+        src = (self.k2prime if self.k2prime is not None else
+               "region mask" if self.k2prime_region is not None else "region TAC")
+        out = {**super().options(), "k2prime": src}
+        if self.k2prime_name:
+            out["k2prime_region"] = self.k2prime_name
+        if self.k2prime == "median":
+            out["k2prime_bp_quantile"] = self.k2prime_bp_quantile
+        return out
+
+    def _mrtm(self) -> MRTM:
+        return MRTM(window=self.window, weights=self.weights, device=self.device, chunk_voxels=self.chunk_voxels,
+                    integration=self.integration, half_life_min=self.half_life_min)
+
+    def _k2prime_from_tac(self, tac: np.ndarray, prep: Prepared, what: str) -> tuple[float, dict[str, Any]]:
+        f = self._mrtm().fit(tac[None, :], prep.reference, prep.frames, keep_inputs=False)
+        k2p, st = float(f.k2prime[0]), int(f.status[0])
+        if st != Status.OK or not (np.isfinite(k2p) and k2p > 0):
+            raise InputError(f"mrtm2: the MRTM fit of {what} gives no usable k2' (status "
+                             f"{Status(st).name.lower()}, k2' = {k2p:.6g}/min, BPND = {float(f.bp_nd[0]):.4g}); "
+                             "choose a high-binding region or give k2prime")
+        return k2p, {"k2prime_region_bp_nd": float(f.bp_nd[0]), "k2prime_region_r1": float(f.r1[0])}
+
+    def _prepare_tacs(self, tacs: np.ndarray, prep: Prepared, names: list[str] | None) -> None:
+        info: dict[str, Any] = {}
+        if isinstance(self.k2prime, float):
+            k2p = self.k2prime
+            info["k2prime_source"] = "given"
+        elif self.k2prime_tac is not None:
+            prep.frames.check_count(self.k2prime_tac.size, "the k2prime region TAC")
+            what = self.k2prime_name or "the k2' region TAC"
+            if not np.isfinite(self.k2prime_tac).all():
+                raise InputError(f"mrtm2: {what} has non-finite values")
+            k2p, extra = self._k2prime_from_tac(self.k2prime_tac, prep, what)
+            info.update(k2prime_source=f"MRTM fit of {what}", **extra)
+        elif self.k2prime_region is not None:
+            mask = self.k2prime_region.reshape(-1)
+            if mask.size != tacs.shape[0]:
+                raise InputError(f"k2prime_region: mask has {mask.size} entries for {tacs.shape[0]} TACs")
+            sel = np.asarray(tacs[mask], dtype=float)
+            sel = sel[np.isfinite(sel).all(axis=1)]
+            what = self.k2prime_name or "the k2' region mask"
+            if sel.shape[0] == 0:
+                raise InputError(f"mrtm2: {what} selects no TAC with finite values")
+            k2p, extra = self._k2prime_from_tac(sel.mean(axis=0), prep, f"{what} (mean of {sel.shape[0]} TACs)")
+            info.update(k2prime_source=f"MRTM fit of the mean TAC of {what}", k2prime_region_n=int(sel.shape[0]),
+                        **extra)
+        else:
+            k2p, extra = self._k2prime_median(tacs, prep, names)
+            info.update(extra)
+        info["k2prime"] = k2p
+        prep.extra["k2prime_used"] = k2p
+        prep.extra["info"] = info
+        self._build(prep)
+
+    def _k2prime_median(self, tacs: np.ndarray, prep: Prepared,
+                        names: list[str] | None) -> tuple[float, dict[str, Any]]:
+        f = self._mrtm().fit(tacs, prep.reference, prep.frames, keep_inputs=False)
+        ok = (f.status == Status.OK) & np.isfinite(f.k2prime) & (f.k2prime > 0)
+        if not ok.any():
+            raise InputError("mrtm2: no TAC gives a usable MRTM fit, so k2prime='median' has nothing to take the "
+                             "median of; give k2prime or a high-binding region")
+        bp = f.bp_nd.astype(float)
+        cut = float(np.quantile(bp[ok], self.k2prime_bp_quantile))
+        cand = ok & (bp >= cut)
+        # relative residual: wrss / sum(w Ct^2) over the fitted frames
+        used = prep.used
+        c = np.nan_to_num(np.asarray(tacs, dtype=float)[:, used])
+        ssq = (c * c) @ prep.weights[used]
+        rel = np.where(ssq > 0, f.wrss.astype(float) / np.where(ssq > 0, ssq, 1.0), np.inf)
+        cand &= rel <= np.median(rel[cand])
+        k2p = float(np.median(f.k2prime[cand].astype(float)))
+        info: dict[str, Any] = {
+            "k2prime_source": "median of MRTM k2' over well-fitted high-BPND TACs",
+            "k2prime_bp_quantile": self.k2prime_bp_quantile, "k2prime_bp_threshold": cut,
+            "k2prime_n_used": int(cand.sum()), "k2prime_n_ok": int(ok.sum()),
+        }
+        if names is not None:
+            info["k2prime_regions"] = [names[i] for i in np.flatnonzero(cand)]
+        return k2p, info
+
+    def _shared_columns(self, reference: np.ndarray, integ: np.ndarray, prep: Prepared) -> list[np.ndarray]:
+        return [integ @ reference + reference / prep.extra["k2prime_used"]]
+
+    def _info(self, prep: Prepared) -> dict[str, Any]:
+        return dict(prep.extra.get("info", {}))
+
+    def _params_xp(self, xp: Any, gs: Any, g2: Any, rss: Any, ok: Any, finite: Any,
+                   prep: Prepared) -> tuple[dict[str, Any], Any]:
+        k2p = float(prep.extra["k2prime_used"])
+        g1 = gs[:, 0]
+        g2s = xp.where(g2 != 0, g2, 1.0)
+        bp = xp.where(g2 != 0, -(g1 / g2s) - 1.0, xp.inf)
+        implausible = (g2 >= 0) | (g1 <= 0)
+        st = self._status_xp(xp, ok, finite, bp, implausible)
+        good = (st == Status.OK) | (st == Status.IMPLAUSIBLE)
+        nan = xp.float64(np.nan)
+        out = {"bp_nd": xp.where(good, bp, nan), "r1": xp.where(good, g1 / k2p, nan), "k2": xp.where(good, g1, nan),
+               "k2prime": xp.where(good, k2p, nan), "wrss": xp.where(good, rss, nan)}
+        return {k: v.astype(xp.float32) for k, v in out.items()}, st
+
+
+def fit_k2prime(tac: np.ndarray, reference: np.ndarray, frames: FrameTiming, **options: Any) -> float:
+    """k2' (1/min) from an MRTM fit of one (high-binding) TAC; raises :class:`InputError` if unusable."""
+    m = MRTM(**options)
+    f = m.fit(np.asarray(tac, dtype=float)[None, :], reference, frames, keep_inputs=False)
+    k2p = float(f.k2prime[0])
+    if f.status[0] != Status.OK or not (np.isfinite(k2p) and k2p > 0):
+        raise InputError(f"MRTM fit gives no usable k2' (status {Status(int(f.status[0])).name.lower()})")
+    return k2p
+
+
+__all__ = ["MRTM", "MRTM2", "fit_k2prime"]
