@@ -1,0 +1,12 @@
+"""Voxelwise permutation inference: one-sample / paired / two-sample / GLM designs, max-T, cluster extent and
+mass, exact TFCE, FDR; NumPy or CuPy.  See :mod:`voxelkit.stats.api`."""
+
+from .api import MAP_NAMES, PermutationResult, glm, one_sample, paired, permutation_test, two_sample
+from .design import Design, make_permutation_set, one_sample_design, two_sample_design
+from .inference import fdr_bh, fwe_p, fwe_threshold
+from .io import load_null
+from .tfce import tfce_volume
+
+__all__ = ["MAP_NAMES", "Design", "PermutationResult", "fdr_bh", "fwe_p", "fwe_threshold", "glm", "load_null",
+           "make_permutation_set", "one_sample", "one_sample_design", "paired", "permutation_test", "tfce_volume",
+           "two_sample", "two_sample_design"]

@@ -1,0 +1,255 @@
+"""The permutation engine: observed t, null maxima of t / cluster extent / cluster mass / TFCE, and voxelwise
+exceedance counts, computed in batches of permutations as matrix products on (maps x voxels) data.
+
+For a design ``M`` with orthonormal basis ``Q`` (n x r), nuisance basis ``Zn`` and data ``Y`` (n x V):
+``E = (I - Zn Zn') Y`` normalised to unit norm per voxel (t is scale invariant).  For a permutation or sign
+matrix ``P`` let ``U = Q' P E`` (r x V).  Then, with ``a = Q' pinv(M)' c``, ``cvar = c' (M'M)^+ c``,
+``df = n - r``::
+
+    t = (a . U) / sqrt((1 - |U|^2) / df * cvar)
+
+because the permuted data have the same norm (permutations and sign flips are orthogonal), so the residual sum
+of squares is ``1 - |U|^2`` (the sign-/permutation-invariant sum of squares is reused).  A batch of ``b``
+permutations is one product of a (b*r x n) matrix with E.  For one-sample / paired tests (r = 1, no nuisance)
+``t = kappa s / sqrt(1 - s^2)`` with ``s = sign(a) U`` is increasing in ``s``, so maxima and exceedance counts
+are taken on ``s`` directly (no per-element t evaluation) and only the maxima are converted.
+
+Memory is bounded by ``batch_size x n_voxels`` working values.  The same code runs on NumPy and CuPy
+(``be.xp``); cluster labelling (cc3d) and exact TFCE (numba) run on the host with one transfer per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import linalg
+
+from ..backend import Backend, chunks
+from .clusters import batch_cluster_max, label_clusters
+from .design import Design, PermutationSet
+from .neighbors import neighbor_table
+from .tfce import tfce_signed
+
+log = logging.getLogger("voxelkit")
+
+
+@dataclass
+class Prepared:
+    """Normalised residual data and the design quantities the engine needs (host, float64)."""
+
+    E: np.ndarray          # (n, V_valid) unit-norm residuals of Y on the nuisance space
+    Q: np.ndarray          # (n, r) orthonormal basis of the model
+    a: np.ndarray          # (r,)
+    cvar: float
+    df: int
+    fast: bool             # rank-1 model without nuisance: score s monotone in t
+    kappa: float           # fast path: t = kappa s / sqrt(1 - s^2)
+    sign_a: float
+    valid: np.ndarray      # (V,) bool: voxels analysed
+    n_constant: int
+    n_nonfinite: int
+
+    def t_from_U(self, U: np.ndarray) -> np.ndarray:
+        """t from (r, V) projections (float64)."""
+        num = self.a @ U
+        rss = np.maximum(1.0 - np.sum(U * U, axis=0), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = num / np.sqrt(rss / self.df * self.cvar)
+        return np.where(rss > 0, t, np.sign(num) * np.inf)
+
+    def score_from_t(self, t: float) -> float:
+        """Fast path: the score s at which t is reached (inverse of t(s))."""
+        return float(t / np.sqrt(self.kappa ** 2 + t ** 2))
+
+
+def prepare(Y: np.ndarray, design: Design) -> Prepared:
+    """Residualise on the nuisance space, normalise, and flag constant / non-finite voxels."""
+    Y = np.asarray(Y, np.float64)
+    n, V = Y.shape
+    if n != design.n:
+        raise ValueError(f"design has {design.n} rows but there are {n} maps")
+    finite = np.all(np.isfinite(Y), axis=0)
+    Yf = np.where(finite[None, :], Y, 0.0)
+    constant = finite & (np.ptp(Yf, axis=0) == 0)
+    Zn = design.nuisance()
+    E = Yf - Zn @ (Zn.T @ Yf) if Zn.shape[1] else Yf.copy()
+    norm = np.sqrt(np.sum(E * E, axis=0))
+    scale = np.sqrt(np.sum(Yf * Yf, axis=0))
+    # residuals zero (data explained by the nuisance model alone) count as constant
+    degenerate = finite & ~constant & (norm <= 1e-10 * np.maximum(scale, 1e-300))
+    valid = finite & ~constant & ~degenerate
+    E = E[:, valid] / norm[valid]
+    M = design.matrix
+    u, s, _ = np.linalg.svd(M, full_matrices=False)
+    Q = u[:, s > 1e-10 * s.max()]
+    r = Q.shape[1]
+    w = linalg.pinv(M).T @ design.contrast
+    a = Q.T @ w
+    cvar = float(design.contrast @ linalg.pinv(M.T @ M) @ design.contrast)
+    df = n - r
+    if df < 1:
+        raise ValueError(f"no residual degrees of freedom: {n} maps and a model of rank {r}")
+    fast = r == 1 and Zn.shape[1] == 0
+    kappa = float(abs(a[0]) / np.sqrt(cvar / df)) if fast else 0.0
+    return Prepared(E, Q, a, cvar, df, fast, kappa, float(np.sign(a[0])) if fast else 1.0, valid,
+                    int(constant.sum() + degenerate.sum()), int((~finite).sum()))
+
+
+@dataclass
+class EngineConfig:
+    """What to compute (thresholds in t units)."""
+
+    two_sided: bool = False
+    cluster_t: float | None = None
+    tfce: bool = False
+    tfce_H: float = 2.0
+    tfce_E: float = 0.5
+    connectivity: int = 26
+    batch_size: int | None = None
+    dtype: str = "auto"          # "auto" (float32 for one-sample/paired, float64 otherwise), "float32", "float64"
+
+
+@dataclass
+class EngineResult:
+    """Observed statistics (over valid voxels) and null distributions (row 0 = identity = observed)."""
+
+    t: np.ndarray                       # (V_valid,) float64
+    count: np.ndarray                   # (V_valid,) permutations with stat >= observed (identity included)
+    h0_max_t: np.ndarray                # (N,) max t (two-sided: max |t|)
+    tfce: np.ndarray | None = None      # (V_valid,) signed for two-sided
+    h0_max_tfce: np.ndarray | None = None
+    h0_max_extent: np.ndarray | None = None
+    h0_max_mass: np.ndarray | None = None
+    dtype: str = "float64"
+    extra: dict = field(default_factory=dict)
+
+
+def _perm_rows(prep: Prepared, perms: PermutationSet, sl: slice) -> np.ndarray:
+    """(b*r, n) float64 rows G such that G @ E gives U = Q' P E for each permutation of the slice."""
+    Q = prep.Q
+    n, r = Q.shape
+    if perms.signs is not None:
+        s = perms.signs[sl].astype(np.float64)
+        G = Q.T[None, :, :] * s[:, None, :]
+    else:
+        o = perms.orders[sl]
+        b = o.shape[0]
+        G = np.zeros((b, r, n))
+        G[np.arange(b)[:, None], :, o] = Q[None, :, :]
+    return G.reshape(-1, n)
+
+
+def run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
+        progress: Callable[[int], None] | None = None) -> EngineResult:
+    """Run all permutations.  ``mask_valid`` is the 3-D boolean mask of analysed voxels (C order = E columns)."""
+    xp = be.xp
+    E = prep.E
+    n, V = E.shape
+    r = prep.Q.shape[1]
+    N = perms.n_perm
+    dtname = cfg.dtype
+    if dtname == "auto":
+        dtname = "float32" if prep.fast else "float64"
+    dt = np.dtype(dtname)
+    eps = float(np.finfo(dt).eps)
+    spatial = cfg.cluster_t is not None or cfg.tfce
+    B = cfg.batch_size or (64 if spatial else 256)
+    B = max(1, int(B))
+    # voxel blocks keep the (B x block) working set in cache on the CPU; the GPU takes all voxels at once
+    vblock = V if (spatial or be.is_gpu) else 8192
+
+    t_obs = prep.t_from_U(prep.Q.T @ E)
+    if prep.fast:
+        obs_score = prep.sign_a * (prep.Q.T @ E)[0]
+    else:
+        obs_score = t_obs
+    obs_stat = np.abs(obs_score) if cfg.two_sided else obs_score
+    tol = 16 * eps * (1.0 + np.abs(obs_stat))
+
+    Ed = be.asarray(E, dtype=dt)
+    obs_score_d = be.asarray(obs_score, dtype=dt)
+    thr_d = be.asarray(obs_stat - tol, dtype=dt)
+    count_d = xp.zeros(V, dtype=np.int64)
+    h0_max = np.zeros(N)
+    h0_ext = np.zeros(N) if cfg.cluster_t is not None else None
+    h0_mass = np.zeros(N) if cfg.cluster_t is not None else None
+    h0_tfce = np.zeros(N) if cfg.tfce else None
+    a_d = be.asarray(prep.a, dtype=dt)
+    nbr = neighbor_table(mask_valid, cfg.connectivity) if cfg.tfce else None
+    if cfg.cluster_t is not None:
+        thr_score = prep.score_from_t(cfg.cluster_t) if prep.fast else float(cfg.cluster_t)
+
+    def to_t(score):
+        if prep.fast:
+            return prep.kappa * score / xp.sqrt(xp.maximum(1 - score * score, eps))
+        return score
+
+    def scores(G, vs: slice):
+        S = G @ Ed[:, vs]
+        if prep.fast:
+            return S if prep.sign_a > 0 else -S
+        b = G.shape[0] // r
+        U = S.reshape(b, r, -1)
+        num = xp.tensordot(a_d, U, axes=([0], [1]))
+        rss = xp.maximum(1 - xp.sum(U * U, axis=1), eps)
+        return num / xp.sqrt(rss * (prep.cvar / prep.df))
+
+    for sl in chunks(N, B):
+        b = sl.stop - sl.start
+        G = be.asarray(_perm_rows(prep, perms, sl), dtype=dt)
+        bmax = None
+        for vs in chunks(V, vblock):
+            sc = scores(G, vs)
+            if sl.start == 0:
+                sc[0] = obs_score_d[vs]
+            st = xp.abs(sc) if cfg.two_sided else sc
+            m = st.max(axis=1)
+            bmax = m if bmax is None else xp.maximum(bmax, m)
+            count_d[vs] += xp.sum(st >= thr_d[vs], axis=0)
+        h0_max[sl] = be.to_host(bmax)
+        if spatial:
+            signs = (1.0, -1.0) if cfg.two_sided else (1.0,)
+            if cfg.cluster_t is not None:
+                e_max = np.zeros(b)
+                m_max = np.zeros(b)
+                for sgn in signs:
+                    ss = sc * sgn if sgn < 0 else sc
+                    supra_d = ss > thr_score
+                    excess_d = to_t(ss[supra_d]) - cfg.cluster_t
+                    ext, mass = batch_cluster_max(be.to_host(supra_d), be.to_host(excess_d), mask_valid,
+                                                  cfg.connectivity)
+                    e_max = np.maximum(e_max, ext)
+                    m_max = np.maximum(m_max, mass)
+                h0_ext[sl] = e_max
+                h0_mass[sl] = m_max
+            if cfg.tfce:
+                tb = be.to_host(to_t(sc))
+                tf = tfce_signed(tb, nbr, cfg.tfce_H, cfg.tfce_E, cfg.two_sided)
+                h0_tfce[sl] = np.abs(tf).max(axis=1) if tf.shape[1] else 0.0
+        if progress is not None:
+            progress(b)
+
+    res = EngineResult(t=t_obs, count=be.to_host(count_d), h0_max_t=h0_max, dtype=dtname)
+    # the identity's null entries are the observed values computed in float64 (guarantees p >= 1/N)
+    res.h0_max_t[0] = float(np.max(np.abs(t_obs) if cfg.two_sided else t_obs)) if V else 0.0
+    if prep.fast:
+        # convert score maxima to t (two-sided: |t| is increasing in |s|)
+        res.h0_max_t[1:] = prep.kappa * h0_max[1:] / np.sqrt(np.maximum(1 - h0_max[1:] ** 2, eps))
+    if cfg.cluster_t is not None:
+        vol = np.zeros(mask_valid.shape)
+        vol[mask_valid] = t_obs
+        e0 = m0 = 0.0
+        for sgn in ((1.0, -1.0) if cfg.two_sided else (1.0,)):
+            _, ext, mass = label_clusters(sgn * vol, cfg.cluster_t, mask_valid, cfg.connectivity)
+            e0 = max(e0, float(ext[1:].max(initial=0.0)))
+            m0 = max(m0, float(mass[1:].max(initial=0.0)))
+        h0_ext[0], h0_mass[0] = e0, m0
+        res.h0_max_extent, res.h0_max_mass = h0_ext, h0_mass
+    if cfg.tfce:
+        res.tfce = tfce_signed(t_obs, nbr, cfg.tfce_H, cfg.tfce_E, cfg.two_sided)
+        h0_tfce[0] = float(np.abs(res.tfce).max(initial=0.0))
+        res.h0_max_tfce = h0_tfce
+    return res

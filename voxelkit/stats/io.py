@@ -1,0 +1,142 @@
+"""Stats-specific input/output: stacking maps, design tables, atlas look-up tables, null distributions."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..io import ImageLike, InputError, Masker, check_same_space, image_name, load_image
+
+log = logging.getLogger("voxelkit")
+
+
+def _data3d(img: nib.spatialimages.SpatialImage, name: str) -> np.ndarray:
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{name}: expected a 3-D map, got shape {data.shape}")
+    return data
+
+
+def load_maps(images: Sequence[ImageLike], mask: ImageLike | None = None,
+              what: str = "map") -> tuple[np.ndarray, Masker, list[str]]:
+    """Stack 3-D maps into an (n maps x V in-mask voxels) float64 array.
+
+    All maps must share the first map's shape and affine (the odd one is named).  Without ``mask`` the mask is
+    every voxel that is finite in all maps and non-zero in at least one.  With a mask, it must be in the same
+    space and overlap the data (voxels that are non-zero in some map).
+    """
+    if len(images) == 0:
+        raise InputError(f"no {what}s given")
+    imgs = [load_image(i) for i in images]
+    names = [image_name(i) for i in images]
+    ref, ref_name = imgs[0], names[0]
+    for img, name in zip(imgs[1:], names[1:], strict=True):
+        check_same_space(ref, img, ref_name, name)
+    data = np.stack([_data3d(img, name) for img, name in zip(imgs, names, strict=True)])
+    support = np.any(np.isfinite(data) & (data != 0), axis=0)
+    if mask is None:
+        m = support & np.all(np.isfinite(data), axis=0)
+        if not m.any():
+            raise InputError(f"the {what}s have no voxel that is finite in all maps and non-zero in one")
+    else:
+        mimg = load_image(mask)
+        mname = image_name(mask)
+        check_same_space(ref, mimg, ref_name, mname)
+        md = np.asarray(mimg.dataobj)
+        if md.ndim == 4 and md.shape[3] == 1:
+            md = md[..., 0]
+        if md.ndim != 3:
+            raise InputError(f"{mname}: mask must be 3-D, got shape {md.shape}")
+        m = np.isfinite(md) & (md != 0)
+        if not m.any():
+            raise InputError(f"{mname}: mask is empty (no non-zero voxel)")
+        if not (m & support).any():
+            raise InputError(f"{mname}: mask does not overlap the data (all {what}s are zero or NaN inside it)")
+    masker = Masker(m, np.asarray(ref.affine, np.float64), getattr(ref, "header", None))
+    return data[:, m].astype(np.float64), masker, names
+
+
+def read_design_tsv(path: str | Path, map_column: str = "map",
+                    map_column_b: str | None = None) -> tuple[list[Path], list[Path] | None, dict[str, np.ndarray]]:
+    """Read a design table: one row per map, a column naming the map file (relative paths are taken relative
+    to the table's folder), optional second map column (then each row's data are map - map_b), and numeric
+    covariate columns (``n/a`` is an error: a row with a missing value cannot be modelled)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    with path.open(newline="") as fh:
+        rows = [r for r in csv.reader(fh, delimiter="\t") if r and any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise InputError(f"{path}: needs a header and at least one row")
+    header = [h.strip() for h in rows[0]]
+    for col in (map_column, map_column_b):
+        if col is not None and col not in header:
+            raise InputError(f"{path}: no column {col!r}; columns are {', '.join(header)}")
+    cols: dict[str, list[str]] = {h: [] for h in header}
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise InputError(f"{path}: line {lineno} has {len(row)} fields, header has {len(header)}")
+        for h, v in zip(header, row, strict=True):
+            cols[h].append(v.strip())
+
+    def resolve(v: str) -> Path:
+        p = Path(v)
+        return p if p.is_absolute() else path.parent / p
+
+    maps = [resolve(v) for v in cols.pop(map_column)]
+    maps_b = [resolve(v) for v in cols.pop(map_column_b)] if map_column_b else None
+    covs: dict[str, np.ndarray] = {}
+    for h, vals in cols.items():
+        try:
+            covs[h] = np.array([float(v) for v in vals])
+        except ValueError as exc:
+            raise InputError(f"{path}: column {h!r} is not numeric ({exc}); code categories as 0/1 columns "
+                             "or leave the column out with --covariates") from exc
+        if not np.all(np.isfinite(covs[h])):
+            raise InputError(f"{path}: column {h!r} has missing or non-finite values")
+    return maps, maps_b, covs
+
+
+def read_lookup(path: str | Path) -> dict[int, str]:
+    """Atlas look-up table: TSV/whitespace lines ``index name`` (a header line ``index name`` is skipped;
+    BIDS ``dseg.tsv`` with columns ``index`` and ``name`` also works)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    out: dict[int, str] = {}
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    header = lines[0].split("\t") if lines else []
+    idx_col, name_col = 0, 1
+    if "index" in header and "name" in header:
+        idx_col, name_col = header.index("index"), header.index("name")
+        lines = lines[1:]
+    for ln in lines:
+        parts = ln.split("\t") if "\t" in ln else ln.split(None, 1)
+        try:
+            out[int(float(parts[idx_col]))] = parts[name_col].strip()
+        except (ValueError, IndexError):
+            continue
+    if not out:
+        raise InputError(f"{path}: no 'index name' lines found")
+    return out
+
+
+def save_null(path: str | Path, **arrays: np.ndarray) -> Path:
+    """Write the null distributions (and what is needed to re-threshold) as a compressed ``.npz``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def load_null(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a null-distribution file written by :func:`save_null`."""
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
