@@ -417,15 +417,30 @@ def run_group_stats(cfg: StudyConfig, maps_a: list[np.ndarray], maps_b: list[np.
                     affine: np.ndarray, covariates: dict[str, np.ndarray], labels: np.ndarray | None,
                     names: dict[int, str], out: Path, *, backend: Any, progress: bool) -> Any:
     """Paired permutation inference on A - B (with covariates: a GLM of the differences)."""
-    from .. import stats  # noqa: PLC0415
+    from ..stats import Design, one_sample_design, permutation_test  # noqa: PLC0415
 
     masker = Masker(mask, affine)
-    a = np.stack([masker.transform(m) for m in maps_a])
-    b = np.stack([masker.transform(m) for m in maps_b])
-    return stats.run_pipeline_stats(a, b, masker, covariates=covariates, n_perm=cfg.n_perm,
-                                    cluster_p=cfg.cluster_p, tfce=cfg.tfce, two_sided=cfg.two_sided, seed=cfg.seed,
-                                    labels=labels, label_names=names, outdir=layout.stats_dir(out),
-                                    device=backend, progress=progress)
+    a = np.stack([masker.transform(m) for m in maps_a]).astype(np.float64)
+    b = np.stack([masker.transform(m) for m in maps_b]).astype(np.float64)
+    diff = a - b
+    n = diff.shape[0]
+    if covariates:
+        names_x = ["intercept", *covariates]
+        x = np.column_stack([np.ones(n), *[covariates[k] for k in covariates]])
+        c = np.zeros(x.shape[1])
+        c[0] = 1.0
+        # Freedman-Lane with sign flips: the drug effect (intercept of the differences) adjusted for covariates
+        design = Design(x, c, method="flip", names=names_x, kind="glm")
+    else:
+        design = one_sample_design(n, kind="paired")
+    atlas_img = nib.Nifti1Image(labels.astype(np.int32), affine) if labels is not None else None
+    res = permutation_test(diff, masker, design, n_perm=cfg.n_perm, two_sided=cfg.two_sided,
+                           cluster_p=cfg.cluster_p, tfce=cfg.tfce, seed=cfg.seed, device=backend,
+                           progress=progress, atlas=atlas_img, atlas_lookup=names or None,
+                           extra_settings={"contrast": f"{cfg.contrast}: {cfg.conditions[0]} - {cfg.conditions[1]}",
+                                           "smoothing_fwhm_mm": cfg.smoothing_fwhm})
+    res.save(layout.stats_dir(out))
+    return res
 
 
 def _progress(items: list, desc: str, enabled: bool):
