@@ -35,6 +35,10 @@ from .status import Status
 WEIGHT_SCHEMES = ("none", "duration", "sqrt_duration", "duration_activity", "duration_uncorrected_activity",
                   "sqrt_duration_uncorrected_activity", "counts")
 
+#: Running-integral rules accepted by the models: those of :data:`voxelkit.frames.INTEGRATION_SCHEMES` plus
+#: ``frame_average`` (see :func:`model_integration`).
+MODEL_INTEGRATION_SCHEMES = (*INTEGRATION_SCHEMES, "frame_average")
+
 #: Half-life of carbon-11, minutes (the default for decay handling in activity-based weights).
 C11_HALF_LIFE_MIN = 20.364
 
@@ -160,6 +164,59 @@ class ModelFit:
         return out
 
 
+def model_integration(frames: FrameTiming, scheme: str = "trapezoid") -> tuple[np.ndarray, ...]:
+    """Coefficients of a running integral ``I`` of frame values ``C`` (minutes): a causal recurrence
+    ``R[i] = R[i-1] + a[i] C[i-1] + b[i] C[i]`` (``R[0] = b[0] C[0]``) plus a local term,
+    ``I[i] = R[i] + cm[i] C[i-1] + c0[i] C[i] + cp[i] C[i+1]``.  Returns ``(a, b, cm, c0, cp)``.
+
+    ``trapezoid``, ``trapezoid_first_mid``, ``frames``: see :func:`voxelkit.frames.integration_coefficients`
+    (no local term).  ``frame_average``: the **frame average** of the running integral, which is what the
+    operational equations of MRTM/MRTM2 need when ``C`` are frame averages: earlier frames contribute exactly
+    ``duration x value`` (gaps count as zero), the frame itself ``d C / 2 - s d^2 / 12`` where ``s`` is the
+    curve's slope in the frame (central difference of the neighbouring frame values over their mid-times,
+    one-sided at the ends).  Exact for curves that are linear within each frame; it removes most of the
+    discretisation bias of the trapezoid rule on uneven schedules (see the MRTM truth tests).
+    """
+    n = frames.n_frames
+    cm, c0, cp = np.zeros(n), np.zeros(n), np.zeros(n)
+    if scheme != "frame_average":
+        a, b = integration_coefficients(frames, scheme)
+        return a, b, cm, c0, cp
+    a, b = integration_coefficients(frames, "frames")
+    if n > 1:
+        d, mid = frames.duration_min, frames.mid_min
+        lo = np.maximum(np.arange(n) - 1, 0)
+        hi = np.minimum(np.arange(n) + 1, n - 1)
+        k = d * d / 12.0 / (mid[hi] - mid[lo])
+        for arr, idx, sign in ((cp, hi, -1.0), (cm, lo, 1.0)):
+            inner = idx != np.arange(n)
+            arr[inner] += sign * k[inner]
+        c0[0] += k[0]
+        c0[-1] -= k[-1]
+    return a, b, cm, c0, cp
+
+
+def model_integration_matrix(frames: FrameTiming, scheme: str = "trapezoid") -> np.ndarray:
+    """Matrix ``M`` (F x F, minutes) with ``M @ C`` the running integral of :func:`model_integration`."""
+    if scheme != "frame_average":
+        return integration_matrix(frames, scheme)
+    m = integration_matrix(frames, "frames")
+    _, _, cm, c0, cp = model_integration(frames, scheme)
+    n = frames.n_frames
+    idx = np.arange(n)
+    m[idx, idx] += c0
+    m[idx[1:], idx[:-1]] += cm[1:]
+    m[idx[:-1], idx[1:]] += cp[:-1]
+    return m
+
+
+def needed_frames(used: np.ndarray, scheme: str) -> int:
+    """Number of leading frames a fit reads: up to the last used frame (and one more for ``frame_average``,
+    whose local slope term looks one frame ahead)."""
+    last = int(np.flatnonzero(used)[-1]) if used.any() else 0
+    return min(used.size, last + (2 if scheme == "frame_average" else 1))
+
+
 def decay_factor(frames: FrameTiming, half_life_min: float | None) -> np.ndarray:
     """Frame-average decay factor relative to injection (<= 1; 1 when ``half_life_min`` is None or 0):
     decay-uncorrected activity = decay-corrected activity x this factor.  Exact integral of exp(-lambda t)
@@ -236,7 +293,7 @@ class ReferenceModel:
         (default carbon-11, 20.364 min; fluorine-18 is 109.77 min).
     device : ``auto``, ``cpu``, ``gpu`` or a :class:`~voxelkit.backend.Backend`.
     chunk_voxels : voxels per chunk sent to the backend (bounds memory).
-    integration : running-integral rule (:data:`voxelkit.frames.INTEGRATION_SCHEMES`).
+    integration : running-integral rule (:data:`MODEL_INTEGRATION_SCHEMES`, see :func:`model_integration`).
     """
 
     name: ClassVar[str] = "base"
@@ -260,8 +317,9 @@ class ReferenceModel:
         self.weights = weights
         self.device = device
         self.chunk_voxels = int(chunk_voxels)
-        if integration not in INTEGRATION_SCHEMES:
-            raise InputError(f"unknown integration {integration!r}: choose one of {', '.join(INTEGRATION_SCHEMES)}")
+        if integration not in MODEL_INTEGRATION_SCHEMES:
+            raise InputError(f"unknown integration {integration!r}: choose one of "
+                             f"{', '.join(MODEL_INTEGRATION_SCHEMES)}")
         self.integration = integration
         if half_life_min is not None and not (np.isfinite(half_life_min) and half_life_min > 0):
             raise InputError(f"half_life_min must be a positive number of minutes, got {half_life_min}")
@@ -341,8 +399,13 @@ class ReferenceModel:
 
     # -- helpers for subclasses -------------------------------------------------------------------------------
     def integration_matrix(self, frames: FrameTiming) -> np.ndarray:
-        """Running integral to each frame mid-time (minutes), see :func:`voxelkit.frames.integration_matrix`."""
-        return integration_matrix(frames, self.integration)
+        """Running-integral matrix (minutes) of this model's rule, see :func:`model_integration_matrix`."""
+        return model_integration_matrix(frames, self.integration)
 
     def integration_coefficients(self, frames: FrameTiming) -> tuple[np.ndarray, np.ndarray]:
-        return integration_coefficients(frames, self.integration)
+        """Recurrence coefficients ``a``, ``b`` of the causal part (see :func:`model_integration`)."""
+        return model_integration(frames, self.integration)[:2]
+
+    def integration_local(self, frames: FrameTiming) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Local-term coefficients ``cm``, ``c0``, ``cp`` (zero except for ``frame_average``)."""
+        return model_integration(frames, self.integration)[2:]

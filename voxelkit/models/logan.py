@@ -5,6 +5,13 @@ For frames from t* on, the Logan plot is linear::
     int_0^t Ct / Ct(t) = DVR * (int_0^t Cr + Cr(t) / k2') / Ct(t) + b
 
 BPND = DVR - 1.  With no k2' the ``Cr/k2'`` term is dropped (Logan's approximation for large k2').
+Outputs ``bp_nd``, ``dvr``, ``intercept`` (minutes) and ``wrss``: the weighted residual sum of squares of the
+Logan-plot regression itself, ``sum w (y - DVR x - b)^2`` in minutes^2 (not a residual of the TACs: the plot
+has no fitted TAC, so Logan has no ``predict``).
+
+Time window: the integrals always start at injection and use all frames (the window and t* only choose the
+regression frames), so ``window``/``tstar``/``end`` are all valid together; the fitted frames are those that
+start at or after ``max(t*, window start)`` and end by ``min(end, window end)``.
 Integrals run to each frame's mid-time; ``integration`` chooses the rule (see
 :func:`voxelkit.frames.integration_coefficients`): ``trapezoid`` on mid-times with a point (0, 0) at
 injection (default; kinfitr's ``refLogan``), ``trapezoid_first_mid`` (TPCCLIB's ``logan``), or ``frames``
@@ -20,7 +27,7 @@ import numpy as np
 from ..backend import Backend
 from ..frames import FrameTiming
 from ..io import InputError
-from .base import Prepared, ReferenceModel
+from .base import Prepared, ReferenceModel, needed_frames
 from .status import Status
 
 
@@ -36,7 +43,7 @@ class Logan(ReferenceModel):
     """
 
     name = "logan"
-    param_names = ("bp_nd", "dvr", "intercept")
+    param_names = ("bp_nd", "dvr", "intercept", "wrss")
     n_regressors = 2
 
     def __init__(self, *, tstar: float = 0.0, k2prime: float | None = None, end: float | None = None,
@@ -65,8 +72,7 @@ class Logan(ReferenceModel):
         ref_term = m @ reference
         if self.k2prime is not None:
             ref_term = ref_term + reference / self.k2prime
-        last = int(np.flatnonzero(prep.used)[-1]) if prep.used.any() else 0
-        prep.extra.update(integ=m, ref_term=ref_term, n_needed=last + 1)
+        prep.extra.update(integ=m, ref_term=ref_term, n_needed=needed_frames(prep.used, self.integration))
         return prep
 
     def _fit_chunk(self, be: Backend, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
@@ -79,22 +85,24 @@ class Logan(ReferenceModel):
         n, f = tacs.shape
         ca, cb = self.integration_coefficients(prep.frames)
         ca, cb = be.asarray(ca, dtype=np.float64), be.asarray(cb, dtype=np.float64)
+        cm, c0, cp = (be.asarray(v, dtype=np.float64) for v in self.integration_local(prep.frames))
         ref_term = be.asarray(prep.extra["ref_term"], dtype=np.float64)
         w = be.asarray(prep.weights, dtype=np.float64)
         used = be.asarray(prep.used.astype(np.uint8))
         out = {k: xp.empty(n, dtype=np.float32) for k in self.param_names}
         status = xp.empty(n, dtype=np.uint8)
         kern = be.kernel("logan", "logan_fit")
-        be.launch(kern, n, (tacs, ca, cb, ref_term, w, used, np.int32(n), np.int32(f),
-                            np.int32(prep.extra["n_needed"]), out["bp_nd"], out["dvr"], out["intercept"], status))
+        be.launch(kern, n, (tacs, ca, cb, cm, c0, cp, ref_term, w, used, np.int32(n), np.int32(f),
+                            np.int32(prep.extra["n_needed"]), out["bp_nd"], out["dvr"], out["intercept"], out["wrss"],
+                            status))
         return out, status
 
 
-def weighted_line(xp: Any, x: Any, y: Any, w: Any) -> tuple[Any, Any, Any]:
+def weighted_line(xp: Any, x: Any, y: Any, w: Any, with_rss: bool = False) -> tuple[Any, ...]:
     """Per-row weighted least-squares line ``y = slope * x + intercept``.
 
-    ``x``, ``y`` (n, m); ``w`` (m,) or (n, m).  Returns slope, intercept and the (relative) determinant used
-    to flag singular fits."""
+    ``x``, ``y`` (n, m); ``w`` (m,) or (n, m).  Returns slope, intercept and the flag ``ok`` (determinant not
+    negligible), plus the weighted residual sum of squares if ``with_rss``."""
     sw = xp.sum(w * xp.ones_like(x), axis=1)
     sx = xp.sum(w * x, axis=1)
     sy = xp.sum(w * y, axis=1)
@@ -106,7 +114,11 @@ def weighted_line(xp: Any, x: Any, y: Any, w: Any) -> tuple[Any, Any, Any]:
     safe = xp.where(ok, det, 1.0)
     slope = (sw * sxy - sx * sy) / safe
     intercept = (sxx * sy - sx * sxy) / safe
-    return slope, intercept, ok
+    if not with_rss:
+        return slope, intercept, ok
+    syy = xp.sum(w * y * y, axis=1)
+    rss = xp.maximum(syy - slope * sxy - intercept * sy, 0.0)
+    return slope, intercept, ok, rss
 
 
 def logan_xp(xp: Any, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
@@ -124,7 +136,7 @@ def logan_xp(xp: Any, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
     y = int_c / cu_safe
     x = xp.asarray(prep.extra["ref_term"][used])[None, :] / cu_safe
     w = xp.asarray(prep.weights[used])
-    slope, intercept, ok = weighted_line(xp, x, y, w)
+    slope, intercept, ok, rss = weighted_line(xp, x, y, w, with_rss=True)
     status = xp.full(c.shape[0], int(Status.OK), dtype=xp.uint8)
     status = xp.where(ok, status, np.uint8(Status.SINGULAR))
     status = xp.where(positive, status, np.uint8(Status.NONPOSITIVE))
@@ -133,5 +145,6 @@ def logan_xp(xp: Any, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
     nan = xp.float64(np.nan)
     dvr = xp.where(good, slope, nan)
     out = {"bp_nd": (dvr - 1.0).astype(xp.float32), "dvr": dvr.astype(xp.float32),
-           "intercept": xp.where(good, intercept, nan).astype(xp.float32)}
+           "intercept": xp.where(good, intercept, nan).astype(xp.float32),
+           "wrss": xp.where(good, rss, nan).astype(xp.float32)}
     return out, status.astype(xp.uint8)

@@ -34,7 +34,7 @@ import numpy as np
 from ..backend import Backend
 from ..frames import FrameTiming
 from ..io import InputError
-from .base import Prepared, ReferenceModel
+from .base import Prepared, ReferenceModel, needed_frames
 from .status import Status
 
 #: Relative tolerance under which the voxel's ``int Ct`` column counts as lying in the span of the shared
@@ -45,14 +45,14 @@ SINGULAR_RTOL = 1e-10
 NUMPY_BLOCK = 4096
 
 
-def _shared_design(prep: Prepared, columns: list[np.ndarray], integ: np.ndarray) -> dict[str, Any]:
+def _shared_design(prep: Prepared, columns: list[np.ndarray], integ: np.ndarray, scheme: str) -> dict[str, Any]:
     """Precompute everything the per-voxel solve needs from the shared regressors ``columns`` (each (F,)).
 
     Returns ``extra`` entries: ``used_idx``, ``n_needed``, ``mu`` (n_used x n_needed integration rows),
     ``wu`` (weights of used frames), ``vy``/``vx`` ((n_needed, p): TAC -> ``X_s' W y`` / ``X_s' W int Ct``),
     ``gram_inv`` (p x p), ``xs`` (p, F) shared columns."""
     used_idx = np.flatnonzero(prep.used)
-    n_needed = int(used_idx[-1]) + 1
+    n_needed = needed_frames(prep.used, scheme)
     w = prep.weights
     wu = w[used_idx]
     xs = np.stack(columns)  # (p, F)
@@ -125,7 +125,8 @@ class _MRTMBase(ReferenceModel):
 
     def _build(self, prep: Prepared) -> None:
         integ = prep.extra["integ"]
-        prep.extra.update(_shared_design(prep, self._shared_columns(prep.reference, integ, prep), integ))
+        prep.extra.update(_shared_design(prep, self._shared_columns(prep.reference, integ, prep), integ,
+                                         self.integration))
 
     def _prepare_tacs(self, tacs: np.ndarray, prep: Prepared, names: list[str] | None) -> None:
         self._build(prep)
@@ -187,6 +188,7 @@ class _MRTMBase(ReferenceModel):
         ex = prep.extra
         n, f = tacs.shape
         ca, cb = self.integration_coefficients(prep.frames)
+        cm, c0, cp = self.integration_local(prep.frames)
         p = ex["xs"].shape[0]
         xs = np.zeros((2, f))
         xs[:p] = ex["xs"]
@@ -197,7 +199,7 @@ class _MRTMBase(ReferenceModel):
         status = xp.empty(n, dtype=np.uint8)
         k2p_fixed = float(ex.get("k2prime_used", 0.0) or 0.0)
         kern = be.kernel("mrtm", "mrtm_fit")
-        be.launch(kern, n, (tacs, d(ca), d(cb), d(xs[0]), d(xs[1]), d(prep.weights),
+        be.launch(kern, n, (tacs, d(ca), d(cb), d(cm), d(c0), d(cp), d(xs[0]), d(xs[1]), d(prep.weights),
                             be.asarray(prep.used.astype(np.uint8)), d(gram_inv.reshape(-1)), np.int32(n),
                             np.int32(f), np.int32(ex["n_needed"]), np.int32(p), np.float64(k2p_fixed),
                             out["bp_nd"], out["r1"], out["k2"], out["k2prime"], out["wrss"], status))
@@ -211,6 +213,18 @@ class _MRTMBase(ReferenceModel):
         ``Ct`` (a lower-triangular system, since the running integral uses only frames up to each one), with
         the same integration rule as the fit: the curve the model predicts from the reference alone, over
         all frames (also those outside the window).  NaN parameters give NaN curves."""
+        if self.integration == "frame_average":  # the local term looks one frame ahead: full solve
+            integ = self.integration_matrix(frames)
+            ref = np.asarray(reference, dtype=float).reshape(-1)
+            bp, r1, k2 = (np.asarray(params[k], dtype=float).reshape(-1) for k in ("bp_nd", "r1", "k2"))
+            g2 = -k2 / (1.0 + bp)
+            rhs = k2[:, None] * (integ @ ref)[None, :] + r1[:, None] * ref[None, :]
+            a = np.eye(ref.size)[None] - g2[:, None, None] * integ[None]
+            bad = ~np.isfinite(rhs).all(axis=1) | ~np.isfinite(g2)
+            a[bad] = np.eye(ref.size)
+            out = np.linalg.solve(a, np.where(bad[:, None], 0.0, rhs)[..., None])[..., 0]
+            out[bad] = np.nan
+            return out
         integ = self.integration_matrix(frames)
         ref = np.asarray(reference, dtype=float).reshape(-1)
         bp = np.asarray(params["bp_nd"], dtype=float).reshape(-1)
