@@ -3,7 +3,6 @@ sanitizer build.  They use the test-only kernels in tests/cuda_shim/selftest.cu.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_shim import SELFTEST_CU, build, fake_cupy, in_ci, require_kernel_tools, selftest_source
+from cuda_shim import SELFTEST_CU, build, fake_cupy, require_kernel_tools, sanitizer_env, selftest_source
 
 pytestmark = pytest.mark.kernels
 
-TESTS_DIR = Path(__file__).resolve().parent
-REPO = TESTS_DIR.parent
 EDGE_SIZES = [1, 7, 255, 256, 1000, 200_003]  # one item, < one block, block +- 1, not a multiple, large
 BLOCK = 256
 
@@ -335,27 +332,6 @@ mod.launch(sys.argv[1], ((n + 255) // 256,), (256,), (out, np.float32(1), np.int
 assert out.sum() == n
 print("KERNEL-RAN-CLEAN")
 """
-
-
-def sanitizer_env() -> dict[str, str]:
-    """Environment for a Python subprocess that loads sanitized shim builds (libasan preloaded)."""
-    cxx = build.compiler() or "g++"
-    libs = []
-    for lib in ("libasan.so", "libubsan.so"):
-        path = subprocess.run([cxx, f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
-        if not os.path.isabs(path) or not os.path.exists(path):
-            msg = f"{lib} not found by {cxx} (install the gcc sanitizer runtimes, e.g. libasan8 libubsan1)"
-            pytest.fail(msg) if in_ci() else pytest.skip(msg)
-        libs.append(path)
-    env = dict(os.environ)
-    env.update(
-        LD_PRELOAD=":".join(libs),
-        ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1",
-        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
-        VOXELKIT_SHIM_SANITIZE="1",
-        PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(REPO), env.get("PYTHONPATH", "")]),
-    )
-    return env
 
 
 @pytest.mark.sanitizer_subprocess

@@ -4,7 +4,7 @@
 through the low-level ``cupy.cuda.nvrtc`` bindings with the options ``cupy.RawModule(code=...,
 options=OPTS)`` ends up passing (CuPy 13/14, cupy/_core/_compile_with_cache.pyx and cupy/cuda/compiler.py):
 
-1. ``assemble_cupy_compiler_options(OPTS)``: ``--std=c++14`` unless OPTS names a standard, the bundled
+1. ``assemble_cupy_compiler_options(OPTS)``: a default ``--std=`` (c++17 in CuPy 14) unless OPTS names one, the bundled
    CCCL include directories first, then OPTS, then ``-I<cupy include>`` (and ``-I$CUDA_PATH/include``);
 2. ``-ftz=true``;
 3. ``-arch=sm_XX`` (CuPy builds cubin by default; ``CUPY_COMPILE_WITH_PTX=1`` gives ``compute_XX``/PTX);
@@ -71,7 +71,7 @@ def base_options(user_options: tuple[str, ...]) -> tuple[str, ...]:
 
         opts = tuple(user_options)
         if not any("-std=" in o for o in opts):
-            opts += ("--std=c++14",)
+            opts += ("--std=c++17",)  # CuPy 14's default
         include = os.path.join(os.path.dirname(cupy.__file__), "_core", "include")
         return opts + (f"-I{include}",)
 
