@@ -21,26 +21,44 @@ MODEL_OPTIONS: dict[str, str] = {
     "theta3_range": "theta3_range",
     "n_basis": "n_basis",
     "bp_max": "bp_max",
+    "half_life": "half_life_min",
+    "k2prime_region": "k2prime_region",
+    "k2prime_mask": "k2prime_mask",
 }
+
+
+def _k2prime_arg(text: str) -> float | str:
+    """``--k2prime``: a rate in 1/min, or ``median``."""
+    if text.strip().lower() == "median":
+        return "median"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate in 1/min or 'median', got {text!r}") from None
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     from ..models import MODELS  # noqa: PLC0415
+    from ..models.base import MODEL_INTEGRATION_SCHEMES, WEIGHT_SCHEMES  # noqa: PLC0415
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="logan", choices=sorted(MODELS), help="kinetic model (default: logan)")
     g.add_argument("--tstar", type=float, default=None, metavar="MIN",
                    help="Logan: frames starting at or after t* (minutes) enter the regression")
-    g.add_argument("--k2prime", type=float, default=None, metavar="K",
-                   help="reference-region efflux rate k2' (1/min)")
+    g.add_argument("--k2prime", type=_k2prime_arg, default=None, metavar="K",
+                   help="reference-region efflux rate k2' (1/min); mrtm2 also 'median' (median MRTM k2' over "
+                        "well-fitted high-BPND voxels/regions)")
     g.add_argument("--end", type=float, default=None, metavar="MIN",
                    help="Logan: ignore frames ending after this time (minutes)")
     g.add_argument("--window", type=float, nargs=2, default=None, metavar=("START", "END"),
-                   help="fit only frames inside [START, END] minutes")
+                   help="fit only frames inside [START, END] minutes (integrals still start at injection)")
     g.add_argument("--weights", default=None,
-                   help="frame weights: none, duration, duration_activity, or (fit-tacs) a column name")
-    g.add_argument("--integration", default=None, choices=("trapezoid", "trapezoid_first_mid", "frames"),
-                   help="running-integral rule (default trapezoid from a zero at injection, as kinfitr)")
+                   help="frame weights: " + ", ".join(WEIGHT_SCHEMES) + ", or (fit-tacs) a column name")
+    g.add_argument("--half-life", type=float, default=None, metavar="MIN",
+                   help="radionuclide half-life for decay-uncorrected weights (minutes; default C-11, 20.364)")
+    g.add_argument("--integration", default=None, choices=MODEL_INTEGRATION_SCHEMES,
+                   help="running-integral rule (default trapezoid from a zero at injection, as kinfitr; "
+                        "frame_average is exact for frame-average data on uneven schedules)")
     g.add_argument("--theta3-range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="SRTM/SRTM2: basis-function theta3 grid range (1/min); default from k2' and --bp-max")
     g.add_argument("--n-basis", type=int, default=None, metavar="N",
@@ -70,6 +88,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     p.add_argument("--prefix", default="", help="prefix of output file names")
     p.add_argument("--overwrite", action="store_true", help="replace existing output maps")
     add_model_options(p)
+    p.add_argument("--k2prime-mask", default=None, metavar="IMG",
+                   help="mrtm2/srtm2: mask image of a high-binding region; k2' from a fit of its mean TAC")
     p.set_defaults(func=run_fit)
 
     q = sub.add_parser("fit-tacs", parents=[parent], help="fit a kinetic model to regional TACs (TSV)",
@@ -79,18 +99,27 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     q.add_argument("--ref", required=True, metavar="COLUMN", help="reference region column")
     q.add_argument("--regions", nargs="+", default=None, help="region columns to fit (default: all others)")
     q.add_argument("-o", "--output", default=None, metavar="OUT.tsv", help="output TSV (default: print)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output TSV")
     add_model_options(q)
+    q.add_argument("--k2prime-region", default=None, metavar="COLUMN",
+                   help="mrtm2/srtm2: column of a high-binding region; k2' from its fit")
     q.set_defaults(func=run_fit_tacs)
 
 
 def run_fit(args: argparse.Namespace) -> int:
     from ..api import fit  # noqa: PLC0415
     from ..frames import FrameTiming  # noqa: PLC0415
+    from . import CliError  # noqa: PLC0415
 
     frames = FrameTiming.from_bids_json(args.frames_json) if args.frames_json else None
+    out = Path(args.output)
+    if not args.overwrite:  # fail before the (possibly long) fit
+        existing = sorted(str(p) for p in out.glob(f"{args.prefix}*.nii.gz")) if out.is_dir() else []
+        if (out / f"{args.prefix}fit.json").exists() or existing:
+            raise CliError(f"output exists in {out} (e.g. {(existing or [str(out / 'fit.json')])[0]}); "
+                           "use --overwrite or another --output/--prefix")
     result = fit(args.pet, reference=args.ref_mask, model=args.model, mask=args.mask, frames=frames,
                  device=args.device, **model_options(args))
-    out = Path(args.output)
     if out.resolve() == Path(args.pet).resolve().parent and not args.prefix:
         log.info("writing maps beside the input image")
     written = result.save(out, prefix=args.prefix, overwrite=args.overwrite)
@@ -103,9 +132,12 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_fit_tacs(args: argparse.Namespace) -> int:
     from ..api import fit_tacs  # noqa: PLC0415
     from ..io import write_tsv  # noqa: PLC0415
+    from . import CliError  # noqa: PLC0415
 
     opts = model_options(args)
     weights = opts.pop("weights", None)
+    if args.output is not None and Path(args.output).exists() and not args.overwrite:
+        raise CliError(f"output exists: {args.output} (use --overwrite)")
     result = fit_tacs(args.tacs, ref=args.ref, model=args.model, regions=args.regions, weights=weights,
                       device=args.device or "cpu", **opts)
     text = write_tsv(result.rows(), args.output)

@@ -49,6 +49,11 @@ class Logan(ReferenceModel):
     def __init__(self, *, tstar: float = 0.0, k2prime: float | None = None, end: float | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if isinstance(k2prime, str):
+            try:
+                k2prime = float(k2prime)
+            except ValueError:
+                raise InputError(f"logan: k2prime must be a rate in 1/min, got {k2prime!r}") from None
         if k2prime is not None and not (np.isfinite(k2prime) and k2prime > 0):
             raise InputError(f"k2prime must be a positive rate in 1/min, got {k2prime}")
         self.tstar = float(tstar or 0.0)

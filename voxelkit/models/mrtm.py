@@ -281,7 +281,7 @@ class MRTM2(_MRTMBase):
         ``k2prime_bp_quantile`` quantile of the ``ok`` BPNDs, and relative residual ``wrss / sum(w Ct^2)`` at
         or below the median of those (at least one TAC always qualifies).
     k2prime_region : a boolean mask over the TACs (n,): k2' from an MRTM fit of the mean of its finite TACs
-        (a high-binding region).
+        (a high-binding region).  ``k2prime_mask`` is accepted as another name for it (as SRTM2 calls it).
     k2prime_tac : a TAC (F,) of a high-binding region: k2' from its MRTM fit.
     k2prime_name : description of where ``k2prime_region``/``k2prime_tac`` came from (for ``fit.info``).
 
@@ -296,13 +296,19 @@ class MRTM2(_MRTMBase):
 
     def __init__(self, *, k2prime: float | str | None = None, k2prime_region: np.ndarray | None = None,
                  k2prime_tac: np.ndarray | None = None, k2prime_name: str | None = None,
-                 k2prime_bp_quantile: float = 0.9, **kwargs: Any) -> None:
+                 k2prime_bp_quantile: float = 0.9, k2prime_mask: np.ndarray | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if k2prime_mask is not None:  # the name SRTM2 uses
+            if k2prime_region is not None:
+                raise InputError("mrtm2: give k2prime_region or k2prime_mask, not both")
+            k2prime_region = np.asarray(k2prime_mask, dtype=bool)
         given = [k for k, v in (("k2prime", k2prime), ("k2prime_region", k2prime_region),
                                 ("k2prime_tac", k2prime_tac)) if v is not None]
         if not given:
-            raise InputError("mrtm2 needs k2' (1/min): give k2prime=<value>, k2prime='median' (from an MRTM fit "
-                             "of the data), a high-binding region (k2prime_region / --k2prime-region COLUMN / "
+            raise InputError("mrtm2 needs k2' (1/min): give k2prime=<value> (--k2prime K), k2prime='median' "
+                             "(--k2prime median: from an MRTM fit of the data), a high-binding region "
+                             "(k2prime_region / --k2prime-region COLUMN / "
                              "--k2prime-mask IMG) or its TAC (k2prime_tac)")
         if len(given) > 1:
             raise InputError(f"mrtm2: give only one source of k2', got {', '.join(given)}")
