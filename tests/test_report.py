@@ -1,0 +1,249 @@
+"""The study report: content, self-containment, determinism, missing pieces, and rendering in headless Chromium."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from voxelkit.report import write_report
+
+SHAPE = (20, 24, 20)
+SUBJECTS = ["01", "02", "03", "04"]
+CONDITIONS = ["anakinra", "placebo"]
+REGIONS = ["thalamus", "insula", "caudate"]
+
+
+def _affine() -> np.ndarray:
+    """2 mm voxels, the grid centred near the MNI origin."""
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = [-19.0, -40.0, -12.0]
+    return aff
+
+
+def _save(path: Path, data: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data.astype(np.float32), _affine()), path)
+
+
+def _qc(subject: str, session: str, rng: np.random.Generator) -> dict:
+    start = np.concatenate([np.arange(0, 60, 10), np.arange(60, 600, 60), np.arange(600, 3600, 300)])
+    dur = np.diff(np.append(start, 3600))
+    t = (start + dur / 2) / 60.0
+    ref = 10 * t * np.exp(-t / 8)
+    voxels = []
+    for i, (label, bp) in enumerate([("thalamus", 2.7), ("insula", 1.4), ("white matter", 0.2)]):
+        fitted = ref * (1 + bp * (1 - np.exp(-t / 15)))
+        tac = fitted + rng.normal(0, 0.3, t.size)
+        voxels.append({"index": 100 + i, "ijk": [10, 12, 9 + i], "label": label, "tac": tac.tolist(),
+                       "fitted": None if i == 2 else fitted.tolist(), "params": {"bp_nd": bp, "r1": 1.0}})
+    bp = rng.gamma(4, 0.4, 3000)
+    r1 = rng.normal(1, 0.1, 3000)
+    hist = {k: {"edges": np.histogram(v, 30)[1].tolist(), "counts": np.histogram(v, 30)[0].tolist()}
+            for k, v in (("bp_nd", bp), ("r1", r1))}
+    return {"subject": subject, "session": session, "phase": None, "model": "srtm",
+            "frames": {"start_s": start.tolist(), "duration_s": dur.tolist()},
+            "reference_tac": ref.tolist(), "reference_desc": "mean of 812 voxels in cerebellar grey matter",
+            "example_voxels": voxels, "status_counts": {"ok": 2990, "nonpositive": 3, "grid_edge": 7},
+            "histograms": hist, "n_voxels": 3000, "fit_seconds": 0.4, "backend": "numpy"}
+
+
+def make_output_dir(out: Path, n_subjects: int = 2) -> Path:
+    """A small pipeline output directory following voxelkit/pipeline/layout.py."""
+    from voxelkit.pipeline import layout
+
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True, exist_ok=True)
+    subjects = SUBJECTS[:n_subjects]
+    (out / "study.json").write_text(json.dumps({
+        "name": "synthetic anakinra crossover",
+        "subjects": subjects, "conditions": CONDITIONS, "contrast": "anakinra - placebo",
+        "model": {"name": "srtm", "theta3_grid": [0.01, 1.0, 60], "weighting": "frame duration"},
+        "smoothing_fwhm_mm": 6.0,
+        "inference": {"n_permutations": 500, "cluster_forming_p": 0.001, "tfce": True, "two_sided": True},
+        "seed": 7}))
+    (out / "provenance.json").write_text(json.dumps({
+        "backend": "numpy", "seed": 7,
+        "versions": {"voxelkit": "0.1.0", "numpy": np.__version__, "nibabel": nib.__version__},
+        "inputs": [{"path": f"sub-{s}/ses-{c}/pet/sub-{s}_ses-{c}_pet.nii.gz", "sha256": f"{i:064x}"}
+                   for i, (s, c) in enumerate((s, c) for s in subjects for c in CONDITIONS)],
+        "timings": {"fit_s": 3.2, "stats_s": 5.1}}))
+    brain = np.zeros(SHAPE, bool)
+    brain[3:17, 3:21, 3:17] = True
+    for s in subjects:
+        for c in CONDITIONS:
+            _save(layout.map_path(out, s, c, "srtm", "bp_nd"), np.where(brain, rng.gamma(4, 0.4, SHAPE), 0))
+            qc = layout.qc_path(out, s, c, "srtm")
+            qc.write_text(json.dumps(_qc(s, c, rng)))
+    stats = layout.stats_dir(out)
+    t = np.where(brain, rng.normal(0, 1, SHAPE), 0)
+    t[8:12, 10:14, 8:12] += 6.0
+    t[4:6, 16:18, 4:6] -= 5.0
+    _save(stats / "t.nii.gz", t)
+    sig_pos = np.zeros(SHAPE)
+    sig_pos[8:12, 10:14, 8:12] = 2.5
+    sig_neg = sig_pos.copy()
+    sig_neg[4:6, 16:18, 4:6] = -1.8
+    _save(stats / "logp_fwe_tfce.nii.gz", sig_neg)
+    _save(stats / "logp_fwe_cluster_mass.nii.gz", sig_pos)
+    _save(stats / "logp_fwe_voxel.nii.gz", np.where(brain, 0.2, 0))  # nothing significant
+    (stats / "clusters.tsv").write_text(
+        "cluster\tsign\tsize_vox\tsize_mm3\tmass\tp_fwe\tpeak_t\tpeak_x\tpeak_y\tpeak_z\tregion\n"
+        "1\t+\t64\t512\t210.5\t0.002\t8.91\t0\t-16\t6\tthalamus\n"
+        "2\t-\t8\t64\t21.3\t0.31\t-6.02\t-12\t-8\t-4\tn/a\n")
+    np.savez(stats / "nulls.npz", null_max_t=rng.gumbel(4, 0.5, 500), observed_max_t=np.float64(8.91),
+             null_max_tfce=rng.gumbel(300, 40, 500), observed_max_tfce=np.float64(910.0),
+             null_max_cluster_mass=rng.gamma(2, 30, 500), observed_max_cluster_mass=np.float64(210.5),
+             cluster_forming_threshold=np.float64(3.4))
+    roi = layout.roi_dir(out)
+    roi.mkdir(parents=True, exist_ok=True)
+    lines = ["subject\tcondition\tphase\tregion\tvalue"]
+    for s in subjects:
+        for r_i, r in enumerate(REGIONS):
+            base = 1.0 + r_i + rng.normal(0, 0.2)
+            for c in CONDITIONS:
+                lines.append(f"{s}\t{c}\tn/a\t{r}\t{base * (0.92 if c == 'anakinra' else 1.0):.4f}")
+    (roi / "roi_values.tsv").write_text("\n".join(lines) + "\n")
+    (roi / "roi_tests.tsv").write_text(
+        "region\tn\tmean_a\tmean_b\tmean_diff\tt\tp\tp_fdr\n"
+        "thalamus\t2\t1.84\t2.0\t-0.16\t-5.1\t0.004\t0.012\n"
+        "insula\t2\t2.7\t2.9\t-0.2\t-2.2\t0.06\t0.09\n"
+        "caudate\t2\t3.6\t3.7\t-0.1\t-0.9\t0.4\t0.4\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = make_output_dir(tmp_path_factory.mktemp("study") / "derivatives" / "voxelkit")
+    return write_report(out)
+
+
+def test_report_content(report: Path) -> None:
+    text = report.read_text(encoding="utf-8")
+    assert report.name == "report.html"
+    for expected in ("synthetic anakinra crossover", "srtm", "anakinra", "placebo", "Input checksums",
+                     "thalamus", "clusters.tsv", "null_max_t", "sub-01_ses-placebo_model-srtm",
+                     "mean BPND of 4 scans", "No voxel is FWE-significant", "p_fdr", "mean of 812 voxels"):
+        assert expected in text, expected
+    assert "could not be rendered" not in text
+    assert "not computed" not in text
+    # glass + axial slices, 2 significant FWE methods x (glass + ortho), ROI, 4 scans QC, 1 null figure
+    assert text.count("<img ") == 2 + 4 + 1 + 4 + 1
+
+
+def test_report_self_contained(report: Path) -> None:
+    text = report.read_text(encoding="utf-8")
+    srcs = re.findall(r"""<img\b[^>]*\bsrc\s*=\s*["']([^"']*)""", text, flags=re.I)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    refs = re.findall(r"""\b(?:src|href|action|poster|data)\s*=\s*["']([^"']*)""", text, flags=re.I)
+    assert not [r for r in refs if not (r.startswith(("#", "data:")))], "external or relative reference"
+    assert not re.search(r"https?://", text.replace("http://www.w3.org", "")), "URL in the report"
+    assert "<script" not in text.lower() and "<link" not in text.lower() and "@import" not in text
+    assert "url(" not in text
+
+
+def test_report_deterministic(report: Path, tmp_path: Path) -> None:
+    again = write_report(report.parent, tmp_path / "again.html")
+    assert again == tmp_path / "again.html"
+    assert again.read_bytes() == report.read_bytes()
+
+
+def test_report_missing_pieces(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = write_report(empty).read_text(encoding="utf-8")
+    assert text.count("not computed") >= 6
+    assert "<img" not in text
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "study.json").write_text(json.dumps({"subjects": ["01"], "model": "logan"}))
+    (partial / "roi").mkdir()
+    (partial / "roi" / "roi_tests.tsv").write_text("region\tn\tt\tp\nthalamus\t1\tn/a\tn/a\n")
+    bad = partial / "sub-01" / "ses-a" / "pet"
+    bad.mkdir(parents=True)
+    (bad / "sub-01_ses-a_model-logan_qc.json").write_text("{not json")
+    (bad / "sub-01_ses-b_model-logan_qc.json").write_text(json.dumps({"model": "logan"}))
+    text = write_report(partial, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "logan" in text and "unreadable" in text and "thalamus" in text
+    assert "could not be rendered" not in text
+
+
+# ------------------------------------------------------------------------------------------ headless Chromium
+
+CHECK_SCRIPT = """<script>
+window.__errors = [];
+window.addEventListener('error', function (e) {
+  var t = e.target;
+  window.__errors.push(t && t !== window && t.tagName ? 'resource: ' + t.tagName : 'error: ' + e.message);
+}, true);
+window.addEventListener('unhandledrejection', function (e) { window.__errors.push('rejection: ' + e.reason); });
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  var res = performance.getEntriesByType('resource').map(function (r) { return r.name; })
+    .filter(function (n) { return n.indexOf('data:') !== 0; });
+  var nav = document.querySelector('nav.toc');
+  var out = {ok: ok, total: imgs.length, errors: window.__errors, resources: res,
+             toc: nav ? getComputedStyle(nav).position : null,
+             sections: document.querySelectorAll('main section').length};
+  var pre = document.createElement('pre');
+  pre.id = 'report-check';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium() -> str:
+    exe = os.environ.get("VOXELKIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe:
+        return exe
+    reason = "headless Chromium not found (Debian package `chromium`; .ci/run installs it)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _run_chromium(exe: str, args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-default-apps", "--mute-audio", "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
+    exe = _chromium()
+    text = report.read_text(encoding="utf-8")
+    checked = tmp_path / "checked.html"
+    checked.write_text(text.replace("<head>", "<head>\n" + CHECK_SCRIPT, 1), encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="vk-chromium-") as profile:
+        proc = _run_chromium(exe, ["--virtual-time-budget=5000", "--window-size=1400,1000", "--dump-dom",
+                                   checked.as_uri()], Path(profile))
+    m = re.search(r'<pre id="report-check">(.*?)</pre>', proc.stdout, flags=re.S)
+    assert m, f"no check output from Chromium (rc={proc.returncode}):\n{proc.stderr[-2000:]}"
+    res = json.loads(html.unescape(m.group(1)))
+    assert res["total"] == text.count("<img ") > 0
+    assert res["ok"] == res["total"], res
+    assert res["errors"] == [], res
+    assert res["resources"] == [], res
+    assert res["toc"] == "sticky"
+    assert res["sections"] >= 6
+
+
+def test_report_screenshot(report: Path, tmp_path: Path) -> None:
+    """The unmodified report renders to a non-blank screenshot (set VOXELKIT_REPORT_SHOT=path to keep it)."""
+    exe = _chromium()
+    shot = Path(os.environ.get("VOXELKIT_REPORT_SHOT") or tmp_path / "report.png")
+    with tempfile.TemporaryDirectory(prefix="vk-chromium-") as profile:
+        proc = _run_chromium(exe, ["--virtual-time-budget=3000", f"--screenshot={shot}", "--window-size=1400,3000",
+                                   report.as_uri()], Path(profile))
+    assert shot.is_file() and shot.stat().st_size > 20_000, proc.stderr[-2000:]

@@ -1,0 +1,230 @@
+"""Figures of the study report, rendered to PNG bytes.
+
+matplotlib and nilearn are imported lazily inside the functions.  Figures are ``matplotlib.figure.Figure``
+objects that are never registered with pyplot (no GUI backend is touched, nothing to close, safe in a notebook);
+PNGs are written by the Agg renderer at a low DPI to keep the report small and fast.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+DPI = 80
+PALETTE = ("#1f5fa8", "#d1495b", "#2e933c", "#edae49", "#6b4c9a", "#00798c", "#8d6a9f", "#5c5c5c")
+
+
+def new_figure(width_in: float, height_in: float) -> Figure:
+    """A pyplot-free matplotlib figure (Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    fig = Figure(figsize=(width_in, height_in))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def to_png(fig: Figure, dpi: int = DPI) -> bytes:
+    """Render ``fig`` to PNG bytes (no timestamp or software metadata: deterministic)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    fig.clear()
+    return buf.getvalue()
+
+
+def _style(ax: Axes, nbins: int = 4, x: bool = True) -> None:
+    """Light axes: no top/right spines, few ticks (tick objects dominate the drawing time)."""
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    ax.spines["top"].set_visible(False)
+    ax.spines["right"].set_visible(False)
+    if x:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins))
+    ax.tick_params(labelsize=7.5, length=2.5, pad=2)
+
+
+def _grid(n: int, ncols: int, panel_w: float, panel_h: float, left: float = 0.45, bottom: float = 0.38,
+          top: float = 0.28, gap_w: float = 0.45, gap_h: float = 0.55) -> tuple[Figure, list[Axes]]:
+    """``n`` panels of ``panel_w`` x ``panel_h`` inches in rows of ``ncols``, fixed margins in inches.
+
+    (Fixed margins instead of ``tight_layout``, which measures every tick label and doubles the drawing time.)
+    """
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, int(np.ceil(n / ncols)))
+    w = left + ncols * panel_w + (ncols - 1) * gap_w + 0.12
+    h = bottom + nrows * panel_h + (nrows - 1) * gap_h + top
+    fig = new_figure(w, h)
+    fig.subplots_adjust(left=left / w, right=1 - 0.12 / w, bottom=bottom / h, top=1 - top / h,
+                        wspace=gap_w / panel_w, hspace=gap_h / panel_h)
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
+    return fig, axes
+
+
+# ---------------------------------------------------------------------------------------------- brain maps
+
+def glass_brain(img: Any, title: str, threshold: float | None, vmax: float) -> bytes:
+    """Signed glass-brain projection (L, Y, R, Z views) of a statistic image."""
+    from nilearn import plotting  # noqa: PLC0415
+
+    fig = new_figure(8.0, 2.5)
+    plotting.plot_glass_brain(img, figure=fig, display_mode="lyrz", plot_abs=False, threshold=threshold,
+                              vmin=-vmax, vmax=vmax, symmetric_cbar=True, cmap="cold_hot", colorbar=True,
+                              title=title, black_bg=False)
+    return to_png(fig)
+
+
+def stat_slices(img: Any, bg: Any, title: str, threshold: float | None, vmax: float,
+                cut_coords: Sequence[float] | int | None, mode: str = "ortho") -> bytes:
+    """Slices (``mode`` "ortho" at ``cut_coords`` (mm) or "z"/"x"/"y" mosaics) of a statistic image on ``bg``."""
+    from nilearn import plotting  # noqa: PLC0415
+
+    width = 8.0 if mode == "ortho" else 10.0
+    fig = new_figure(width, 2.7 if mode == "ortho" else 2.0)
+    kw: dict[str, Any] = {}
+    if bg is not None:
+        kw["bg_img"] = bg
+        kw["dim"] = 0
+    plotting.plot_stat_map(img, figure=fig, display_mode=mode, cut_coords=cut_coords, threshold=threshold,
+                           vmin=-vmax, vmax=vmax, symmetric_cbar=True, cmap="cold_hot", colorbar=True, title=title,
+                           draw_cross=mode == "ortho", black_bg=True, **kw)
+    return to_png(fig)
+
+
+# ---------------------------------------------------------------------------------------------------- ROIs
+
+def roi_paired(values: dict[tuple[str, str], dict[str, dict[str, float]]], conditions: Sequence[str],
+               ylabel: str = "BPND") -> bytes:
+    """Small multiples, one panel per (region, phase): each subject's value in each condition, joined by a line.
+
+    ``values[(region, phase)][subject][condition]`` = value; ``conditions`` gives the x order.
+    """
+    keys = list(values)
+    fig, axes = _grid(len(keys), 5, 2.3, 2.3)
+    x = np.arange(len(conditions))
+    for ax, key in zip(axes, keys, strict=True):
+        region, phase = key
+        per_subj = values[key]
+        for subj in per_subj:
+            y = np.array([per_subj[subj].get(c, np.nan) for c in conditions], float)
+            ok = np.isfinite(y)
+            ax.plot(x[ok], y[ok], "-", color="#9aa5b1", linewidth=0.9, zorder=1)
+            ax.scatter(x[ok], y[ok], s=9, color=[PALETTE[i % len(PALETTE)] for i in np.nonzero(ok)[0]],
+                       zorder=2, linewidths=0)
+        means = [np.nanmean([per_subj[s].get(c, np.nan) for s in per_subj]) if per_subj else np.nan
+                 for c in conditions]
+        ax.plot(x, means, "-", color="#1d2430", linewidth=2.0, zorder=3)
+        ax.scatter(x, means, s=36, marker="D", color="#1d2430", zorder=4)
+        ax.set_xticks(x, [c[:12] for c in conditions], fontsize=8)
+        ax.set_xlim(-0.4, len(conditions) - 0.6)
+        ax.set_title(region if not phase else f"{region} ({phase})", fontsize=9.5)
+        _style(ax, x=False)
+    if axes:
+        axes[0].set_ylabel(ylabel, fontsize=9)
+    return to_png(fig)
+
+
+# ------------------------------------------------------------------------------------------------------- QC
+
+def _as_float(seq: Any) -> np.ndarray:
+    if seq is None:
+        return np.zeros(0)
+    return np.array([np.nan if v is None else v for v in seq], dtype=float)
+
+
+def scan_qc(qc: dict[str, Any], max_hists: int = 3, max_voxels: int = 4) -> bytes:
+    """One row of small panels for a scan: reference TAC, example voxel TACs with fits, parameter histograms.
+
+    Frame times in the QC record are seconds; the x axes are in minutes (frame mid times).
+    """
+    frames = qc.get("frames") or {}
+    start = _as_float(frames.get("start_s"))
+    dur = _as_float(frames.get("duration_s"))
+    t_min = (start + dur / 2.0) / 60.0 if start.size and start.size == dur.size else None
+    hists = {k: v for k, v in (qc.get("histograms") or {}).items()
+             if isinstance(v, dict) and v.get("edges") is not None and v.get("counts") is not None}
+    hist_keys = list(hists)[:max_hists]
+    n = 2 + len(hist_keys)
+    fig, axes = _grid(n, n, 2.45, 2.0)
+
+    def times(k: int) -> np.ndarray:
+        return t_min if t_min is not None and t_min.size == k else np.arange(k, dtype=float)
+
+    ax = axes[0]
+    ref = _as_float(qc.get("reference_tac"))
+    if ref.size:
+        ax.plot(times(ref.size), ref, "o-", color="#5c5c5c", markersize=2.5, linewidth=1.2)
+    else:
+        ax.text(0.5, 0.5, "no reference TAC", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    ax.set_title("reference TAC", fontsize=9)
+    ax.set_xlabel("time (min)" if t_min is not None else "frame", fontsize=8)
+    _style(ax)
+
+    ax = axes[1]
+    voxels = (qc.get("example_voxels") or [])[:max_voxels]
+    for i, vox in enumerate(voxels):
+        color = PALETTE[i % len(PALETTE)]
+        tac = _as_float(vox.get("tac"))
+        if not tac.size:
+            continue
+        label = str(vox.get("label") or vox.get("index", i))
+        params = vox.get("params") or {}
+        if params:
+            k0 = next(iter(params))
+            v0 = params[k0]
+            if isinstance(v0, (int, float)) and v0 is not None:
+                label += f" ({k0} {v0:.2g})"
+        ax.plot(times(tac.size), tac, "o", color=color, markersize=2.5, label=label[:28])
+        fit = vox.get("fitted")
+        if fit is not None:
+            f = _as_float(fit)
+            if f.size == tac.size:
+                ax.plot(times(f.size), f, "-", color=color, linewidth=1.2)
+    if voxels:
+        ax.legend(fontsize=6, frameon=False, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no example voxels", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    ax.set_title("voxel TACs (dots) and fits (lines)", fontsize=9)
+    ax.set_xlabel("time (min)" if t_min is not None else "frame", fontsize=8)
+    _style(ax)
+
+    for ax, key in zip(axes[2:], hist_keys, strict=True):
+        edges = _as_float(hists[key]["edges"])
+        counts = _as_float(hists[key]["counts"])
+        if edges.size == counts.size + 1 and counts.size:
+            ax.stairs(counts, edges, fill=True, color="#1f5fa8", alpha=0.75)
+        ax.set_title(f"{key} (fitted voxels)", fontsize=9)
+        _style(ax)
+    return to_png(fig)
+
+
+# -------------------------------------------------------------------------------------------- null dists
+
+def null_histograms(items: Sequence[tuple[str, np.ndarray, float | None]]) -> bytes:
+    """Histograms of max-statistic null distributions with the 95th percentile (dashed) and the observed value."""
+    fig, axes = _grid(len(items), 3, 3.3, 2.4)
+    for ax, (name, null, obs) in zip(axes, items, strict=True):
+        null = np.asarray(null, float)
+        null = null[np.isfinite(null)]
+        if null.size:
+            lo, hi = float(null.min()), float(null.max())
+            if obs is not None and np.isfinite(obs):
+                lo, hi = min(lo, obs), max(hi, obs)
+            if hi <= lo:
+                hi = lo + 1.0
+            ax.hist(null, bins=40, range=(lo, hi + 1e-9 * abs(hi)), color="#9aa5b1", edgecolor="none")
+            q95 = float(np.quantile(null, 0.95))
+            ax.axvline(q95, color="#1d2430", linestyle="--", linewidth=1.2, label=f"95th pct {q95:.3g}")
+        if obs is not None and np.isfinite(obs):
+            ax.axvline(obs, color="#d1495b", linewidth=2.0, label=f"observed {obs:.3g}")
+        ax.legend(fontsize=7, frameon=False, loc="upper right")
+        ax.set_title(f"{name} (n={null.size})", fontsize=9)
+        _style(ax)
+    return to_png(fig)

@@ -1,0 +1,625 @@
+"""The study report: one self-contained HTML file built from a pipeline output directory.
+
+Reads what :mod:`voxelkit.pipeline.layout` describes (``study.json``, ``provenance.json``, per-scan ``*_qc.json``
+and BPND maps, ``group/stats/`` maps, cluster tables and null distributions, ``roi/`` tables) and writes
+``report.html``: images are embedded PNG data URIs, the stylesheet is inline, there is no script and no external
+resource.  Each piece that is absent is reported as "not computed"; a piece that cannot be read is reported as
+such (with a warning) instead of stopping the report.  The output depends only on the inputs (no timestamps).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import figures
+from .html import (
+    NOT_COMPUTED,
+    Raw,
+    Section,
+    details,
+    esc,
+    figure,
+    fmt_value,
+    kv_table,
+    note,
+    page,
+    parse_cell,
+    table,
+)
+
+log = logging.getLogger(__name__)
+
+ALPHA = 0.05
+LOGP_ALPHA = -math.log10(ALPHA)
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+FWE_LABELS = {"cluster_extent": "cluster extent", "cluster_mass": "cluster mass", "tfce": "TFCE",
+              "voxel": "voxel (max-T)", "cluster": "cluster"}
+MAX_TABLE_ROWS = 300
+MAX_BACKGROUND_MAPS = 40
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path`` (None when the file does not exist)."""
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        obj = json.load(f)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_tsv(path: Path) -> tuple[list[str], list[list[object]]]:
+    """Header and rows (cells parsed to int/float/str) of a tab-separated file."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = [r for r in csv.reader(f, delimiter="\t") if r and any(c.strip() for c in r)]
+    if not rows:
+        return [], []
+    header = [h.strip() for h in rows[0]]
+    return header, [[parse_cell(c) for c in r] + [float("nan")] * (len(header) - len(r)) for r in rows[1:]]
+
+
+def nifti_stem(path: Path) -> str:
+    """File name without ``.nii``/``.nii.gz``."""
+    name = path.name
+    for suf in NIFTI_SUFFIXES:
+        if name.endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def find_key(obj: Any, *names: str) -> Any:
+    """The value of the first of ``names`` found in ``obj`` (nested dicts searched breadth-first), else None."""
+    queue = [obj]
+    while queue:
+        nxt = []
+        for d in queue:
+            if not isinstance(d, dict):
+                continue
+            for n in names:
+                if n in d and d[n] is not None:
+                    return d[n]
+            nxt.extend(v for v in d.values() if isinstance(v, dict))
+        queue = nxt
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+def render_value(v: Any, depth: int = 0) -> Raw:
+    """Nested JSON as HTML: dicts as key/value tables, lists of scalars inline, lists of dicts as tables."""
+    if isinstance(v, dict):
+        if not v:
+            return Raw('<span class="note">(empty)</span>')
+        if depth >= 4:
+            return Raw(f"<code>{esc(json.dumps(v, sort_keys=False))}</code>")
+        return Raw(kv_table((str(k), render_value(x, depth + 1)) for k, x in v.items()))
+    if isinstance(v, list):
+        if v and all(isinstance(x, dict) for x in v):
+            keys: list[str] = []
+            for x in v:
+                keys.extend(k for k in x if k not in keys)
+            rows = [[_cell(x.get(k)) for k in keys] for x in v]
+            return Raw(table(keys, rows))
+        text = ", ".join(fmt_value(x) if not isinstance(x, (dict, list)) else json.dumps(x) for x in v)
+        if len(text) > 400:
+            text = text[:400] + f" … ({len(v)} items)"
+        return Raw(esc(f"[{text}]") if not v else esc(text))
+    if isinstance(v, str) and re.fullmatch(r"[0-9a-f]{32,128}", v):
+        return Raw(f"<code>{esc(v)}</code>")
+    return Raw(esc(fmt_value(v)))
+
+
+def _cell(x: Any) -> object:
+    if isinstance(x, (dict, list)):
+        return json.dumps(x)
+    return x
+
+
+def _cards(items: Iterable[tuple[str, object]]) -> str:
+    cards = "".join(f'<div class="card"><div class="v">{esc(fmt_value(v))}</div><div class="k">{esc(k)}</div></div>'
+                    for k, v in items if v is not None)
+    return f'<div class="cards">{cards}</div>' if cards else ""
+
+
+def _short(v: Any) -> str:
+    """A short one-line summary of a setting value."""
+    if isinstance(v, dict):
+        name = v.get("name") or v.get("model") or v.get("type")
+        rest = ", ".join(f"{k}={fmt_value(x)}" for k, x in v.items()
+                         if k not in ("name", "model", "type") and not isinstance(x, (dict, list)))
+        return f"{name} ({rest})" if name and rest else str(name) if name else rest
+    if isinstance(v, list):
+        return " vs ".join(str(x) for x in v) if len(v) <= 4 else f"{len(v)}"
+    return fmt_value(v)
+
+
+# -------------------------------------------------------------------------------------------------- report
+
+class _Report:
+    """Collects the pieces of one output directory and renders them to sections."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out = Path(out_dir)
+        self.stats = self.out / "group" / "stats"
+        self.roi = self.out / "roi"
+        self.problems: list[str] = []
+        self.timings: dict[str, float] = {}
+        self.study: dict[str, Any] = {}
+        self.prov: dict[str, Any] = {}
+
+    # -- helpers
+    def guarded(self, name: str, fn: Callable[[], Section]) -> Section:
+        """Run a section builder; a failure becomes a short notice in the report (and a warning)."""
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - one broken input must not stop the whole report
+            msg = f"{name}: could not be rendered ({type(exc).__name__}: {exc})"
+            warnings.warn(msg, stacklevel=2)
+            self.problems.append(msg)
+            sid = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+            return Section(sid, name, note(msg, "warn"))
+        finally:
+            self.timings[name] = time.perf_counter() - t0
+
+    def conditions(self, seen: list[str]) -> list[str]:
+        """Condition order: as in study.json when it names them, else order of appearance."""
+        declared = find_key(self.study, "conditions")
+        order: list[str] = []
+        if isinstance(declared, dict):
+            declared = list(declared.values())
+        if isinstance(declared, list):
+            order = [str(c) for c in declared if str(c) in seen]
+        return order + [c for c in seen if c not in order]
+
+    # -- design and settings
+    def design(self) -> Section:
+        try:
+            self.study = read_json(self.out / "study.json") or {}
+        except Exception as exc:  # noqa: BLE001
+            self.problems.append(f"study.json: {exc}")
+            self.study = {}
+        try:
+            self.prov = read_json(self.out / "provenance.json") or {}
+        except Exception as exc:  # noqa: BLE001
+            self.problems.append(f"provenance.json: {exc}")
+            self.prov = {}
+        both = {"study": self.study, "provenance": self.prov}
+        subjects = find_key(both, "subjects", "participants")
+        n_subj = len(subjects) if isinstance(subjects, (list, dict)) else subjects
+        conds = find_key(both, "conditions")
+        model = find_key(both, "model")
+        fwhm = find_key(both, "fwhm_mm", "smoothing_fwhm_mm", "smoothing_mm", "fwhm", "smoothing")
+        nperm = find_key(both, "n_permutations", "permutations", "n_perm")
+        seed = find_key(both, "seed")
+        backend = find_key(self.prov, "backend", "device") or find_key(self.study, "backend", "device")
+        cards = _cards([
+            ("subjects", n_subj),
+            ("conditions", _short(conds) if conds is not None else None),
+            ("model", _short(model) if model is not None else None),
+            ("smoothing FWHM (mm)", _short(fwhm) if fwhm is not None else None),
+            ("permutations", nperm),
+            ("seed", seed),
+            ("backend", _short(backend) if backend is not None else None),
+        ])
+        parts = [cards]
+        subs = []
+        parts.append('<h3 id="design-settings">Study settings</h3>')
+        subs.append(("design-settings", "Study settings"))
+        parts.append(render_value(self.study).html if self.study else note(f"study.json: {NOT_COMPUTED}."))
+        if isinstance(subjects, list) and subjects:
+            parts.append(f"<p><b>Subjects ({len(subjects)}):</b> {esc(', '.join(str(s) for s in subjects))}</p>")
+        parts.append('<h3 id="design-provenance">Provenance</h3>')
+        subs.append(("design-provenance", "Provenance"))
+        if self.prov:
+            big = {k: v for k, v in self.prov.items()
+                   if k in ("inputs", "checksums", "input_checksums", "files", "timings", "versions")}
+            rest = {k: v for k, v in self.prov.items() if k not in big}
+            if rest:
+                parts.append(render_value(rest).html)
+            versions = self.prov.get("versions")
+            if versions is not None:
+                parts.append(details("Software versions", render_value(versions).html, open_=True))
+            for key in ("inputs", "checksums", "input_checksums", "files"):
+                if key in big:
+                    v = big[key]
+                    n = len(v) if isinstance(v, (list, dict)) else 1
+                    parts.append(details(f"Input checksums ({key}, {n} entries)", render_value(v).html))
+            if "timings" in big:
+                parts.append(details("Timings", render_value(big["timings"]).html))
+        else:
+            parts.append(note(f"provenance.json: {NOT_COMPUTED}."))
+        return Section("design", "Design and settings", "\n".join(parts), subs)
+
+    # -- statistical maps
+    def stat_maps(self) -> tuple[Path | None, dict[str, Path]]:
+        """The t map (or None) and the FWE -log10 p maps by method found in group/stats/."""
+        if not self.stats.is_dir():
+            return None, {}
+        niftis = sorted(p for p in self.stats.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+        fwe: dict[str, Path] = {}
+        t_cands: list[tuple[int, Path]] = []
+        for p in niftis:
+            stem = nifti_stem(p)
+            low = stem.lower()
+            m = re.search(r"logp_fwe_?([a-z0-9_]*)", low)
+            if m:
+                method = m.group(1).strip("_") or "fwe"
+                fwe.setdefault(method, p)
+                continue
+            if "logp" in low or "tfce" in low or "mask" in low:
+                continue
+            if low in ("t", "tstat", "stat-t", "t_map", "tmap"):
+                t_cands.append((0, p))
+            elif low.endswith(("_t", "_stat-t", "_tstat", "_t_map", "_tmap")) or low.startswith(("t_", "tstat")):
+                t_cands.append((1, p))
+        t_path = min(t_cands, key=lambda c: (c[0], c[1].name))[1] if t_cands else None
+        order = ["tfce", "cluster_mass", "cluster_extent", "cluster", "voxel"]
+        fwe = dict(sorted(fwe.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 99, kv[0])))
+        return t_path, fwe
+
+    def background(self, ref: Any) -> tuple[Any, str]:
+        """Mean BPND over the per-scan maps (same grid as ``ref``) as the slice background, else nilearn's MNI."""
+        import nibabel as nib  # noqa: PLC0415
+
+        paths = sorted(self.out.glob("sub-*/ses-*/pet/*_meas-bp_nd_mimap.nii*"))[:MAX_BACKGROUND_MAPS]
+        acc = None
+        n = 0
+        for p in paths:
+            try:
+                img = nib.load(p)
+            except Exception:  # noqa: BLE001
+                continue
+            if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+                continue
+            d = np.nan_to_num(np.asarray(img.dataobj, dtype=np.float32).reshape(ref.shape[:3]))
+            acc = d if acc is None else acc + d
+            n += 1
+        if acc is None:
+            return None, "MNI152 template"
+        return nib.Nifti1Image(acc / n, ref.affine), f"mean BPND of {n} scans"
+
+    def maps(self) -> Section:
+        t_path, fwe = self.stat_maps()
+        if t_path is None and not fwe:
+            return Section("maps", "Statistical maps", note(f"Statistical maps: {NOT_COMPUTED}."))
+        import nibabel as nib  # noqa: PLC0415
+        from scipy import ndimage  # noqa: PLC0415
+
+        parts: list[str] = []
+        subs: list[tuple[str, str]] = []
+        if t_path is not None:
+            t_img = nib.load(t_path)
+            t = np.nan_to_num(np.asarray(t_img.dataobj, dtype=np.float32))
+            t = t.reshape(t.shape[:3]) if t.ndim > 3 and all(s == 1 for s in t.shape[3:]) else t
+            stat_name = "t"
+        else:
+            first = next(iter(fwe.values()))
+            t_img = nib.load(first)
+            t = np.nan_to_num(np.asarray(t_img.dataobj, dtype=np.float32))
+            stat_name = f"signed -log10 p ({nifti_stem(first)})"
+            parts.append(note(f"t map: {NOT_COMPUTED}; showing {nifti_stem(first)} instead.", "warn"))
+        affine = t_img.affine
+        vmax = float(np.max(np.abs(t))) or 1.0
+        bg, bg_desc = self.background(t_img)
+        disp = nib.Nifti1Image(t.astype(np.float32), affine)
+
+        sig_rows = []
+        sig_masks: dict[str, np.ndarray] = {}
+        for method, p in fwe.items():
+            lp = np.nan_to_num(np.asarray(nib.load(p).dataobj, dtype=np.float32)).reshape(t.shape)
+            sig = np.abs(lp) > LOGP_ALPHA
+            sig_masks[method] = sig
+            n_cl = int(ndimage.label(sig, structure=np.ones((3, 3, 3)))[1]) if sig.any() else 0
+            pos = int((sig & (t > 0)).sum())
+            neg = int((sig & (t < 0)).sum())
+            sig_rows.append([FWE_LABELS.get(method, method), p.name, int(sig.sum()), pos, neg, n_cl,
+                             float(np.max(np.abs(lp)))])
+        in_brain = int(np.count_nonzero(t))
+        parts.append(_cards([
+            (f"max {stat_name}", float(t.max())), (f"min {stat_name}", float(t.min())),
+            ("voxels with a statistic", in_brain),
+            *[(f"FWE p<{ALPHA} voxels, {r[0]}", r[2]) for r in sig_rows],
+        ]))
+        parts.append(f"<p>Map: <code>{esc(t_path.name if t_path else '')}</code>. Slices are shown on the "
+                     f"{esc(bg_desc)}. Significance: -log10 p<sub>FWE</sub> &gt; {LOGP_ALPHA:.3f} "
+                     f"(p &lt; {ALPHA}); two-sided maps are signed.</p>")
+        if sig_rows:
+            parts.append(table(["method", "file", "significant voxels", "positive", "negative", "clusters",
+                                "max -log10 p"], sig_rows, highlight=[r[2] > 0 for r in sig_rows]))
+        else:
+            parts.append(note(f"FWE-corrected maps (logp_fwe_*): {NOT_COMPUTED}."))
+
+        subs.append(("maps-t", f"{stat_name} map"))
+        parts.append(f'<h3 id="maps-t">Unthresholded {esc(stat_name)} map</h3>')
+        parts.append(figure(figures.glass_brain(disp, f"{stat_name} (unthresholded)", None, vmax),
+                            f"Glass brain (maximum-intensity projections) of the unthresholded {stat_name} map."))
+        parts.append(figure(figures.stat_slices(disp, bg, f"{stat_name}", None, vmax, 7, mode="z"),
+                            f"Axial slices of the unthresholded {stat_name} map."))
+
+        for method, sig in sig_masks.items():
+            label = FWE_LABELS.get(method, method)
+            sid = f"maps-fwe-{method}"
+            subs.append((sid, f"FWE: {label}"))
+            parts.append(f'<h3 id="{esc(sid)}">FWE-significant voxels: {esc(label)}</h3>')
+            if not sig.any():
+                parts.append(note(f"No voxel is FWE-significant at p < {ALPHA} with {label} inference."))
+                continue
+            masked = np.where(sig, t, 0.0).astype(np.float32)
+            mimg = nib.Nifti1Image(masked, affine)
+            peak = np.unravel_index(int(np.argmax(np.abs(masked))), masked.shape)
+            xyz = [float(v) for v in (affine[:3, :3] @ np.array(peak, float) + affine[:3, 3])]
+            title = f"{stat_name}, FWE p<{ALPHA} ({label})"
+            parts.append('<div class="grid2">')
+            parts.append(figure(figures.glass_brain(mimg, title, 1e-6, vmax),
+                                f"Glass brain of {stat_name} restricted to {label} FWE-significant voxels."))
+            parts.append(figure(figures.stat_slices(mimg, bg, title, 1e-6, vmax, xyz, mode="ortho"),
+                                f"Sections through the strongest significant voxel, "
+                                f"MNI ({xyz[0]:.0f}, {xyz[1]:.0f}, {xyz[2]:.0f}) mm."))
+            parts.append("</div>")
+        return Section("maps", "Statistical maps", "\n".join(parts), subs)
+
+    # -- cluster tables
+    def clusters(self) -> Section:
+        paths = sorted(self.stats.glob("*cluster*.tsv")) if self.stats.is_dir() else []
+        if not paths:
+            return Section("clusters", "Clusters", note(f"Cluster table: {NOT_COMPUTED}."))
+        parts = []
+        for p in paths:
+            header, rows = read_tsv(p)
+            parts.append(f"<h3>{esc(p.name)}</h3>")
+            if not rows:
+                parts.append(note("No clusters (the table is empty)."))
+                continue
+            hl = [_significant_row(header, r) for r in rows]
+            if len(rows) > MAX_TABLE_ROWS:
+                parts.append(note(f"Showing the first {MAX_TABLE_ROWS} of {len(rows)} rows."))
+                rows, hl = rows[:MAX_TABLE_ROWS], hl[:MAX_TABLE_ROWS]
+            parts.append(table(header, rows, highlight=hl))
+        parts.append(note(f"Highlighted rows: FWE p < {ALPHA}. Coordinates are in the space of the maps (mm)."))
+        return Section("clusters", "Clusters", "\n".join(parts))
+
+    # -- ROIs
+    def rois(self) -> Section:
+        parts = []
+        subs = []
+        vpath = self.roi / "roi_values.tsv"
+        subs.append(("roi-values", "BPND by condition"))
+        parts.append('<h3 id="roi-values">Regional BPND by condition (paired)</h3>')
+        if vpath.is_file():
+            header, rows = read_tsv(vpath)
+            col = {h: i for i, h in enumerate(header)}
+            need = {"subject", "condition", "region", "value"}
+            if not need <= set(col):
+                parts.append(note(f"{vpath.name}: missing columns {sorted(need - set(col))}.", "warn"))
+            else:
+                values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+                seen: list[str] = []
+                for r in rows:
+                    cond = str(r[col["condition"]])
+                    phase = r[col["phase"]] if "phase" in col else ""
+                    phase = "" if isinstance(phase, float) and math.isnan(phase) else str(phase)
+                    if cond not in seen:
+                        seen.append(cond)
+                    key = (str(r[col["region"]]), phase)
+                    v = r[col["value"]]
+                    values.setdefault(key, {}).setdefault(str(r[col["subject"]]), {})[cond] = \
+                        float(v) if isinstance(v, (int, float)) else float("nan")
+                conds = self.conditions(seen)
+                if values:
+                    n_sub = len({s for d in values.values() for s in d})
+                    parts.append(figure(figures.roi_paired(values, conds),
+                                        f"Mean BPND per region and condition; grey lines join the {n_sub} subjects' "
+                                        f"values, black diamonds are condition means."))
+                else:
+                    parts.append(note(f"{vpath.name} has no rows."))
+        else:
+            parts.append(note(f"Regional values (roi/roi_values.tsv): {NOT_COMPUTED}."))
+        tpath = self.roi / "roi_tests.tsv"
+        subs.append(("roi-tests", "ROI tests"))
+        parts.append('<h3 id="roi-tests">Paired tests per region</h3>')
+        if tpath.is_file():
+            header, rows = read_tsv(tpath)
+            pcol = next((header.index(c) for c in ("p_fdr", "p_fwe", "p") if c in header), None)
+            hl = [pcol is not None and isinstance(r[pcol], (int, float)) and r[pcol] < ALPHA for r in rows]
+            parts.append(table(header, rows, highlight=hl))
+            if pcol is not None:
+                parts.append(note(f"Highlighted rows: {header[pcol]} < {ALPHA}."))
+        else:
+            parts.append(note(f"ROI tests (roi/roi_tests.tsv): {NOT_COMPUTED}."))
+        return Section("roi", "Regions of interest", "\n".join(parts), subs)
+
+    # -- per-scan QC
+    def qc(self) -> Section:
+        paths = sorted(self.out.glob("sub-*/ses-*/pet/*_qc.json"))
+        if not paths:
+            return Section("qc", "Per-scan QC", note(f"Per-scan QC (*_qc.json): {NOT_COMPUTED}."))
+        records: list[tuple[str, dict[str, Any] | None, str]] = []
+        for p in paths:
+            name = p.name[: -len("_qc.json")]
+            try:
+                records.append((name, read_json(p), ""))
+            except Exception as exc:  # noqa: BLE001
+                records.append((name, None, f"{type(exc).__name__}: {exc}"))
+                self.problems.append(f"{p.name}: {exc}")
+        statuses: list[str] = []
+        for _, qc, _ in records:
+            for k in (qc or {}).get("status_counts") or {}:
+                if k not in statuses:
+                    statuses.append(k)
+        statuses = (["ok"] if "ok" in statuses else []) + [s for s in statuses if s != "ok"]
+        header = ["scan", "model", "voxels", *statuses, "flagged %", "fit (s)", "backend"]
+        rows = []
+        hl = []
+        for name, qc, err in records:
+            if qc is None:
+                rows.append([name, f"unreadable: {err}", *([None] * (len(header) - 2))])
+                hl.append(True)
+                continue
+            sc = qc.get("status_counts") or {}
+            total = qc.get("n_voxels") or sum(int(v) for v in sc.values()) or None
+            bad = sum(int(v) for k, v in sc.items() if k != "ok")
+            frac = 100.0 * bad / total if total else float("nan")
+            rows.append([name, qc.get("model"), total, *[int(sc.get(s, 0)) for s in statuses], frac,
+                         qc.get("fit_seconds"), qc.get("backend")])
+            hl.append(bool(total) and frac > 5.0)
+        parts = [f"<p>{len(records)} scans. Status counts are numbers of voxels; every status other than "
+                 f"<code>ok</code> is flagged (parameters NaN or clipped). Rows with more than 5 % flagged voxels "
+                 f"are highlighted.</p>", table(header, rows, highlight=hl)]
+        open_all = len(records) <= 4
+        for name, qc, err in records:
+            if qc is None:
+                parts.append(details(f"{name} (unreadable)", note(err, "warn")))
+                continue
+            body = [figure(figures.scan_qc(qc), f"{name}: reference TAC, example voxels and parameter histograms. "
+                           f"Reference: {qc.get('reference_desc') or 'not described'}.")]
+            ex = qc.get("example_voxels") or []
+            if ex:
+                ex_rows = [[v.get("index"), str(v.get("ijk")), v.get("label"),
+                            ", ".join(f"{k}={fmt_value(x, 3)}" for k, x in (v.get("params") or {}).items())]
+                           for v in ex]
+                body.append(table(["index", "ijk", "label", "parameters"], ex_rows))
+            sc = qc.get("status_counts") or {}
+            bad = sum(int(v) for k, v in sc.items() if k != "ok")
+            badge = f"{bad} flagged" if bad else "all ok"
+            parts.append(details(f"{name} — {badge}", "".join(body), open_=open_all))
+        return Section("qc", "Per-scan QC", "\n".join(parts))
+
+    # -- null distributions
+    def nulls(self) -> Section:
+        paths = sorted(self.stats.glob("*.npz")) if self.stats.is_dir() else []
+        if not paths:
+            return Section("nulls", "Null distributions", note(f"Null distributions (.npz): {NOT_COMPUTED}."))
+        parts = []
+        for p in paths:
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: np.asarray(z[k]) for k in z.files}
+            items, rows = _null_items(arrays)
+            parts.append(f"<h3>{esc(p.name)}</h3>")
+            if not items:
+                parts.append(note(f"No null distribution found in {p.name} (arrays: {', '.join(arrays) or 'none'})."))
+                continue
+            parts.append(figure(figures.null_histograms(items),
+                                "Permutation null distributions of the maximum statistics (grey), their 95th "
+                                "percentile (dashed: the FWE 0.05 critical value) and the observed value (red)."))
+            parts.append(table(["statistic", "permutations", "95th percentile", "observed", "p (FWE)"], rows))
+        return Section("nulls", "Null distributions", "\n".join(parts))
+
+
+def _significant_row(header: list[str], row: list[object]) -> bool:
+    """Whether a cluster-table row is FWE-significant (a p column < ALPHA, or a -log10 p column > its cut)."""
+    for h, v in zip(header, row, strict=False):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+            continue
+        low = h.lower()
+        if "logp" in low or "log10" in low:
+            if abs(v) > LOGP_ALPHA:
+                return True
+        elif low.startswith("p") and ("fwe" in low or low in ("p", "pval", "p_value")):
+            if v < ALPHA:
+                return True
+    return False
+
+
+_NAME_NOISE = {"null", "nulls", "max", "maxima", "obs", "observed", "dist", "distribution", "stat", "value", ""}
+
+
+def _tokens(key: str) -> frozenset[str]:
+    return frozenset(t for t in re.split(r"[^a-z0-9]+", key.lower()) if t not in _NAME_NOISE)
+
+
+def _null_items(arrays: dict[str, np.ndarray]) -> tuple[list[tuple[str, np.ndarray, float | None]], list[list]]:
+    """Null arrays (1-D, keys with "null" or "max", more than one value) paired with their observed scalar."""
+    nulls = {k: a.astype(float).ravel() for k, a in arrays.items()
+             if ("null" in k.lower() or "max" in k.lower()) and "obs" not in k.lower()
+             and a.ndim >= 1 and a.size > 1 and np.issubdtype(a.dtype, np.number)
+             and (a.ndim == 1 or sum(s > 1 for s in a.shape) == 1)}
+    scalars = {k: float(a.ravel()[0]) for k, a in arrays.items()
+               if a.size == 1 and np.issubdtype(a.dtype, np.number)}
+    items = []
+    rows = []
+    for k, null in nulls.items():
+        tok = _tokens(k)
+        obs = None
+        for sk in scalars:
+            if "obs" in sk.lower() and _tokens(sk) == tok:
+                obs = scalars[sk]
+                break
+        if obs is None:
+            cands = [sk for sk in scalars if "obs" in sk.lower() and (_tokens(sk) & tok)]
+            if len(cands) == 1:
+                obs = scalars[cands[0]]
+        fin = null[np.isfinite(null)]
+        q95 = float(np.quantile(fin, 0.95)) if fin.size else float("nan")
+        p = (1.0 + np.count_nonzero(fin >= obs)) / (1.0 + fin.size) if obs is not None and fin.size else None
+        items.append((k, null, obs))
+        rows.append([k, int(fin.size), q95, obs if obs is not None else "not stored", p])
+    return items, rows
+
+
+def write_report(out_dir: Path, path: Path | None = None) -> Path:
+    """Write the self-contained HTML report of the pipeline outputs in ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : a pipeline output directory (see :mod:`voxelkit.pipeline.layout`).
+    path : where to write (default ``<out_dir>/report.html``).
+
+    Returns
+    -------
+    The path written.  Missing pieces are shown as "not computed"; nothing in ``out_dir`` is modified except the
+    report itself.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out}: not a directory")
+    dest = Path(path) if path is not None else out / "report.html"
+    rep = _Report(out)
+    t0 = time.perf_counter()
+    sections = [rep.guarded("Design and settings", rep.design)]
+    sections += [rep.guarded(n, f) for n, f in (("Statistical maps", rep.maps), ("Clusters", rep.clusters),
+                                                 ("Regions of interest", rep.rois), ("Per-scan QC", rep.qc),
+                                                 ("Null distributions", rep.nulls))]
+    if rep.problems:
+        sections.append(Section("problems", "Problems", "<ul>" + "".join(f"<li>{esc(m)}</li>"
+                                                                          for m in rep.problems) + "</ul>"))
+    name = find_key(rep.study, "name", "study", "title")
+    title = f"Study report: {name}" if isinstance(name, str) and name else "Study report"
+    contrast = find_key(rep.study, "contrast")
+    subtitle = str(out.resolve().name if out.name else out)
+    if contrast is not None:
+        subtitle += f" · contrast: {_short(contrast)}"
+    version = find_key(rep.prov, "voxelkit") or _voxelkit_version()
+    footer = (f"Generated by voxelkit {esc(version)} from <code>{esc(out.name)}</code>. Self-contained: images are "
+              f"embedded, no network access is needed to view this file.")
+    text = page(title, subtitle, sections, footer)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(dest)
+    log.info("report written to %s in %.1f s (%s)", dest, time.perf_counter() - t0,
+             ", ".join(f"{k} {v:.1f}s" for k, v in rep.timings.items()))
+    return dest
+
+
+def _voxelkit_version() -> str:
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("voxelkit")
+    except Exception:  # noqa: BLE001
+        return "unknown"
