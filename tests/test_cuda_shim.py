@@ -287,6 +287,16 @@ def test_rawkernel_checks_arguments() -> None:
         cp.RawModule(code=selftest_source()).get_function("logistic")
 
 
+def test_rawmodule_passes_macro_definitions() -> None:
+    require_kernel_tools(nvrtc=False, gxx=True)
+    src = 'extern "C" __global__ void k(float* x) { x[0] = SCALE; }\n'
+    x = fake_cupy.cupy.zeros(1, dtype=fake_cupy.cupy.float32)
+    fake_cupy.cupy.RawModule(code=src, options=("-DSCALE=3.0f",)).get_function("k")((1,), (1,), (x,))
+    assert float(x[0]) == 3.0
+    with pytest.raises(build.ShimError, match="SCALE"):
+        fake_cupy.cupy.RawModule(code=src).get_function("k")
+
+
 def test_fake_gpu_fixture_runs_real_backend(fake_gpu) -> None:
     from voxelkit import backend
 

@@ -368,15 +368,28 @@ def _compiler_version(cxx: str) -> str:
     return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
 
 
+def defines_from_options(options: tuple[str, ...]) -> tuple[str, ...]:
+    """The macro definitions among NVRTC options (``-DX``, ``-DX=1``, ``--define-macro=X``) as g++ flags."""
+    out = []
+    for o in options:
+        if o.startswith("--define-macro="):
+            out.append("-D" + o.split("=", 1)[1])
+        elif o.startswith("-D") and len(o) > 2:
+            out.append(o)
+    return tuple(out)
+
+
 def build(source: str, filename: str = "kernel.cu", *, sanitize: bool | None = None,
-          exprs: tuple[str, ...] | None = None) -> Path:
-    """Compile ``source`` through the shim into a cached shared library and return its path."""
+          exprs: tuple[str, ...] | None = None, defines: tuple[str, ...] = ()) -> Path:
+    """Compile ``source`` through the shim into a cached shared library and return its path.
+
+    ``defines`` are ``-DNAME[=VALUE]`` flags (see :func:`defines_from_options`)."""
     cxx = compiler()
     if cxx is None:
         raise ShimError(f"no C++ compiler found ({os.environ.get(ENV_CXX, 'g++')}); install g++")
     sanitize = sanitize_default() if sanitize is None else sanitize
     kernels = parse_kernels(source, exprs)
-    flags = BASE_FLAGS + (SANITIZE_FLAGS if sanitize else OPT_FLAGS)
+    flags = BASE_FLAGS + (SANITIZE_FLAGS if sanitize else OPT_FLAGS) + tuple(defines)
     wrapper = generate_wrapper(source, kernels, filename)
     key = hashlib.sha256(
         "\0".join(
@@ -406,7 +419,7 @@ class ShimModule:
     """A kernel source built through the shim and loaded with ctypes."""
 
     def __init__(self, source: str, filename: str = "kernel.cu", *, sanitize: bool | None = None,
-                 exprs: tuple[str, ...] | None = None) -> None:
+                 exprs: tuple[str, ...] | None = None, defines: tuple[str, ...] = ()) -> None:
         self.source = source
         self.filename = filename
         self.sanitize = sanitize_default() if sanitize is None else sanitize
@@ -416,7 +429,7 @@ class ShimModule:
                 "LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0"
             )
         self.kernels = {k.name: k for k in parse_kernels(source, exprs)}
-        self.path = build(source, filename, sanitize=self.sanitize, exprs=exprs)
+        self.path = build(source, filename, sanitize=self.sanitize, exprs=exprs, defines=defines)
         self.lib = ctypes.CDLL(str(self.path), mode=getattr(ctypes, "RTLD_LOCAL", 0))
         self._funcs = {}
         for k in self.kernels.values():
@@ -488,14 +501,15 @@ def convert_args(k: Kernel, args: tuple) -> list[Any]:
 
 
 def load(source: str, filename: str = "kernel.cu", *, sanitize: bool | None = None,
-         exprs: tuple[str, ...] | None = None) -> ShimModule:
+         exprs: tuple[str, ...] | None = None, defines: tuple[str, ...] = ()) -> ShimModule:
     """Build (cached on disk) and load (cached per process) ``source``."""
     sanitize = sanitize_default() if sanitize is None else sanitize
-    key = (hashlib.sha256((source + "\0" + filename + "\0" + repr(exprs)).encode()).hexdigest(), sanitize)
+    ident = "\0".join([source, filename, repr(exprs), repr(tuple(defines))])
+    key = (hashlib.sha256(ident.encode()).hexdigest(), sanitize)
     with _BUILD_LOCK:
         mod = _MODULES.get(key)
         if mod is None:
-            mod = ShimModule(source, filename, sanitize=sanitize, exprs=exprs)
+            mod = ShimModule(source, filename, sanitize=sanitize, exprs=exprs, defines=tuple(defines))
             _MODULES[key] = mod
     return mod
 

@@ -607,7 +607,8 @@ class RawModule:
 
     def _shim(self) -> build.ShimModule:
         if self._mod is None:
-            self._mod = build.load(self.code, _filename_for(self.code), exprs=self.name_expressions or ())
+            self._mod = build.load(self.code, _filename_for(self.code), exprs=self.name_expressions or (),
+                                   defines=build.defines_from_options(self.options))
         return self._mod
 
     def compile(self, log_stream: Any = None) -> None:
