@@ -103,6 +103,22 @@ def test_atomics_histogram(shim: build.ShimModule) -> None:
     np.testing.assert_array_equal(maxidx, expected_max)
 
 
+def test_other_atomics(shim: build.ShimModule) -> None:
+    n = 50_001
+    v = np.random.default_rng(2).integers(-10**6, 10**6, n).astype(np.int32)
+    minmax = np.array([np.iinfo(np.int32).max, np.iinfo(np.int32).min], dtype=np.int32)
+    owner = np.full(8, -1, dtype=np.int32)
+    last = np.full(1, -1.0, dtype=np.float32)
+    count = np.zeros(1, dtype=np.uint64)
+    dsum = np.zeros(1)
+    shim.launch("atomics_misc", blocks(n), (BLOCK,), (v, minmax, owner, last, count, dsum, np.int32(n)))
+    assert minmax.tolist() == [v.min(), v.max()]
+    for slot in range(8):  # exactly one claimant per slot, and it has that slot
+        assert owner[slot] >= 0 and (v[owner[slot]] & 7) == slot
+    assert 0 <= last[0] < n and count[0] == n
+    assert dsum[0] == v.astype(np.float64).sum()  # integers: exact in double
+
+
 def test_3d_launch(shim: build.ShimModule) -> None:
     nx, ny, nz = 37, 5, 3
     out = np.full(nx * ny * nz, -1, dtype=np.int32)

@@ -412,7 +412,18 @@ def build(source: str, filename: str = "kernel.cu", *, sanitize: bool | None = N
                 f"g++ could not build {filename} through the CPU shim:\n$ {' '.join(cmd)}\n{res.stderr}"
             )
         os.replace(tmp_so, so)  # atomic: concurrent test runs may build the same key
+    _prune(out_dir)
     return so
+
+
+def _prune(out_dir: Path, keep: int = 200) -> None:
+    """Delete the least recently built libraries beyond ``keep`` (the cache only grows otherwise)."""
+    libs = sorted(out_dir.glob("*.so"), key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
+    for old in libs[: max(0, len(libs) - keep)]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
 
 
 class ShimModule:

@@ -73,3 +73,16 @@ extern "C" __global__ void guarded_fill(float* out, const float value, const int
     if (i >= n) return;
     out[i] = value;
 }
+
+// The other atomics: min/max (int), CAS-based claim, exchange, unsigned long long add, double add.
+extern "C" __global__ void atomics_misc(const int* v, int* minmax, int* owner, float* last,
+                                        unsigned long long* count, double* dsum, const int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    atomicMin(&minmax[0], v[i]);
+    atomicMax(&minmax[1], v[i]);
+    atomicCAS(&owner[v[i] & 7], -1, i);  // first thread to arrive claims its slot
+    atomicExch(last, (float)i);
+    atomicAdd(count, 1ull);
+    atomicAdd(dsum, (double)v[i]);
+}
