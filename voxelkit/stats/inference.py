@@ -21,7 +21,8 @@ def fwe_threshold(null_max: np.ndarray, alpha: float = 0.05) -> float:
     k = int(np.floor(alpha * null.size + 1e-9))
     if k >= null.size:
         return float("-inf")
-    return float(np.nextafter(null[k], np.inf))
+    v = float(null[k])
+    return v + 2e-9 * max(1.0, abs(v))  # just above null[k], beyond fwe_p's tie tolerance
 
 
 def fdr_bh(p: np.ndarray) -> np.ndarray:

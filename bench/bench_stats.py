@@ -1,0 +1,140 @@
+"""Whole-process benchmark: ``voxelkit stats paired`` against a script running nilearn's ``permuted_ols``.
+
+Both processes load the same 15 pairs of NIfTI maps (40 x 48 x 40 = 76,800 voxels, all in the mask), test the
+paired difference two-sided, and write nothing voxelkit-specific that nilearn does not also compute.  Three
+settings (the issue's): voxel max-T with 10,000 permutations; cluster extent/mass at p < 0.001 with 5,000; TFCE
+with 200.  nilearn uses 6-connectivity for clusters and TFCE, so voxelkit is run with ``--connectivity 6`` too
+(the 26-connectivity default is timed separately).  Process start-up and imports are included on both sides.
+
+    python -m pytest bench/bench_stats.py --benchmark-enable -p no:cacheprovider   # pytest-benchmark, 1 round
+    python bench/bench_stats.py                                                     # one run each, a table
+    python bench/bench_stats.py --only maxt                                         # one setting
+
+nilearn takes 20-40 s per setting on 2 cores, so each benchmark runs one round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPE = (40, 48, 40)
+N_SUBJECTS = 15
+SETTINGS = {
+    "maxt": {"n_perm": 10000, "cluster_p": None, "tfce": False},
+    "cluster": {"n_perm": 5000, "cluster_p": 0.001, "tfce": False},
+    "tfce": {"n_perm": 200, "cluster_p": None, "tfce": True},
+}
+
+NILEARN_SCRIPT = r'''
+import sys, numpy as np, nibabel as nib
+from nilearn.maskers import NiftiMasker
+from nilearn.mass_univariate import permuted_ols
+n_perm, cluster_p, tfce, n = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
+files = sys.argv[5:]
+a, b = files[:n], files[n:]
+mask = nib.Nifti1Image(np.ones(nib.load(a[0]).shape, np.uint8), nib.load(a[0]).affine)
+masker = NiftiMasker(mask).fit()
+d = masker.transform(a) - masker.transform(b)
+out = permuted_ols(np.ones((n, 1)), d, model_intercept=False, n_perm=n_perm, two_sided_test=True,
+                   random_state=0, n_jobs=1, masker=masker, tfce=tfce,
+                   threshold=None if cluster_p == "none" else float(cluster_p), output_type="dict")
+np.savez("{out}", **{k: v for k, v in out.items()})
+'''
+
+
+def make_data(folder: Path, seed: int = 0) -> tuple[list[str], list[str]]:
+    """15 subjects' A and B maps: smooth noise (FWHM ~ 2.4 voxels) plus a small effect blob in A."""
+    import nibabel as nib  # noqa: PLC0415
+    from scipy import ndimage  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = [-40, -56, -30]
+    xx, yy, zz = np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij")
+    blob = np.exp(-((xx - 12) ** 2 + (yy - 20) ** 2 + (zz - 18) ** 2) / (2 * 3.0 ** 2))
+    a_files, b_files = [], []
+    for i in range(N_SUBJECTS):
+        for cond, files in (("A", a_files), ("B", b_files)):
+            x = ndimage.gaussian_filter(rng.standard_normal(SHAPE), 1.0)
+            x = 2.0 + x / x.std() * 0.2 + (0.15 * blob if cond == "A" else 0)
+            p = folder / f"sub-{i + 1:02d}_{cond}.nii.gz"
+            nib.save(nib.Nifti1Image(x.astype(np.float32), aff), str(p))
+            files.append(str(p))
+    return a_files, b_files
+
+
+def run_nilearn(folder: Path, a: list[str], b: list[str], setting: str) -> float:
+    s = SETTINGS[setting]
+    script = folder / "nilearn_permuted_ols.py"
+    script.write_text(NILEARN_SCRIPT.replace("{out}", str(folder / f"nilearn_{setting}.npz")))
+    cmd = [sys.executable, str(script), str(s["n_perm"]), str(s["cluster_p"] or "none"),
+           "1" if s["tfce"] else "0", str(len(a)), *a, *b]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def run_voxelkit(folder: Path, a: list[str], b: list[str], setting: str, connectivity: int = 6) -> float:
+    s = SETTINGS[setting]
+    cmd = [sys.executable, "-m", "voxelkit", "stats", "paired", "--a", *a, "--b", *b, "--n-perm",
+           str(s["n_perm"]), "--two-sided", "--seed", "0", "--quiet", "--device", "cpu",
+           "--connectivity", str(connectivity), "-o", str(folder / f"voxelkit_{setting}_{connectivity}")]
+    if s["cluster_p"]:
+        cmd += ["--cluster-p", str(s["cluster_p"])]
+    if s["tfce"]:
+        cmd += ["--tfce"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------------------- pytest-benchmark
+try:
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture(scope="module")
+    def data(tmp_path_factory):
+        folder = tmp_path_factory.mktemp("bench_stats")
+        a, b = make_data(folder)
+        # warm the numba cache and the OS file cache outside the timings
+        run_voxelkit(folder, a, b, "tfce")
+        return folder, a, b
+
+    @pytest.mark.parametrize("setting", list(SETTINGS))
+    @pytest.mark.parametrize("tool", ["voxelkit", "nilearn"])
+    def test_bench_stats(benchmark, data, tool, setting):
+        folder, a, b = data
+        fn = run_voxelkit if tool == "voxelkit" else run_nilearn
+        benchmark.group = f"stats paired {setting}"
+        benchmark.pedantic(fn, args=(folder, a, b, setting), rounds=1, iterations=1, warmup_rounds=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=list(SETTINGS), nargs="*", default=list(SETTINGS))
+    ap.add_argument("--skip-nilearn", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        a, b = make_data(folder)
+        run_voxelkit(folder, a, b, "tfce")  # warm-up (numba cache)
+        print(f"{'setting':10s} {'nilearn s':>10s} {'voxelkit(6) s':>14s} {'voxelkit(26) s':>15s} {'speed-up':>9s}")
+        for setting in args.only:
+            tv6 = run_voxelkit(folder, a, b, setting, 6)
+            tv26 = run_voxelkit(folder, a, b, setting, 26)
+            tn = float("nan") if args.skip_nilearn else run_nilearn(folder, a, b, setting)
+            print(f"{setting:10s} {tn:10.2f} {tv6:14.2f} {tv26:15.2f} {tn / tv6:8.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
