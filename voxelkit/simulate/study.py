@@ -1,0 +1,628 @@
+"""Simulate a [11C]carfentanil anakinra/placebo crossover study and write it as a BIDS-PET dataset.
+
+What is planted, exactly (all multiplicative on BPND, per voxel of the phantom):
+
+``BPND[subject, session] = phantom BPND x subject factor (all voxels) x subject-by-region factor (per atlas
+label) x session factor (all voxels) x period factor (second crossover period, all voxels; 1 by default)
+x drug factor``, where the **drug factor** is ``1 - effect`` in the voxels of ``effect_regions`` in the
+``anakinra`` session and 1 everywhere else (``effect_on="scan"``, the default).  With ``effect_on="challenge"``
+the drug factor applies only during the challenge window.  The reference region keeps BPND 0 and R1 1.
+
+The **pain challenge** (``challenge="within"``) lowers BPND by the fraction ``displacement`` (per subject and
+session, linked to covariates) in ``challenge_regions`` between ``challenge_window_min`` minutes, in every
+session except ``baseline``; ``challenge="between"`` lowers it for the whole scan instead (add
+``baseline_session=True`` for an unchallenged ``ses-baseline``); ``"none"`` disables it.
+
+Images are frame averages (kBq/mL) decay-corrected to injection (TimeZero), with Gaussian noise whose variance
+follows the counts (activity x C-11 decay x frame duration) and is spatially correlated to ``fwhm_mm`` with the
+voxel variance preserved.  ``noise`` is the coefficient of variation of one reference-region voxel in the last
+frame at 2 mm for a nominal subject (it scales with (2 mm / voxel size)^1.5); ``noise=0`` is noiseless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import scipy.ndimage as ndi
+
+from ..frames import FrameTiming
+from ..io import write_json, write_tsv
+from .kinetics import C11_HALF_LIFE_MIN, FengInput, SRTMTable, carfentanil_frames, decay_factor
+from .phantom import Phantom, Region, TissueValues, build_phantom
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PRESETS", "StudyConfig", "StudyResult", "simulate_study", "plan_study"]
+
+BIDS_VERSION = "1.10.0"
+DERIV = "voxelkit-sim"
+SPACE = "MNI152NLin2009cAsym"
+CARFENTANIL_MW = 394.5  # g/mol
+#: Input scale (kBq/mL per unit Feng shape) for 350 MBq: reference TAC peaks near 12 kBq/mL.
+BASE_SCALE_PER_MBQ = 0.55 / 350.0
+DEFAULT_EFFECT_REGIONS = ("thalamus", "insula", "nucleus_accumbens", "anterior_cingulate", "caudate")
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a simulated study (units in the field comments)."""
+
+    n_subjects: int = 12
+    effect: float = 0.08  # relative BPND reduction in effect_regions in the drug session
+    effect_regions: tuple[str, ...] = DEFAULT_EFFECT_REGIONS
+    effect_on: str = "scan"  # "scan" (whole scan) | "challenge" (only during the challenge window)
+    noise: float = 0.10  # COV of a 2 mm reference voxel, last frame; 0 = noiseless
+    fwhm_mm: float = 7.0  # spatial correlation of the noise (reconstructed resolution), mm
+    psf_fwhm_mm: float = 0.0  # optional blur of the noiseless signal, mm (0: fitted BPND = truth)
+    seed: int = 0
+    resolution: float = 2  # voxel size, mm
+    sessions: tuple[str, ...] = ("anakinra", "placebo")  # crossover sessions, randomized order
+    drug_session: str = "anakinra"
+    baseline_session: bool = False  # add ses-baseline (first, no drug, no challenge)
+    challenge: str = "within"  # "within" | "between" | "none"
+    challenge_window_min: tuple[float, float | None] = (45.0, 65.0)  # minutes after injection
+    challenge_displacement: float = 0.10  # mean relative BPND reduction during the challenge
+    challenge_regions: tuple[str, ...] = DEFAULT_EFFECT_REGIONS + ("amygdala",)
+    challenge_sd: float = 0.3  # relative sd of the displacement across subjects and sessions
+    activation_links: dict[str, float] = field(default_factory=lambda: {"neuroticism": 0.3, "il1b": 0.3})
+    pain_link: float = -0.5  # correlation-like link of pain ratings to the displacement
+    bp_subject_sd: float = 0.10  # log-sd of the subject's global BPND factor
+    bp_region_sd: float = 0.05  # log-sd of subject-by-region BPND factors
+    bp_session_sd: float = 0.02  # log-sd of the scan's global BPND factor (test-retest)
+    r1_subject_sd: float = 0.05  # log-sd of the subject's R1 factor (not the reference region)
+    period_effect: float = 0.0  # relative BPND change in the second crossover period (all voxels)
+    k1prime: float = 0.1  # reference K1', mL/min/mL
+    k2prime: float = 0.1  # reference k2', 1/min
+    injected_mbq: float = 350.0  # mean injected radioactivity, MBq
+    injected_sd_mbq: float = 30.0
+    specific_activity: float = 400.0  # MBq/ug at injection (mean)
+    input_sd: float = 0.10  # log-sd of the subject's input scale (body size, clearance)
+    kbol: float | None = None  # bolus-plus-infusion Kbol in minutes (None: bolus)
+    input_delay_min: float = 0.2  # arrival delay of the input, minutes
+    frames: FrameTiming | None = None  # default carfentanil_frames()
+    regions: tuple[Region, ...] | None = None  # default phantom.default_regions()
+    tissue: TissueValues | None = None
+    image_dtype: str = "float32"  # "float32" | "int16" (scaled)
+    n_jobs: int = 1  # worker processes writing scans (results do not depend on it)
+
+    def validate(self) -> None:
+        if self.n_subjects < 1:
+            raise ValueError(f"n_subjects must be >= 1, got {self.n_subjects}")
+        if not 0 <= self.effect < 1:
+            raise ValueError(f"effect must be in [0, 1), got {self.effect}")
+        if self.noise < 0:
+            raise ValueError(f"noise must be >= 0, got {self.noise}")
+        if self.effect_on not in ("scan", "challenge"):
+            raise ValueError(f"effect_on must be 'scan' or 'challenge', got {self.effect_on!r}")
+        if self.challenge not in ("within", "between", "none"):
+            raise ValueError(f"challenge must be 'within', 'between' or 'none', got {self.challenge!r}")
+        if self.drug_session not in self.sessions or len(set(self.sessions)) != len(self.sessions):
+            raise ValueError(f"sessions {self.sessions} must be distinct and contain {self.drug_session!r}")
+        for s in self.sessions:
+            if not s.isalnum():
+                raise ValueError(f"session label {s!r} must be alphanumeric (BIDS)")
+        if self.image_dtype not in ("float32", "int16"):
+            raise ValueError(f"image_dtype must be 'float32' or 'int16', got {self.image_dtype!r}")
+        if self.challenge == "within":
+            on, off = self.challenge_window_min
+            if not (self.input_delay_min < on and (off is None or off > on)):
+                raise ValueError(f"challenge_window_min {self.challenge_window_min} must be increasing and "
+                                 f"start after the input delay")
+        if self.effect_on == "challenge" and self.challenge != "within":
+            raise ValueError("effect_on='challenge' needs challenge='within'")
+
+
+#: Named presets; keyword arguments to :func:`simulate_study` override them.
+PRESETS: dict[str, dict] = {
+    "test": {"n_subjects": 4, "resolution": 4},
+    "demo": {"n_subjects": 10, "resolution": 3},
+    "full": {},
+}
+
+
+@dataclass
+class StudyResult:
+    """Where the study went and what was planted."""
+
+    root: Path
+    config: StudyConfig
+    pet_files: list[Path]
+    derivatives: Path
+    truth: list[dict]
+    seconds: float
+
+    def summary(self) -> str:
+        c = self.config
+        lines = [f"wrote {len(self.pet_files)} PET scans ({c.n_subjects} subjects x "
+                 f"{len(self.pet_files) // c.n_subjects} sessions, {c.resolution:g} mm) to {self.root} "
+                 f"in {self.seconds:.1f} s",
+                 f"planted: BPND x {1 - c.effect:g} in {', '.join(c.effect_regions)} in ses-{c.drug_session} "
+                 f"({'whole scan' if c.effect_on == 'scan' else 'challenge window only'})"]
+        if c.challenge == "within":
+            on, off = c.challenge_window_min
+            lines.append(f"challenge: BPND x (1 - {c.challenge_displacement:g} on average) in "
+                         f"{', '.join(c.challenge_regions)} from {on:g} to {'end' if off is None else f'{off:g}'} "
+                         "min")
+        elif c.challenge == "between":
+            lines.append(f"challenge: BPND x (1 - {c.challenge_displacement:g} on average) in "
+                         f"{', '.join(c.challenge_regions)} for whole challenge scans")
+        lines.append(f"noise: COV {c.noise:g} (2 mm reference voxel, last frame), FWHM {c.fwhm_mm:g} mm; "
+                     f"truth maps in {self.derivatives}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# planning: everything random except the image noise
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class ScanPlan:
+    subject: str
+    session: str
+    period: int  # 0-based scan order within the subject
+    bp_segments: np.ndarray  # (V, S) float64 over brain voxels
+    r1: np.ndarray  # (V,)
+    scale: float  # input scale (kBq/mL per Feng unit)
+    injected_mbq: float
+    injected_ug: float
+    displacement: float
+    drug: bool
+    challenged: bool
+    seed: np.random.SeedSequence
+    factors: dict
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+
+
+def plan_study(cfg: StudyConfig, phantom: Phantom) -> tuple[list[dict], list[ScanPlan], np.ndarray]:
+    """Draw covariates, orders and per-scan parameter maps.  Returns (participant rows, scans, switch_min)."""
+    ss = np.random.SeedSequence(cfg.seed)
+    design_seed, noise_root = ss.spawn(2)
+    rng = np.random.default_rng(design_seed)
+    n = cfg.n_subjects
+    brain = phantom.brain
+    labels = phantom.labels[brain]
+    bp0 = phantom.bp_nd[brain].astype(float)
+    r10 = phantom.r1[brain].astype(float)
+    ref = phantom.reference_mask[brain]
+    effect_mask = phantom.mask(list(cfg.effect_regions))[brain]
+    chal_mask = phantom.mask(list(cfg.challenge_regions))[brain] if cfg.challenge != "none" else ~brain[brain]
+    n_labels = len(phantom.names)
+
+    # covariates
+    sex = rng.choice(np.array(["F", "M"]), size=n)
+    age = rng.integers(20, 46, size=n)
+    neuro = np.clip(np.round(rng.normal(20.0, 7.0, size=n)), 0, 48)
+    il1b = np.round(np.exp(rng.normal(np.log(1.0), 0.5, size=n)), 3)  # pg/mL
+    il1ra = np.round(np.exp(rng.normal(np.log(250.0), 0.4, size=n)), 1)  # pg/mL
+    weight = np.round(rng.normal(72.0, 10.0, size=n), 1)
+    covs = {"neuroticism": neuro, "il1b": il1b, "il1ra": il1ra, "age": age.astype(float),
+            "weight": weight}
+    for name in cfg.activation_links:
+        if name not in covs:
+            raise ValueError(f"activation_links: unknown covariate {name!r}; use one of {', '.join(covs)}")
+    link = sum(b * _z(covs[k]) for k, b in cfg.activation_links.items()) if cfg.activation_links else 0.0
+    link = np.broadcast_to(np.asarray(link, float), (n,))
+    # balanced randomized crossover order
+    n_seq = math.factorial(len(cfg.sessions))
+    orders = [tuple(cfg.sessions)] if n_seq == 1 else None
+    if orders is None:
+        base = [tuple(cfg.sessions), tuple(reversed(cfg.sessions))]
+        seqs = [base[i % 2] for i in range(n)]
+        perm = rng.permutation(n)
+        orders = [seqs[i] for i in perm]
+    else:
+        orders = orders * n
+    subj_bp = np.exp(rng.normal(0.0, cfg.bp_subject_sd, size=n))
+    reg_bp = np.exp(rng.normal(0.0, cfg.bp_region_sd, size=(n, n_labels)))
+    subj_r1 = np.exp(rng.normal(0.0, cfg.r1_subject_sd, size=n))
+    subj_input = np.exp(rng.normal(0.0, cfg.input_sd, size=n))
+
+    if cfg.challenge == "within":
+        on, off = cfg.challenge_window_min
+        switch = np.array([on] if off is None else [on, off], dtype=float)
+    else:
+        switch = np.zeros(0)
+
+    participants, scans = [], []
+    all_sessions = (["baseline"] if cfg.baseline_session else []) + list(cfg.sessions)
+    noise_seeds = noise_root.spawn(n * len(all_sessions))
+    k = 0
+    for i in range(n):
+        sub = f"{i + 1:02d}"
+        order = (["baseline"] if cfg.baseline_session else []) + list(orders[i])
+        row = {"participant_id": f"sub-{sub}", "sex": sex[i], "age": int(age[i]), "weight": weight[i],
+               "neuroticism": int(neuro[i]), "il1b": il1b[i], "il1ra": il1ra[i],
+               "session_order": "-".join(orders[i])}
+        for period, ses in enumerate(order):
+            drug = ses == cfg.drug_session
+            challenged = cfg.challenge != "none" and ses != "baseline"
+            disp = 0.0
+            if challenged:
+                disp = cfg.challenge_displacement * max(
+                    0.0, 1.0 + link[i] + cfg.challenge_sd * rng.standard_normal())
+                disp = min(disp, 0.9)
+            ses_f = math.exp(rng.normal(0.0, cfg.bp_session_sd))
+            crossover_period = period - (1 if cfg.baseline_session else 0)
+            per_f = 1.0 + cfg.period_effect if crossover_period >= 1 else 1.0
+            bp = bp0 * subj_bp[i] * reg_bp[i, labels] * ses_f * per_f
+            drug_f = np.where(effect_mask, 1.0 - cfg.effect, 1.0) if drug else np.ones_like(bp)
+            if cfg.effect_on == "scan":
+                bp = bp * drug_f
+            chal = np.where(chal_mask, 1.0 - disp, 1.0)
+            if cfg.challenge == "within":
+                during = bp * chal * (drug_f if cfg.effect_on == "challenge" else 1.0)
+                segs = [bp, during] + ([bp] if switch.size == 2 else [])
+                bp_segments = np.stack(segs, axis=1)
+            elif cfg.challenge == "between":
+                bp_segments = (bp * chal)[:, None]
+            else:
+                bp_segments = bp[:, None]
+            bp_segments[ref] = 0.0
+            r1 = np.where(ref, 1.0, r10 * subj_r1[i])
+            dose = max(50.0, rng.normal(cfg.injected_mbq, cfg.injected_sd_mbq))
+            sa = cfg.specific_activity * math.exp(rng.normal(0.0, 0.2))
+            scans.append(ScanPlan(
+                subject=sub, session=ses, period=period, bp_segments=bp_segments, r1=r1,
+                scale=BASE_SCALE_PER_MBQ * dose * subj_input[i], injected_mbq=round(dose, 2),
+                injected_ug=round(dose / sa, 4), displacement=disp, drug=drug, challenged=challenged,
+                seed=noise_seeds[k],
+                factors={"subject_bp": subj_bp[i], "session_bp": ses_f, "period_bp": per_f,
+                         "subject_r1": subj_r1[i], "input_scale": subj_input[i]}))
+            k += 1
+            if ses != "baseline":
+                # pain ratings (VAS 0-100): linked to the displacement, plus noise
+                zd = (disp / cfg.challenge_displacement - 1.0) / max(cfg.challenge_sd, 1e-6) \
+                    if cfg.challenge_displacement > 0 and challenged else 0.0
+                e = rng.standard_normal()
+                rho = float(np.clip(cfg.pain_link, -1, 1))
+                pain = 50.0 + 15.0 * (rho * zd + math.sqrt(1 - rho * rho) * e)
+                row[f"pain_{ses}"] = round(float(np.clip(pain, 0, 100)), 1)
+        participants.append(row)
+    return participants, scans, switch
+
+
+# ------------------------------------------------------------------------------------------------------------
+# writing
+# ------------------------------------------------------------------------------------------------------------
+_CTX: dict = {}
+
+
+def _init_worker(ctx: dict) -> None:
+    _CTX.clear()
+    _CTX.update(ctx)
+
+
+def _gauss_unit_factor(sigma_vox: float) -> float:
+    """1/sd of white unit noise after ``gaussian_filter`` with ``sigma_vox`` (exact, discrete kernel)."""
+    if sigma_vox <= 0:
+        return 1.0
+    n = 2 * int(3 * sigma_vox + 1) + 1
+    d = np.zeros((n, n, n))
+    d[n // 2, n // 2, n // 2] = 1.0
+    k = ndi.gaussian_filter(d, sigma_vox, truncate=3.0, mode="constant")
+    return 1.0 / math.sqrt(float((k * k).sum()))
+
+
+def _simulate_scan(plan: ScanPlan) -> tuple[str, dict]:
+    ctx = _CTX
+    cfg: StudyConfig = ctx["cfg"]
+    table: SRTMTable = ctx["table"]
+    brain: np.ndarray = ctx["brain"]
+    frames: FrameTiming = table.frames
+    tac = table.tacs(plan.r1, plan.bp_segments, scale=plan.scale, dtype=np.float32)  # (V, F) kBq/mL
+    lo, hi = ctx["bbox"]
+    sub_brain = brain[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    if cfg.psf_fwhm_mm > 0:
+        sig = cfg.psf_fwhm_mm / (math.sqrt(8 * math.log(2)) * cfg.resolution)
+        vol = np.zeros((frames.n_frames,) + sub_brain.shape, dtype=np.float32)
+        vol[:, sub_brain] = tac.T
+        vol = ndi.gaussian_filter(vol, (0, sig, sig, sig), truncate=3.0, mode="constant")
+        tac = vol[:, sub_brain].T
+    if cfg.noise > 0:
+        rng = np.random.default_rng(plan.seed)
+        sig = cfg.fwhm_mm / (math.sqrt(8 * math.log(2)) * cfg.resolution)
+        white = rng.standard_normal((frames.n_frames,) + sub_brain.shape, dtype=np.float32)
+        if sig > 0:
+            white = ndi.gaussian_filter(white, (0, sig, sig, sig), truncate=3.0, mode="constant")
+        field_ = white[:, sub_brain].T * np.float32(ctx["unit"])  # (V, F) unit variance, correlated
+        inv = (1.0 / (ctx["decay"] * frames.duration_min)).astype(np.float32)
+        sd = np.sqrt(np.maximum(tac, 0.0) * inv[None, :]) * np.float32(ctx["noise_k"])
+        tac = tac + sd * field_
+    data = np.zeros(brain.shape + (frames.n_frames,), dtype=np.float32)
+    data[brain] = tac
+    img = nib.Nifti1Image(data, ctx["affine"])
+    img.header.set_xyzt_units("mm", "sec")
+    if cfg.image_dtype == "int16":
+        img.set_data_dtype(np.int16)
+    else:
+        img.set_data_dtype(np.float32)
+    stem = f"sub-{plan.subject}_ses-{plan.session}"
+    root: Path = ctx["root"]
+    pet = root / f"sub-{plan.subject}" / f"ses-{plan.session}" / "pet" / f"{stem}_pet.nii.gz"
+    pet.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(pet))
+    write_json(_pet_sidecar(cfg, plan, frames), pet.with_name(f"{stem}_pet.json"))
+    # truth maps
+    d = ctx["deriv"] / f"sub-{plan.subject}" / f"ses-{plan.session}" / "pet"
+    d.mkdir(parents=True, exist_ok=True)
+    pre = f"{stem}_space-{SPACE}"
+    _save_map(plan.bp_segments[:, 0], brain, ctx["affine"], d / f"{pre}_desc-truebpnd_mimap.nii.gz")
+    if plan.bp_segments.shape[1] > 1:
+        _save_map(plan.bp_segments[:, 1], brain, ctx["affine"], d / f"{pre}_desc-truebpndchallenge_mimap.nii.gz")
+    _save_map(plan.r1, brain, ctx["affine"], d / f"{pre}_desc-truer1_mimap.nii.gz")
+    write_json({"Description": "true parameters of the simulated scan (voxelkit simulate)",
+                "BPNDUnits": "unitless", "R1Units": "unitless", "k2prime": cfg.k2prime, "k2primeUnits": "1/min",
+                "k1prime": cfg.k1prime, "k1primeUnits": "mL/min/mL",
+                "ChallengeWindowMinutes": list(cfg.challenge_window_min) if plan.bp_segments.shape[1] > 1
+                else None, "Displacement": plan.displacement, "Drug": plan.drug},
+               d / f"{pre}_desc-truth_mimap.json")
+    return str(pet), {}
+
+
+def _save_map(values: np.ndarray, brain: np.ndarray, affine: np.ndarray, path: Path,
+              dtype=np.float32) -> None:
+    vol = np.zeros(brain.shape, dtype=dtype)
+    vol[brain] = values
+    img = nib.Nifti1Image(vol, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+
+
+def _pet_sidecar(cfg: StudyConfig, plan: ScanPlan, frames: FrameTiming) -> dict:
+    meta = {
+        "Manufacturer": "voxelkit (simulated)",
+        "ManufacturersModelName": "voxelkit-sim digital brain phantom",
+        "Units": "kBq/mL",
+        "BodyPart": "Brain",
+        "TracerName": "carfentanil",
+        "TracerRadionuclide": "C11",
+        "TracerMolecularWeight": CARFENTANIL_MW,
+        "TracerMolecularWeightUnits": "g/mol",
+        "InjectedRadioactivity": plan.injected_mbq,
+        "InjectedRadioactivityUnits": "MBq",
+        "InjectedMass": plan.injected_ug,
+        "InjectedMassUnits": "ug",
+        "SpecificRadioactivity": round(plan.injected_mbq / plan.injected_ug, 3),
+        "SpecificRadioactivityUnits": "MBq/ug",
+        "ModeOfAdministration": "bolus" if cfg.kbol is None else "bolus-infusion",
+        "TimeZero": "10:00:00",
+        "ScanStart": 0,
+        "InjectionStart": 0,
+        "FrameTimesStart": frames.start.tolist(),
+        "FrameDuration": frames.duration.tolist(),
+        "AcquisitionMode": "list mode",
+        "ImageDecayCorrected": True,
+        "ImageDecayCorrectionTime": 0,
+        "ReconMethodName": "3D-OSEM (simulated)",
+        "ReconMethodParameterLabels": ["subsets", "iterations"],
+        "ReconMethodParameterUnits": ["none", "none"],
+        "ReconMethodParameterValues": [21, 3],
+        "ReconFilterType": "Gaussian" if cfg.fwhm_mm > 0 else "none",
+        "AttenuationCorrection": "CT-based (simulated)",
+        "PharmaceuticalName": "anakinra" if plan.drug else ("placebo" if plan.session != "baseline" else "none"),
+    }
+    if cfg.fwhm_mm > 0:
+        meta["ReconFilterSize"] = cfg.fwhm_mm
+    if plan.drug:
+        meta.update({"PharmaceuticalDoseAmount": 100, "PharmaceuticalDoseUnits": "mg",
+                     "PharmaceuticalDoseRegimen": "single subcutaneous dose", "PharmaceuticalDoseTime": -10800})
+    if cfg.kbol is not None:
+        total_min = frames.end_min[-1]
+        bolus = plan.injected_mbq * cfg.kbol / (cfg.kbol + total_min)
+        meta.update({"InfusionRadioactivity": round(plan.injected_mbq - bolus, 3),
+                     "InfusionStart": 0, "InfusionSpeed": round(10.0 / total_min, 5),
+                     "InfusionSpeedUnits": "mL/min", "InjectedVolume": 10.0})
+    return meta
+
+
+def _prepare_outdir(root: Path, overwrite: bool) -> None:
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"{root}: exists and is not a directory")
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{root}: directory exists and is not empty (use overwrite=True / --overwrite)")
+        desc = root / "dataset_description.json"
+        try:
+            gen = json.loads(desc.read_text()).get("GeneratedBy", [{}])[0].get("Name")
+        except (OSError, ValueError, IndexError, AttributeError):
+            gen = None
+        if gen != "voxelkit-simulate":
+            raise FileExistsError(f"{root}: not a dataset written by voxelkit simulate; refusing to overwrite it")
+        for p in list(root.iterdir()):
+            if p.name.startswith("sub-") or p.name == "derivatives":
+                shutil.rmtree(p)
+            elif p.is_file():
+                p.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def simulate_study(outdir: str | Path, *, preset: str | None = None, config: StudyConfig | None = None,
+                   overwrite: bool = False, phantom: Phantom | None = None, **overrides) -> StudyResult:
+    """Simulate a crossover study and write it as BIDS-PET under ``outdir``.
+
+    ``preset`` ("test": 4 subjects at 4 mm, seconds; "demo": 10 subjects at 3 mm; "full") gives defaults,
+    ``config`` a complete :class:`StudyConfig`; keyword ``overrides`` (any StudyConfig field, e.g.
+    ``n_subjects=12, effect=0.08, noise=0.1, seed=0, resolution=2``) win over both.  Deterministic for a
+    seed (and independent of ``n_jobs``).  Refuses to write into a non-empty directory unless ``overwrite``.
+    """
+    t0 = time.perf_counter()
+    base = config or StudyConfig()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        base = replace(base, **PRESETS[preset])
+    names = {f.name for f in fields(StudyConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise TypeError(f"simulate_study: unknown option(s) {', '.join(sorted(unknown))}")
+    cfg = replace(base, **overrides)
+    cfg.validate()
+    root = Path(outdir)
+    _prepare_outdir(root, overwrite)
+
+    if phantom is None or phantom.resolution != float(cfg.resolution):
+        phantom = build_phantom(cfg.resolution, cfg.regions, cfg.tissue)
+    for name in set(cfg.effect_regions) | set(cfg.challenge_regions if cfg.challenge != "none" else ()):
+        phantom.label_of(name)
+    frames = cfg.frames or carfentanil_frames()
+    participants, scans, switch = plan_study(cfg, phantom)
+    if cfg.kbol is not None:  # the same total dose split into bolus and infusion
+        for s in scans:
+            s.scale *= cfg.kbol / (cfg.kbol + frames.end_min[-1])
+
+    inp = FengInput(delay=cfg.input_delay_min, kbol=cfg.kbol)
+    a_all = np.concatenate([(s.r1[:, None] * cfg.k2prime / (1.0 + s.bp_segments)).ravel() for s in scans])
+    table = SRTMTable(frames, inp, cfg.k1prime, cfg.k2prime, switch, a_min=float(a_all.min()) / 1.02,
+                      a_max=float(a_all.max()) * 1.02)
+    brain = phantom.brain
+    sig = cfg.fwhm_mm / (math.sqrt(8 * math.log(2)) * cfg.resolution)
+    margin = int(3 * max(sig, cfg.psf_fwhm_mm / (2.3548 * cfg.resolution)) + 2)
+    idx = np.argwhere(brain)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + 1 + margin, brain.shape)
+    decay = decay_factor(frames, C11_HALF_LIFE_MIN)
+    # noise constant: COV = noise for a nominal reference voxel in the last frame at 2 mm
+    ref_last = table.reference(BASE_SCALE_PER_MBQ * cfg.injected_mbq)[-1]
+    noise_k = cfg.noise * math.sqrt(ref_last * decay[-1] * frames.duration_min[-1]) * (2.0 / cfg.resolution) ** 1.5
+    deriv = root / "derivatives" / DERIV
+    ctx = {"cfg": cfg, "table": table, "brain": brain, "affine": phantom.affine, "bbox": (lo, hi),
+           "unit": _gauss_unit_factor(sig) if sig > 0 else 1.0, "decay": decay, "noise_k": noise_k,
+           "root": root, "deriv": deriv}
+
+    _write_static(root, deriv, cfg, phantom, participants, frames)
+    if cfg.n_jobs > 1 and len(scans) > 1:
+        import multiprocessing as mp  # noqa: PLC0415
+
+        method = "fork" if "fork" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(cfg.n_jobs, mp_context=mp.get_context(method), initializer=_init_worker,
+                                 initargs=(ctx,)) as ex:
+            pets = [Path(p) for p, _ in ex.map(_simulate_scan, scans)]
+    else:
+        _init_worker(ctx)
+        pets = [Path(_simulate_scan(s)[0]) for s in scans]
+        _CTX.clear()
+
+    truth = _truth_rows(cfg, phantom, scans)
+    write_tsv(truth, deriv / "truth.tsv")
+    result = StudyResult(root, cfg, pets, deriv, truth, time.perf_counter() - t0)
+    log.info(result.summary())
+    return result
+
+
+def _truth_rows(cfg: StudyConfig, phantom: Phantom, scans: list[ScanPlan]) -> list[dict]:
+    labels = phantom.labels[phantom.brain]
+    rows = []
+    for s in scans:
+        row = {"participant_id": f"sub-{s.subject}", "session": s.session, "period": s.period + 1,
+               "drug": int(s.drug), "challenged": int(s.challenged), "displacement": round(s.displacement, 6),
+               "effect_factor": 1.0 - cfg.effect if s.drug else 1.0,
+               "injected_mbq": s.injected_mbq, "input_scale": s.scale}
+        row.update({k: round(float(v), 6) for k, v in s.factors.items()})
+        for idx, name in enumerate(phantom.names):
+            sel = labels == idx
+            if idx and sel.any():
+                row[f"bpnd_{name}"] = float(s.bp_segments[sel, 0].mean())
+        rows.append(row)
+    return rows
+
+
+def _write_static(root: Path, deriv: Path, cfg: StudyConfig, phantom: Phantom, participants: list[dict],
+                  frames: FrameTiming) -> None:
+    gen = [{"Name": "voxelkit-simulate", "Version": _version(),
+            "Description": "voxelkit simulate: [11C]carfentanil crossover study simulator"}]
+    write_json({"Name": "Simulated [11C]carfentanil anakinra/placebo crossover study (voxelkit)",
+                "BIDSVersion": BIDS_VERSION, "DatasetType": "raw", "License": "CC0",
+                "Authors": ["voxelkit simulate"], "GeneratedBy": gen,
+                "HowToAcknowledge": "Simulated data: no acknowledgement needed."},
+               root / "dataset_description.json")
+    cols = ["participant_id", "sex", "age", "weight", "neuroticism", "il1b", "il1ra", "session_order"]
+    cols += [f"pain_{s}" for s in cfg.sessions]
+    write_tsv(participants, root / "participants.tsv", cols)
+    pj = {"sex": {"Description": "sex", "Levels": {"F": "female", "M": "male"}},
+          "age": {"Description": "age", "Units": "year"},
+          "weight": {"Description": "body weight", "Units": "kg"},
+          "neuroticism": {"Description": "NEO-FFI neuroticism sum score (0-48)"},
+          "il1b": {"Description": "plasma interleukin-1 beta", "Units": "pg/mL"},
+          "il1ra": {"Description": "plasma interleukin-1 receptor antagonist", "Units": "pg/mL"},
+          "session_order": {"Description": "order of the crossover sessions"}}
+    for s in cfg.sessions:
+        pj[f"pain_{s}"] = {"Description": f"pain rating during the challenge in ses-{s} (VAS)", "Units": "mm"}
+    write_json(pj, root / "participants.json")
+    (root / "README").write_text(_readme(cfg))
+    (root / ".bidsignore").write_text("")
+    # derivatives
+    deriv.mkdir(parents=True, exist_ok=True)
+    write_json({"Name": "voxelkit-sim ground truth", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
+                "GeneratedBy": gen, "SourceDatasets": [{"URL": "../../"}]}, deriv / "dataset_description.json")
+    aff, brain = phantom.affine, phantom.brain
+    pre = f"space-{SPACE}_res-{int(cfg.resolution) if float(cfg.resolution).is_integer() else cfg.resolution}"
+    img = nib.Nifti1Image(phantom.labels.astype(np.int16), aff)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(deriv / f"atlas-carfentanil_{pre}_dseg.nii.gz"))
+    rows = phantom.lookup_rows()
+    for r in rows:
+        r["effect"] = int(r["name"] in cfg.effect_regions)
+        r["challenge"] = int(cfg.challenge != "none" and r["name"] in cfg.challenge_regions)
+        r["reference"] = int(r["name"] == phantom.reference)
+    write_tsv(rows, deriv / f"atlas-carfentanil_{pre}_dseg.tsv",
+              ["index", "name", "bp_nd", "r1", "n_voxels", "effect", "challenge", "reference"])
+    for desc, m in (("brain", brain), ("reference", phantom.reference_mask),
+                    ("effect", phantom.mask(list(cfg.effect_regions))),
+                    ("challenge", phantom.mask(list(cfg.challenge_regions)) if cfg.challenge != "none"
+                     else np.zeros_like(brain))):
+        mi = nib.Nifti1Image(m.astype(np.uint8), aff)
+        mi.header.set_xyzt_units("mm", "sec")
+        nib.save(mi, str(deriv / f"{pre}_desc-{desc}_mask.nii.gz"))
+    _save_map(phantom.bp_nd[brain], brain, aff, deriv / f"{pre}_desc-phantombpnd_mimap.nii.gz")
+    _save_map(phantom.r1[brain], brain, aff, deriv / f"{pre}_desc-phantomr1_mimap.nii.gz")
+    cfg_dict = {k: v for k, v in asdict(cfg).items() if k not in ("frames", "regions", "tissue")}
+    cfg_dict["frames"] = frames.to_bids_dict()
+    cfg_dict["regions"] = [asdict(r) for r in phantom.regions]
+    cfg_dict["tissue"] = asdict(phantom.tissue)
+    cfg_dict["reference"] = phantom.reference
+    cfg_dict["input"] = asdict(FengInput(delay=cfg.input_delay_min, kbol=cfg.kbol))
+    cfg_dict["files"] = {"atlas": f"atlas-carfentanil_{pre}_dseg.nii.gz",
+                         "lookup": f"atlas-carfentanil_{pre}_dseg.tsv",
+                         **{f"{d}_mask": f"{pre}_desc-{d}_mask.nii.gz"
+                            for d in ("brain", "reference", "effect", "challenge")}}
+    write_json(cfg_dict, deriv / "simulation.json")
+
+
+def _version() -> str:
+    try:
+        from .. import __version__  # noqa: PLC0415
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+def _readme(cfg: StudyConfig) -> str:
+    on, off = cfg.challenge_window_min
+    return f"""# Simulated [11C]carfentanil crossover study
+
+Written by `voxelkit simulate` (seed {cfg.seed}). Not real data.
+
+- {cfg.n_subjects} subjects, sessions {', '.join(cfg.sessions)} in randomized balanced order
+  {'(plus ses-baseline first)' if cfg.baseline_session else ''}.
+- 90-min dynamic [11C]carfentanil PET in MNI space at {cfg.resolution:g} mm, kBq/mL, decay corrected to
+  injection; reference region: occipital cortex.
+- Planted drug effect: BPND x {1 - cfg.effect:g} in {', '.join(cfg.effect_regions)} in ses-{cfg.drug_session}
+  ({'whole scan' if cfg.effect_on == 'scan' else 'challenge window only'}).
+- Pain challenge: {cfg.challenge}{f' ({on:g}-{off if off is not None else "end"} min)'
+                                  if cfg.challenge == 'within' else ''}, mean displacement
+  {cfg.challenge_displacement:g} in {', '.join(cfg.challenge_regions)}.
+- Ground truth, masks and the region atlas: `derivatives/{DERIV}/` (`truth.tsv`, `simulation.json`).
+"""
