@@ -207,4 +207,10 @@ def test_min_p_is_one_over_n_perm_and_identity_counted():
     d = _smooth(rng, 12, effect=3.0).reshape(12, -1)
     r = permutation_test(d, _masker(), one_sample_design(12), n_perm=200, seed=0, tfce=True, cluster_t=3)
     for k in ("logp_uncorrected", "logp_fwe_voxel", "logp_fwe_tfce", "logp_fwe_cluster_extent"):
-        assert r.maps[k].max() == pytest.approx(-np.log10(1 / 200), rel=1e-6)
+        assert r.maps[k].max() <= -np.log10(1 / 200) + 1e-5
+    # the identity's entries of the nulls are the observed maxima
+    assert r.null["h0_max_t"][0] == pytest.approx(r.maps["t"].max(), rel=1e-6)
+    assert r.null["h0_max_tfce"][0] == pytest.approx(r.maps["tfce"].max(), rel=1e-6)
+    assert r.null["h0_max_cluster_extent"][0] == max(c["size_voxels"] for c in r.clusters if c["sign"])
+    assert r.maps["logp_fwe_voxel"].max() == pytest.approx(-np.log10((r.null["h0_max_t"] >= r.null[
+        "h0_max_t"][0] * (1 - 1e-9)).mean()), rel=1e-5)
