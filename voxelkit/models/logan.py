@@ -27,7 +27,7 @@ import numpy as np
 from ..backend import Backend
 from ..frames import FrameTiming
 from ..io import InputError
-from .base import Prepared, ReferenceModel, needed_frames
+from .base import Prepared, ReferenceModel, model_integration, needed_frames
 from .status import Status
 
 
@@ -77,7 +77,8 @@ class Logan(ReferenceModel):
         ref_term = m @ reference
         if self.k2prime is not None:
             ref_term = ref_term + reference / self.k2prime
-        prep.extra.update(integ=m, ref_term=ref_term, n_needed=needed_frames(prep.used, self.integration))
+        prep.extra.update(integ=m, ref_term=ref_term, n_needed=needed_frames(prep.used, self.integration),
+                          coefs=model_integration(frames, self.integration))
         return prep
 
     def _fit_chunk(self, be: Backend, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
@@ -126,30 +127,97 @@ def weighted_line(xp: Any, x: Any, y: Any, w: Any, with_rss: bool = False) -> tu
     return slope, intercept, ok, rss
 
 
+#: Voxels per block of the array-module path (a frames x voxels float64 block plus ~12 voxel vectors).
+BLOCK = 32768
+
+
+def logan_sums_xp(xp: Any, ct: Any, prep: Prepared) -> tuple[Any, ...]:
+    """Weighted Logan-plot sums of a block ``ct`` (n_needed x n: frames x voxels, float64, finite).
+
+    A loop over frames vectorized over voxels, with the running-integral recurrence of ``kernels/logan.cu``.
+    Returns ``sx, sy, sxx, sxy, syy`` (n,) and ``positive`` (activity > 0 in every used frame)."""
+    a, b, cm, c0, cp = prep.extra["coefs"]
+    ref_term, w, used = prep.extra["ref_term"], prep.weights, prep.used
+    n_needed, n = ct.shape
+    local = bool(np.any(cm[:n_needed]) or np.any(c0[:n_needed]) or np.any(cp[:n_needed]))
+    run = xp.zeros(n, dtype=xp.float64)
+    sx, sy, sxx, sxy, syy = (xp.zeros(n, dtype=xp.float64) for _ in range(5))
+    positive = xp.ones(n, dtype=bool)
+    t = xp.empty(n, dtype=xp.float64)
+    x = xp.empty(n, dtype=xp.float64)
+    y = xp.empty(n, dtype=xp.float64)
+    integ = xp.empty(n, dtype=xp.float64) if local else run
+    for j in range(n_needed):
+        cj = ct[j]
+        if j > 0 and a[j] != 0.0:
+            xp.multiply(ct[j - 1], a[j], out=t)
+            run += t
+        if b[j] != 0.0:
+            xp.multiply(cj, b[j], out=t)
+            run += t
+        if local:
+            xp.multiply(cj, c0[j], out=integ)
+            integ += run
+            if j > 0 and cm[j] != 0.0:
+                xp.multiply(ct[j - 1], cm[j], out=t)
+                integ += t
+            if j + 1 < n_needed and cp[j] != 0.0:
+                xp.multiply(ct[j + 1], cp[j], out=t)
+                integ += t
+        if not used[j]:
+            continue
+        pos = cj > 0
+        positive &= pos
+        xp.divide(1.0, xp.where(pos, cj, 1.0), out=t)  # 1 / Ct
+        xp.multiply(t, ref_term[j], out=x)
+        xp.multiply(t, integ, out=y)
+        wj = float(w[j])
+        if wj == 0.0:
+            continue
+        xp.multiply(x, wj, out=t)  # w x
+        sx += t
+        sxy += t * y
+        t *= x
+        sxx += t
+        xp.multiply(y, wj, out=t)  # w y
+        sy += t
+        t *= y
+        syy += t
+    return sx, sy, sxx, sxy, syy, positive
+
+
 def logan_xp(xp: Any, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
-    """Vectorized Logan fit of a chunk (n x F float32, any array module)."""
-    used = np.flatnonzero(prep.used)
+    """Vectorized Logan fit of a chunk (n x F float32, any array module): weighted line through the Logan
+    plot of each voxel, with the same sums, tolerances and status rules as ``kernels/logan.cu``."""
     n_needed = prep.extra["n_needed"]
-    c = tacs[:, :n_needed].astype(xp.float64)
-    integ = xp.asarray(prep.extra["integ"][np.ix_(used, np.arange(n_needed))])
-    finite = xp.all(xp.isfinite(c), axis=1)
-    c = xp.where(finite[:, None], c, 0.0)
-    int_c = c @ integ.T  # (n, n_used)
-    cu = c[:, used]
-    positive = xp.all(cu > 0, axis=1)
-    cu_safe = xp.where(cu > 0, cu, 1.0)
-    y = int_c / cu_safe
-    x = xp.asarray(prep.extra["ref_term"][used])[None, :] / cu_safe
-    w = xp.asarray(prep.weights[used])
-    slope, intercept, ok, rss = weighted_line(xp, x, y, w, with_rss=True)
-    status = xp.full(c.shape[0], int(Status.OK), dtype=xp.uint8)
-    status = xp.where(ok, status, np.uint8(Status.SINGULAR))
-    status = xp.where(positive, status, np.uint8(Status.NONPOSITIVE))
-    status = xp.where(finite, status, np.uint8(Status.NONFINITE_INPUT))
-    good = status == Status.OK
+    n = tacs.shape[0]
+    sw = float(prep.weights[prep.used].sum())
+    out = {k: xp.empty(n, dtype=xp.float32) for k in ("bp_nd", "dvr", "intercept", "wrss")}
+    status = xp.empty(n, dtype=xp.uint8)
     nan = xp.float64(np.nan)
-    dvr = xp.where(good, slope, nan)
-    out = {"bp_nd": (dvr - 1.0).astype(xp.float32), "dvr": dvr.astype(xp.float32),
-           "intercept": xp.where(good, intercept, nan).astype(xp.float32),
-           "wrss": xp.where(good, rss, nan).astype(xp.float32)}
-    return out, status.astype(xp.uint8)
+    for s in range(0, n, BLOCK):
+        sl = slice(s, min(n, s + BLOCK))
+        ct = xp.ascontiguousarray(tacs[sl, :n_needed].T, dtype=xp.float64)  # frames x voxels
+        finite = xp.isfinite(ct.sum(axis=0))
+        if not bool(finite.all()):
+            ct = xp.where(finite[None, :], ct, 0.0)
+        sx, sy, sxx, sxy, syy, positive = logan_sums_xp(xp, ct, prep)
+        det = sw * sxx - sx * sx
+        scale = sw * sxx
+        ok = xp.abs(det) > 1e-12 * xp.where(scale > 0, scale, 1.0)
+        safe = xp.where(ok, det, 1.0)
+        slope = (sw * sxy - sx * sy) / safe
+        intercept = (sxx * sy - sx * sxy) / safe
+        rss = xp.maximum(syy - slope * sxy - intercept * sy, 0.0)
+        st = xp.full(ct.shape[1], int(Status.OK), dtype=xp.uint8)
+        st = xp.where(ok, st, np.uint8(Status.SINGULAR))
+        st = xp.where(positive, st, np.uint8(Status.NONPOSITIVE))
+        st = xp.where(finite, st, np.uint8(Status.NONFINITE_INPUT)).astype(xp.uint8)
+        good = st == Status.OK
+        dvr = xp.where(good, slope, nan)
+        out["bp_nd"][sl] = dvr - 1.0
+        out["dvr"][sl] = dvr
+        out["intercept"][sl] = xp.where(good, intercept, nan)
+        out["wrss"][sl] = xp.where(good, rss, nan)
+        status[sl] = st
+    return out, status
