@@ -18,7 +18,6 @@ import pytest
 from voxelkit.report import write_report
 
 SHAPE = (20, 24, 20)
-SUBJECTS = ["01", "02", "03", "04"]
 CONDITIONS = ["anakinra", "placebo"]
 REGIONS = ["thalamus", "insula", "caudate"]
 
@@ -63,7 +62,7 @@ def make_output_dir(out: Path, n_subjects: int = 2) -> Path:
 
     rng = np.random.default_rng(0)
     out.mkdir(parents=True, exist_ok=True)
-    subjects = SUBJECTS[:n_subjects]
+    subjects = [f"{i:02d}" for i in range(1, n_subjects + 1)]
     (out / "study.json").write_text(json.dumps({
         "name": "synthetic anakinra crossover",
         "subjects": subjects, "conditions": CONDITIONS, "contrast": "anakinra - placebo",
@@ -123,7 +122,7 @@ def make_output_dir(out: Path, n_subjects: int = 2) -> Path:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = make_output_dir(tmp_path_factory.mktemp("study") / "derivatives" / "voxelkit")
+    out = make_output_dir(tmp_path_factory.mktemp("study") / "derivatives" / "voxelkit", n_subjects=3)
     return write_report(out)
 
 
@@ -132,12 +131,13 @@ def test_report_content(report: Path) -> None:
     assert report.name == "report.html"
     for expected in ("synthetic anakinra crossover", "srtm", "anakinra", "placebo", "Input checksums",
                      "thalamus", "clusters.tsv", "null_max_t", "sub-01_ses-placebo_model-srtm",
-                     "mean BPND of 4 scans", "No voxel is FWE-significant", "p_fdr", "mean of 812 voxels"):
+                     "mean BPND of 6 scans", "No voxel is FWE-significant", "p_fdr", "mean of 812 voxels"):
         assert expected in text, expected
     assert "could not be rendered" not in text
     assert "not computed" not in text
-    # glass + axial slices, 2 significant FWE methods x (glass + ortho), ROI, 4 scans QC, 1 null figure
-    assert text.count("<img ") == 2 + 4 + 1 + 4 + 1
+    # t: glass + axial slices; 2 significant FWE methods x (glass + ortho); ROI; QC overview + 6 scans; nulls
+    assert text.count("<img ") == 2 + 4 + 1 + 1 + 6 + 1
+    assert text.count("<details>") >= 6  # 6 scans: collapsed per-scan sections
 
 
 def test_report_self_contained(report: Path) -> None:
@@ -177,13 +177,30 @@ def test_report_missing_pieces(tmp_path: Path) -> None:
     assert "could not be rendered" not in text
 
 
+def test_report_roi_phases(tmp_path: Path) -> None:
+    """Time windows: ROI values per phase get one panel per region and phase."""
+    roi = tmp_path / "roi"
+    roi.mkdir()
+    lines = ["subject\tcondition\tphase\tregion\tvalue"]
+    for s in ("01", "02"):
+        for c in ("placebo", "anakinra"):
+            for ph in ("baseline", "challenge"):
+                lines.append(f"{s}\t{c}\t{ph}\tthalamus\t{2.0 if ph == 'baseline' else 1.8}")
+    (roi / "roi_values.tsv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "study.json").write_text(json.dumps({"conditions": ["anakinra", "placebo"]}))
+    text = write_report(tmp_path).read_text(encoding="utf-8")
+    assert text.count("<img ") == 1 and "2 subjects" in text
+
+
 # ------------------------------------------------------------------------------------------ headless Chromium
 
 CHECK_SCRIPT = """<script>
 window.__errors = [];
 window.addEventListener('error', function (e) {
   var t = e.target;
-  window.__errors.push(t && t !== window && t.tagName ? 'resource: ' + t.tagName : 'error: ' + e.message);
+  window.__errors.push(t && t !== window && t.tagName
+    ? 'resource: ' + t.tagName + ' ' + String(t.currentSrc || t.src || t.href || '').slice(0, 80)
+    : 'error: ' + e.message);
 }, true);
 window.addEventListener('unhandledrejection', function (e) { window.__errors.push('rejection: ' + e.reason); });
 window.addEventListener('load', function () {
@@ -220,21 +237,38 @@ def _run_chromium(exe: str, args: list[str], profile: Path) -> subprocess.Comple
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
-    exe = _chromium()
-    text = report.read_text(encoding="utf-8")
-    checked = tmp_path / "checked.html"
+def _check_in_chromium(exe: str, text: str, tmp: Path) -> dict:
+    """Open ``text`` (with the check script injected) in headless Chromium; the script's findings as a dict."""
+    checked = tmp / "checked.html"
     checked.write_text(text.replace("<head>", "<head>\n" + CHECK_SCRIPT, 1), encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix="vk-chromium-") as profile:
         proc = _run_chromium(exe, ["--virtual-time-budget=5000", "--window-size=1400,1000", "--dump-dom",
                                    checked.as_uri()], Path(profile))
     m = re.search(r'<pre id="report-check">(.*?)</pre>', proc.stdout, flags=re.S)
     assert m, f"no check output from Chromium (rc={proc.returncode}):\n{proc.stderr[-2000:]}"
-    res = json.loads(html.unescape(m.group(1)))
+    return json.loads(html.unescape(m.group(1)))
+
+
+def test_chromium_check_detects_failures(tmp_path: Path) -> None:
+    """Negative control: the harness sees an undecodable image, a missing file and a script error."""
+    exe = _chromium()
+    bad = ('<!DOCTYPE html><html><head><title>x</title></head><body>'
+           '<img src="data:image/png;base64,AAAA" alt="broken"><img src="missing.png" alt="missing">'
+           '<script>undefined_function();</script></body></html>')
+    res = _check_in_chromium(exe, bad, tmp_path)
+    assert res["total"] == 2 and res["ok"] == 0, res
+    assert any("undefined_function" in e for e in res["errors"]), res
+    assert any(e.startswith("resource: IMG") and "missing.png" in e for e in res["errors"]), res
+
+
+def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
+    exe = _chromium()
+    text = report.read_text(encoding="utf-8")
+    res = _check_in_chromium(exe, text, tmp_path)
     assert res["total"] == text.count("<img ") > 0
-    assert res["ok"] == res["total"], res
+    assert res["ok"] == res["total"], res  # every image decoded (also inside collapsed <details>)
     assert res["errors"] == [], res
-    assert res["resources"] == [], res
+    assert res["resources"] == [], res  # nothing fetched: self-contained
     assert res["toc"] == "sticky"
     assert res["sections"] >= 6
 

@@ -205,6 +205,45 @@ def scan_qc(qc: dict[str, Any], max_hists: int = 3, max_voxels: int = 4) -> byte
     return to_png(fig)
 
 
+def qc_overview(records: Sequence[tuple[str, dict[str, Any]]], param: str | None) -> bytes:
+    """All scans at a glance: reference TACs overlaid, ``param`` histograms overlaid (as densities) and the
+    percentage of flagged voxels per scan (outlier scans stand out)."""
+    fig, axes = _grid(3, 3, 3.2, 2.2, bottom=0.45)
+    ax_ref, ax_hist, ax_bad = axes
+    names = []
+    bad = []
+    for i, (name, qc) in enumerate(records):
+        color = PALETTE[i % len(PALETTE)]
+        frames = qc.get("frames") or {}
+        start = _as_float(frames.get("start_s"))
+        dur = _as_float(frames.get("duration_s"))
+        ref = _as_float(qc.get("reference_tac"))
+        if ref.size:
+            t = (start + dur / 2.0) / 60.0 if start.size == ref.size == dur.size else np.arange(ref.size, dtype=float)
+            ax_ref.plot(t, ref, "-", color=color, linewidth=0.9, alpha=0.8)
+        h = (qc.get("histograms") or {}).get(param) if param else None
+        if isinstance(h, dict):
+            edges = _as_float(h.get("edges"))
+            counts = _as_float(h.get("counts"))
+            if edges.size == counts.size + 1 and counts.sum() > 0:
+                dens = counts / (counts.sum() * np.diff(edges))
+                ax_hist.stairs(dens, edges, color=color, linewidth=0.9, alpha=0.8)
+        sc = qc.get("status_counts") or {}
+        total = qc.get("n_voxels") or sum(int(v) for v in sc.values())
+        names.append(name)
+        bad.append(100.0 * sum(int(v) for k, v in sc.items() if k != "ok") / total if total else np.nan)
+    ax_ref.set_title("reference TACs (all scans)", fontsize=9)
+    ax_ref.set_xlabel("time (min)", fontsize=8)
+    ax_hist.set_title(f"{param} distributions (all scans)" if param else "no parameter histograms", fontsize=9)
+    x = np.arange(1, len(bad) + 1)
+    ax_bad.bar(x, np.nan_to_num(np.asarray(bad)), color=["#d1495b" if b > 5 else "#9aa5b1" for b in bad], width=0.8)
+    ax_bad.set_title("flagged voxels per scan (%)", fontsize=9)
+    ax_bad.set_xlabel("scan (# in the table)", fontsize=8)
+    for ax in axes:
+        _style(ax)
+    return to_png(fig)
+
+
 # -------------------------------------------------------------------------------------------- null dists
 
 def null_histograms(items: Sequence[tuple[str, np.ndarray, float | None]]) -> bytes:

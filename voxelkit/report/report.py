@@ -462,24 +462,32 @@ class _Report:
                 if k not in statuses:
                     statuses.append(k)
         statuses = (["ok"] if "ok" in statuses else []) + [s for s in statuses if s != "ok"]
-        header = ["scan", "model", "voxels", *statuses, "flagged %", "fit (s)", "backend"]
+        header = ["#", "scan", "model", "voxels", *statuses, "flagged %", "fit (s)", "backend"]
         rows = []
         hl = []
-        for name, qc, err in records:
+        for i, (name, qc, err) in enumerate(records, start=1):
             if qc is None:
-                rows.append([name, f"unreadable: {err}", *([None] * (len(header) - 2))])
+                rows.append([i, name, f"unreadable: {err}", *([None] * (len(header) - 3))])
                 hl.append(True)
                 continue
             sc = qc.get("status_counts") or {}
             total = qc.get("n_voxels") or sum(int(v) for v in sc.values()) or None
             bad = sum(int(v) for k, v in sc.items() if k != "ok")
             frac = 100.0 * bad / total if total else float("nan")
-            rows.append([name, qc.get("model"), total, *[int(sc.get(s, 0)) for s in statuses], frac,
+            rows.append([i, name, qc.get("model"), total, *[int(sc.get(s, 0)) for s in statuses], round(frac, 2),
                          qc.get("fit_seconds"), qc.get("backend")])
             hl.append(bool(total) and frac > 5.0)
         parts = [f"<p>{len(records)} scans. Status counts are numbers of voxels; every status other than "
                  f"<code>ok</code> is flagged (parameters NaN or clipped). Rows with more than 5 % flagged voxels "
                  f"are highlighted.</p>", table(header, rows, highlight=hl)]
+        good = [(name, qc) for name, qc, _ in records if qc is not None]
+        if good:
+            params = [k for _, qc in good for k in (qc.get("histograms") or {})]
+            param = "bp_nd" if "bp_nd" in params else (params[0] if params else None)
+            parts.append(figure(figures.qc_overview(good, param),
+                                "All scans at a glance (colours follow the table order): reference TACs, "
+                                f"{param or 'parameter'} distributions of fitted voxels, and flagged voxels per scan "
+                                "(red: more than 5 %)."))
         open_all = len(records) <= 4
         for name, qc, err in records:
             if qc is None:
@@ -495,7 +503,8 @@ class _Report:
                 body.append(table(["index", "ijk", "label", "parameters"], ex_rows))
             sc = qc.get("status_counts") or {}
             bad = sum(int(v) for k, v in sc.items() if k != "ok")
-            badge = f"{bad} flagged" if bad else "all ok"
+            total = qc.get("n_voxels") or sum(int(v) for v in sc.values())
+            badge = f"{bad} flagged ({100.0 * bad / total:.2g} %)" if bad and total else "all ok"
             parts.append(details(f"{name} — {badge}", "".join(body), open_=open_all))
         return Section("qc", "Per-scan QC", "\n".join(parts))
 
@@ -600,7 +609,8 @@ def write_report(out_dir: Path, path: Path | None = None) -> Path:
     name = find_key(rep.study, "name", "study", "title")
     title = f"Study report: {name}" if isinstance(name, str) and name else "Study report"
     contrast = find_key(rep.study, "contrast")
-    subtitle = str(out.resolve().name if out.name else out)
+    res = out.resolve()
+    subtitle = f"{res.parent.parent.name}/derivatives/{res.name}" if res.parent.name == "derivatives" else res.name
     if contrast is not None:
         subtitle += f" · contrast: {_short(contrast)}"
     version = find_key(rep.prov, "voxelkit") or _voxelkit_version()
