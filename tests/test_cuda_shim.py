@@ -242,6 +242,15 @@ def test_standin_transfers_copy() -> None:
     assert float(dev[1]) == 0
 
 
+def test_standin_empty_is_not_zeroed() -> None:
+    cp = fake_cupy.cupy
+    for dtype in (np.float32, np.float64, np.int32, np.uint8):
+        e = cp.asnumpy(cp.empty((3, 4), dtype=dtype))
+        assert (e != 0).all() and (e == e.flat[0]).all(), dtype
+    assert (cp.asnumpy(cp.empty_like(cp.zeros(5))) != 0).all()
+    assert (cp.asnumpy(cp.zeros(5)) == 0).all()
+
+
 def test_standin_missing_features_fail_loudly() -> None:
     cp = fake_cupy.cupy
     with pytest.raises(AttributeError, match=r"cupy\.fft is not provided by the test stand-in"):

@@ -400,6 +400,10 @@ def build(source: str, filename: str = "kernel.cu", *, sanitize: bool | None = N
     out_dir = cache_dir()
     so = out_dir / f"{stem}-{'asan-' if sanitize else ''}{key}.so"
     if so.is_file():
+        try:
+            os.utime(so)  # least-recently-used pruning
+        except OSError:
+            pass
         return so
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
         cpp = Path(tmp) / f"{stem}.cpp"
@@ -418,7 +422,13 @@ def build(source: str, filename: str = "kernel.cu", *, sanitize: bool | None = N
 
 def _prune(out_dir: Path, keep: int = 200) -> None:
     """Delete the least recently built libraries beyond ``keep`` (the cache only grows otherwise)."""
-    libs = sorted(out_dir.glob("*.so"), key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    libs = sorted(out_dir.glob("*.so"), key=mtime)
     for old in libs[: max(0, len(libs) - keep)]:
         try:
             old.unlink()

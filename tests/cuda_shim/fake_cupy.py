@@ -15,6 +15,8 @@ What it enforces, as CuPy does:
   exact dtype for pointers; NumPy scalar of the exact type for values: a Python int or float raises, as
   CuPy would silently pass it as int64/float64), then the kernel runs through the CPU shim build of the
   same source;
+* ``cupy.empty``/``empty_like`` are filled with a garbage byte pattern (``POISON_BYTE``), as GPU memory is
+  not zeroed, so outputs a kernel forgets to write do not pass as zeros;
 * ``cupy.linalg.solve``/``inv`` do not raise on singular matrices (CuPy's default ``linalg='ignore'``):
   they return NaN for those systems.
 
@@ -143,7 +145,7 @@ class ndarray:  # noqa: N801 - the name CuPy uses
                  order: str = "C") -> None:
         if memptr is not None or strides is not None:
             raise NotImplementedError("fake cupy: ndarray(memptr=/strides=) is not supported")
-        self._a = np.empty(shape, dtype=dtype, order=order)
+        self._a = _poisoned(np.empty(shape, dtype=dtype, order=order))
 
     @classmethod
     def _from_numpy(cls, a: np.ndarray) -> ndarray:
@@ -388,11 +390,24 @@ def get_array_module(*args: Any) -> Any:
     return cupy if any(isinstance(a, ndarray) for a in args) else np
 
 
+#: Byte that fills ``cupy.empty``/``empty_like`` arrays (GPU memory is not zeroed): float32 -4.3e8,
+#: float64 -6.3e66, int32 -842150451, uint8 205.  A kernel that leaves outputs unwritten shows up.
+POISON_BYTE = 0xCD
+
+
+def _poisoned(a: np.ndarray) -> np.ndarray:
+    if a.size:
+        a.view(np.uint8).reshape(-1)[...] = POISON_BYTE if a.flags.c_contiguous or a.flags.f_contiguous else 0
+    return a
+
+
 def _creation(name: str) -> Any:
     fn = getattr(np, name)
+    poison = name in ("empty", "empty_like")
 
     def f(*args: Any, **kwargs: Any) -> ndarray:
-        return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
+        out = fn(*_unwrap(args), **_unwrap(kwargs))
+        return _wrap(_poisoned(out) if poison else out)
 
     f.__name__ = name
     return f
