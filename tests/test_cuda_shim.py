@@ -43,6 +43,24 @@ def test_parse_signatures() -> None:
     assert "logistic" not in ks
 
 
+def test_parse_linkage_and_launch_bounds() -> None:
+    src = textwrap.dedent("""
+        /* extern "C" __global__ void commented_out(int* x) { } */
+        extern "C" {
+        __global__ void __launch_bounds__(256) a(int* x, unsigned int n) { }
+        __global__ void b(const uint8_t* __restrict__ m, long long k) { }
+        }
+        __global__ void c(float x[]) { }
+        extern "C" __global__ __launch_bounds__(128, 2) void d(bool flag, double* __restrict__ out) { }
+    """)
+    ks = {k.name: k for k in build.parse_kernels(src)}
+    assert list(ks) == ["a", "b", "c", "d"]
+    assert [ks[n].extern_c for n in "abcd"] == [True, True, False, True]
+    assert [p.dtype for p in ks["a"].params] == [np.int32, np.uint32]
+    assert [p.dtype for p in ks["b"].params] == [np.uint8, np.int64]
+    assert ks["c"].params[0].pointer and ks["d"].params[0].dtype == np.bool_
+
+
 def test_parse_rejects_unsupported_parameters() -> None:
     with pytest.raises(build.ShimError, match="pointers to pointers"):
         build.parse_kernels('extern "C" __global__ void k(float** p) { }')
