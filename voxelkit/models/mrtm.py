@@ -84,7 +84,8 @@ def mrtm_sums_xp(xp: Any, ct: Any, co: dict[str, Any]) -> tuple[Any, ...]:
     vectorized over voxels (the same recurrence and order of operations as ``kernels/mrtm.cu``): with voxels
     contiguous per frame this is several times faster than a (voxels x frames) @ (frames x frames) product.
     ``co`` holds host scalars per frame: ``a``, ``b``, ``cm``, ``c0``, ``cp`` (:func:`model_integration`),
-    ``w`` (weights), ``used`` (bool), ``xs`` (p, F) shared columns."""
+    ``w`` (weights), ``used`` (bool), ``xs`` (p, F) shared columns, ``v`` (n_needed, 2p) the vectors giving
+    the linear terms (see :func:`_shared_design`)."""
     n_needed, n = ct.shape
     a, b, cm, c0, cp = (co[k] for k in ("a", "b", "cm", "c0", "cp"))
     w, used, xs = co["w"], co["used"], co["xs"]
@@ -92,8 +93,11 @@ def mrtm_sums_xp(xp: Any, ct: Any, co: dict[str, Any]) -> tuple[Any, ...]:
     local = bool(np.any(cm[:n_needed]) or np.any(c0[:n_needed]) or np.any(cp[:n_needed]))
     zeros = lambda: xp.zeros(n, dtype=xp.float64)  # noqa: E731
     run, sii, siy, syy = zeros(), zeros(), zeros(), zeros()
-    sy = [zeros() for _ in range(p)]
-    sx = [zeros() for _ in range(p)]
+    # the linear terms X_s'W y and X_s'W I are linear in the TAC: one einsum (no BLAS: OpenBLAS threads are
+    # slow for such thin products on a busy machine)
+    lin = xp.einsum("fk,fn->kn", co["v"][:n_needed], ct)
+    sy = [lin[k] for k in range(p)]
+    sx = [lin[p + k] for k in range(p)]
     t = xp.empty(n, dtype=xp.float64)
     u = xp.empty(n, dtype=xp.float64)
     integ = xp.empty(n, dtype=xp.float64) if local else run
@@ -121,11 +125,6 @@ def mrtm_sums_xp(xp: Any, ct: Any, co: dict[str, Any]) -> tuple[Any, ...]:
         sii += u
         xp.multiply(t, cj, out=u)
         siy += u
-        for k in range(p):
-            xp.multiply(t, xs[k, j], out=u)
-            sx[k] += u
-            xp.multiply(cj, w[j] * xs[k, j], out=u)
-            sy[k] += u
         xp.multiply(cj, w[j], out=t)
         t *= cj
         syy += t
@@ -184,7 +183,8 @@ class _MRTMBase(ReferenceModel):
         ex = prep.extra
         a, b = self.integration_coefficients(prep.frames)
         cm, c0, cp = self.integration_local(prep.frames)
-        co = {"a": a, "b": b, "cm": cm, "c0": c0, "cp": cp, "w": prep.weights, "used": prep.used, "xs": ex["xs"]}
+        co = {"a": a, "b": b, "cm": cm, "c0": c0, "cp": cp, "w": prep.weights, "used": prep.used, "xs": ex["xs"],
+              "v": be.asarray(np.concatenate([ex["vy"], ex["vx"]], axis=1), dtype=np.float64)}
         n_needed = ex["n_needed"]
         n = tacs.shape[0]
         out = {k: xp.empty(n, dtype=xp.float32) for k in self.param_names}
