@@ -11,6 +11,7 @@ R1 = K1/K1' is unitless (relative delivery).  nilearn is imported only inside :f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -131,12 +132,18 @@ def build_phantom(resolution: float = 2, regions: tuple[Region, ...] | None = No
     """Build the phantom at ``resolution`` mm (2, 3, 4...) on nilearn's MNI152 grid.
 
     ``regions`` default to :func:`default_regions`; ``reference`` names the reference region (must be in
-    ``regions``; its voxels get BPND 0).  Raises ValueError if a region ends up empty.
+    ``regions``; its voxels get BPND 0).  Raises ValueError if a region ends up empty.  Results are cached
+    in the process: treat the returned arrays as read-only.
     """
+    regions = tuple(regions) if regions is not None else default_regions()
+    return _build_cached(float(resolution), regions, tissue or TissueValues(), reference)
+
+
+@lru_cache(maxsize=4)
+def _build_cached(resolution: float, regions: tuple[Region, ...], tissue: TissueValues,
+                  reference: str) -> Phantom:
     from nilearn import datasets  # noqa: PLC0415  (slow import, only when a phantom is built)
 
-    regions = tuple(regions) if regions is not None else default_regions()
-    tissue = tissue or TissueValues()
     names_r = [r.name for r in regions]
     if len(set(names_r)) != len(names_r):
         raise ValueError(f"duplicate region names: {names_r}")

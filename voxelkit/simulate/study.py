@@ -358,26 +358,48 @@ def _simulate_scan(plan: ScanPlan) -> tuple[str, dict]:
     d = ctx["deriv"] / f"sub-{plan.subject}" / f"ses-{plan.session}" / "pet"
     d.mkdir(parents=True, exist_ok=True)
     pre = f"{stem}_space-{SPACE}"
-    _save_map(plan.bp_segments[:, 0], brain, ctx["affine"], d / f"{pre}_desc-truebpnd_mimap.nii.gz")
-    if plan.bp_segments.shape[1] > 1:
-        _save_map(plan.bp_segments[:, 1], brain, ctx["affine"], d / f"{pre}_desc-truebpndchallenge_mimap.nii.gz")
-    _save_map(plan.r1, brain, ctx["affine"], d / f"{pre}_desc-truer1_mimap.nii.gz")
-    write_json({"Description": "true parameters of the simulated scan (voxelkit simulate)",
-                "BPNDUnits": "unitless", "R1Units": "unitless", "k2prime": cfg.k2prime, "k2primeUnits": "1/min",
-                "k1prime": cfg.k1prime, "k1primeUnits": "mL/min/mL",
-                "ChallengeWindowMinutes": list(cfg.challenge_window_min) if plan.bp_segments.shape[1] > 1
-                else None, "Displacement": plan.displacement, "Drug": plan.drug},
-               d / f"{pre}_desc-truth_mimap.json")
+    aff = ctx["affine"]
+    window = list(cfg.challenge_window_min) if plan.bp_segments.shape[1] > 1 else None
+    common = {"Sources": [f"bids::sub-{plan.subject}/ses-{plan.session}/pet/{stem}_pet.nii.gz"],
+              "k2prime": cfg.k2prime, "k2primeUnits": "1/min", "k1prime": cfg.k1prime,
+              "k1primeUnits": "mL/min/mL", "ChallengeWindowMinutes": window,
+              "ChallengeDisplacement": plan.displacement, "DrugSession": plan.drug,
+              "EffectFactor": 1.0 - cfg.effect if plan.drug else 1.0}
+    _save_map(plan.bp_segments[:, 0], brain, aff, d / f"{pre}_desc-truebpnd_mimap.nii.gz",
+              {"Description": "true BPND (unitless) of the scan" + (" before/after the challenge window"
+                                                                   if window else ""), **common})
+    if window:
+        _save_map(plan.bp_segments[:, 1], brain, aff, d / f"{pre}_desc-truebpndchallenge_mimap.nii.gz",
+                  {"Description": "true BPND (unitless) during the challenge window", **common})
+    _save_map(plan.r1, brain, aff, d / f"{pre}_desc-truer1_mimap.nii.gz",
+              {"Description": "true R1 = K1/K1' (unitless)", **common})
+    eff = ctx["effect_mask"] if plan.drug and cfg.effect > 0 else np.zeros_like(brain)
+    _save_mask(eff, aff, d / f"{pre}_desc-effect_mask.nii.gz",
+               {"Description": "voxels where the drug effect was planted in this scan (BPND x EffectFactor)",
+                **common})
     return str(pet), {}
 
 
-def _save_map(values: np.ndarray, brain: np.ndarray, affine: np.ndarray, path: Path,
+def _save_map(values: np.ndarray, brain: np.ndarray, affine: np.ndarray, path: Path, meta: dict | None = None,
               dtype=np.float32) -> None:
     vol = np.zeros(brain.shape, dtype=dtype)
     vol[brain] = values
     img = nib.Nifti1Image(vol, affine)
     img.header.set_xyzt_units("mm", "sec")
     nib.save(img, str(path))
+    if meta is not None:
+        write_json(meta, _json_of(path))
+
+
+def _save_mask(mask: np.ndarray, affine: np.ndarray, path: Path, meta: dict) -> None:
+    img = nib.Nifti1Image(mask.astype(np.uint8), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+    write_json(meta, _json_of(path))
+
+
+def _json_of(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".nii.gz") + ".json")
 
 
 def _pet_sidecar(cfg: StudyConfig, plan: ScanPlan, frames: FrameTiming) -> dict:
@@ -386,6 +408,9 @@ def _pet_sidecar(cfg: StudyConfig, plan: ScanPlan, frames: FrameTiming) -> dict:
         "ManufacturersModelName": "voxelkit-sim digital brain phantom",
         "Units": "kBq/mL",
         "BodyPart": "Brain",
+        "InstitutionName": "voxelkit simulation (no institution)",
+        "InstitutionAddress": "n/a",
+        "InstitutionalDepartmentName": "n/a",
         "TracerName": "carfentanil",
         "TracerRadionuclide": "C11",
         "TracerMolecularWeight": CARFENTANIL_MW,
@@ -411,12 +436,12 @@ def _pet_sidecar(cfg: StudyConfig, plan: ScanPlan, frames: FrameTiming) -> dict:
         "ReconMethodParameterValues": [21, 3],
         "ReconFilterType": "Gaussian" if cfg.fwhm_mm > 0 else "none",
         "AttenuationCorrection": "CT-based (simulated)",
-        "PharmaceuticalName": "anakinra" if plan.drug else ("placebo" if plan.session != "baseline" else "none"),
     }
     if cfg.fwhm_mm > 0:
         meta["ReconFilterSize"] = cfg.fwhm_mm
-    if plan.drug:
-        meta.update({"PharmaceuticalDoseAmount": 100, "PharmaceuticalDoseUnits": "mg",
+    if plan.session != "baseline":
+        meta.update({"PharmaceuticalName": "anakinra" if plan.drug else "placebo (saline)",
+                     "PharmaceuticalDoseAmount": 100 if plan.drug else 0, "PharmaceuticalDoseUnits": "mg",
                      "PharmaceuticalDoseRegimen": "single subcutaneous dose", "PharmaceuticalDoseTime": -10800})
     if cfg.kbol is not None:
         total_min = frames.end_min[-1]
@@ -470,12 +495,13 @@ def simulate_study(outdir: str | Path, *, preset: str | None = None, config: Stu
     cfg = replace(base, **overrides)
     cfg.validate()
     root = Path(outdir)
-    _prepare_outdir(root, overwrite)
-
+    if root.exists() and root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise FileExistsError(f"{root}: directory exists and is not empty (use overwrite=True / --overwrite)")
     if phantom is None or phantom.resolution != float(cfg.resolution):
         phantom = build_phantom(cfg.resolution, cfg.regions, cfg.tissue)
     for name in set(cfg.effect_regions) | set(cfg.challenge_regions if cfg.challenge != "none" else ()):
         phantom.label_of(name)
+    _prepare_outdir(root, overwrite)
     frames = cfg.frames or carfentanil_frames()
     participants, scans, switch = plan_study(cfg, phantom)
     if cfg.kbol is not None:  # the same total dose split into bolus and infusion
@@ -499,7 +525,7 @@ def simulate_study(outdir: str | Path, *, preset: str | None = None, config: Stu
     deriv = root / "derivatives" / DERIV
     ctx = {"cfg": cfg, "table": table, "brain": brain, "affine": phantom.affine, "bbox": (lo, hi),
            "unit": _gauss_unit_factor(sig) if sig > 0 else 1.0, "decay": decay, "noise_k": noise_k,
-           "root": root, "deriv": deriv}
+           "root": root, "deriv": deriv, "effect_mask": phantom.mask(list(cfg.effect_regions))}
 
     _write_static(root, deriv, cfg, phantom, participants, frames)
     if cfg.n_jobs > 1 and len(scans) > 1:
@@ -544,7 +570,7 @@ def _write_static(root: Path, deriv: Path, cfg: StudyConfig, phantom: Phantom, p
             "Description": "voxelkit simulate: [11C]carfentanil crossover study simulator"}]
     write_json({"Name": "Simulated [11C]carfentanil anakinra/placebo crossover study (voxelkit)",
                 "BIDSVersion": BIDS_VERSION, "DatasetType": "raw", "License": "CC0",
-                "Authors": ["voxelkit simulate"], "GeneratedBy": gen,
+                "Authors": ["voxelkit developers", "voxelkit simulate (generator)"], "GeneratedBy": gen,
                 "HowToAcknowledge": "Simulated data: no acknowledgement needed."},
                root / "dataset_description.json")
     cols = ["participant_id", "sex", "age", "weight", "neuroticism", "il1b", "il1ra", "session_order"]
@@ -561,43 +587,71 @@ def _write_static(root: Path, deriv: Path, cfg: StudyConfig, phantom: Phantom, p
         pj[f"pain_{s}"] = {"Description": f"pain rating during the challenge in ses-{s} (VAS)", "Units": "mm"}
     write_json(pj, root / "participants.json")
     (root / "README").write_text(_readme(cfg))
-    (root / ".bidsignore").write_text("")
+    (root / ".bidsignore").write_text(_BIDSIGNORE)
     # derivatives
     deriv.mkdir(parents=True, exist_ok=True)
     write_json({"Name": "voxelkit-sim ground truth", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
-                "GeneratedBy": gen, "SourceDatasets": [{"URL": "../../"}]}, deriv / "dataset_description.json")
+                "Authors": ["voxelkit developers", "voxelkit simulate (generator)"], "GeneratedBy": gen,
+                "SourceDatasets": [{"URL": "../../"}]}, deriv / "dataset_description.json")
     aff, brain = phantom.affine, phantom.brain
-    pre = f"space-{SPACE}_res-{int(cfg.resolution) if float(cfg.resolution).is_integer() else cfg.resolution}"
+    res = int(cfg.resolution) if float(cfg.resolution).is_integer() else cfg.resolution
+    ctx_effect = phantom.mask(list(cfg.effect_regions))
+    spatial_ref = f"{SPACE} (nilearn MNI152 template grid at {res} mm)"
+    atlas = f"space-{SPACE}_atlas-carfentanil_res-{res}_dseg"
     img = nib.Nifti1Image(phantom.labels.astype(np.int16), aff)
     img.header.set_xyzt_units("mm", "sec")
-    nib.save(img, str(deriv / f"atlas-carfentanil_{pre}_dseg.nii.gz"))
+    nib.save(img, str(deriv / f"{atlas}.nii.gz"))
     rows = phantom.lookup_rows()
     for r in rows:
         r["effect"] = int(r["name"] in cfg.effect_regions)
         r["challenge"] = int(cfg.challenge != "none" and r["name"] in cfg.challenge_regions)
         r["reference"] = int(r["name"] == phantom.reference)
-    write_tsv(rows, deriv / f"atlas-carfentanil_{pre}_dseg.tsv",
+    write_tsv(rows, deriv / f"{atlas}.tsv",
               ["index", "name", "bp_nd", "r1", "n_voxels", "effect", "challenge", "reference"])
-    for desc, m in (("brain", brain), ("reference", phantom.reference_mask),
-                    ("effect", phantom.mask(list(cfg.effect_regions))),
-                    ("challenge", phantom.mask(list(cfg.challenge_regions)) if cfg.challenge != "none"
-                     else np.zeros_like(brain))):
-        mi = nib.Nifti1Image(m.astype(np.uint8), aff)
-        mi.header.set_xyzt_units("mm", "sec")
-        nib.save(mi, str(deriv / f"{pre}_desc-{desc}_mask.nii.gz"))
-    _save_map(phantom.bp_nd[brain], brain, aff, deriv / f"{pre}_desc-phantombpnd_mimap.nii.gz")
-    _save_map(phantom.r1[brain], brain, aff, deriv / f"{pre}_desc-phantomr1_mimap.nii.gz")
+    write_json({"Description": "region atlas of the simulated phantom (integer labels, names in the .tsv)",
+                "SpatialReference": spatial_ref,
+                "bp_nd": {"Description": "phantom BPND before subject/session factors", "Units": "unitless"},
+                "r1": {"Description": "phantom R1 = K1/K1' before subject factors", "Units": "unitless"},
+                "n_voxels": {"Description": "number of voxels with this label"},
+                "effect": {"Description": "1 if the drug effect is planted in this region"},
+                "challenge": {"Description": "1 if the pain challenge lowers BPND in this region"},
+                "reference": {"Description": "1 for the reference region"}}, deriv / f"{atlas}.json")
+    write_json({"Name": "carfentanil simulation phantom atlas",
+                "Description": "ellipsoidal regions at literature MNI coordinates, intersected with grey matter "
+                               "(cortex) or the brain mask (deep nuclei); remaining brain by tissue class",
+                "SpatialReference": {"res": SPACE}}, deriv / "atlas-carfentanil_description.json")
+    for desc, m, text in (
+            ("brain", brain, "brain mask of the phantom (all simulated voxels)"),
+            ("reference", phantom.reference_mask, f"reference region ({phantom.reference}): BPND 0, R1 1"),
+            ("effect", ctx_effect, f"regions where the drug effect is planted ({', '.join(cfg.effect_regions)})"),
+            ("challenge", phantom.mask(list(cfg.challenge_regions)) if cfg.challenge != "none"
+             else np.zeros_like(brain), "regions where the pain challenge lowers BPND")):
+        _save_mask(m, aff, deriv / f"space-{SPACE}_res-{res}_desc-{desc}_mask.nii.gz",
+                   {"Description": text, "SpatialReference": spatial_ref})
+    pre = f"space-{SPACE}_res-{res}"
+    _save_map(phantom.bp_nd[brain], brain, aff, deriv / f"{pre}_desc-phantombpnd_mimap.nii.gz",
+              {"Description": "phantom BPND before subject/session factors"})
+    _save_map(phantom.r1[brain], brain, aff, deriv / f"{pre}_desc-phantomr1_mimap.nii.gz",
+              {"Description": "phantom R1 before subject factors"})
+    (deriv / ".bidsignore").write_text(_BIDSIGNORE)
+    (deriv / "README").write_text("Ground truth of the simulated study written by voxelkit simulate: masks, region "
+                                  "atlas, true BPND/R1 maps per scan (`*_mimap`, bidsignored: PET parametric maps "
+                                  "are not yet in the BIDS schema), `truth.tsv` (one row per scan) and "
+                                  "`simulation.json` (the full configuration).\n")
     cfg_dict = {k: v for k, v in asdict(cfg).items() if k not in ("frames", "regions", "tissue")}
     cfg_dict["frames"] = frames.to_bids_dict()
     cfg_dict["regions"] = [asdict(r) for r in phantom.regions]
     cfg_dict["tissue"] = asdict(phantom.tissue)
     cfg_dict["reference"] = phantom.reference
     cfg_dict["input"] = asdict(FengInput(delay=cfg.input_delay_min, kbol=cfg.kbol))
-    cfg_dict["files"] = {"atlas": f"atlas-carfentanil_{pre}_dseg.nii.gz",
-                         "lookup": f"atlas-carfentanil_{pre}_dseg.tsv",
+    cfg_dict["files"] = {"atlas": f"{atlas}.nii.gz", "lookup": f"{atlas}.tsv",
                          **{f"{d}_mask": f"{pre}_desc-{d}_mask.nii.gz"
                             for d in ("brain", "reference", "effect", "challenge")}}
     write_json(cfg_dict, deriv / "simulation.json")
+
+
+#: Ground truth that BIDS has no file rule for yet (PET parametric maps, per-scan PET masks, tables).
+_BIDSIGNORE = "*_mimap.nii.gz\n*_mimap.json\nsub-*_desc-effect_mask.*\ntruth.tsv\nsimulation.json\n"
 
 
 def _version() -> str:
