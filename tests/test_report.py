@@ -57,25 +57,30 @@ def _qc(subject: str, session: str, rng: np.random.Generator) -> dict:
 
 
 def make_output_dir(out: Path, n_subjects: int = 2) -> Path:
-    """A small pipeline output directory following voxelkit/pipeline/layout.py."""
+    """A small pipeline output directory following voxelkit/pipeline/layout.py, with the files as
+    voxelkit.pipeline.run and voxelkit.stats write them (study.json = StudyConfig.to_dict(), provenance.json,
+    group/stats/ from PermutationResult.save)."""
     from voxelkit.pipeline import layout
 
     rng = np.random.default_rng(0)
     out.mkdir(parents=True, exist_ok=True)
     subjects = [f"{i:02d}" for i in range(1, n_subjects + 1)]
-    (out / "study.json").write_text(json.dumps({
-        "name": "synthetic anakinra crossover",
-        "subjects": subjects, "conditions": CONDITIONS, "contrast": "anakinra - placebo",
-        "model": {"name": "srtm", "theta3_grid": [0.01, 1.0, 60], "weighting": "frame duration"},
-        "smoothing_fwhm_mm": 6.0,
-        "inference": {"n_permutations": 500, "cluster_forming_p": 0.001, "tfce": True, "two_sided": True},
-        "seed": 7}))
+    study = {"bids_dir": "/data/anakinra-study", "output_dir": str(out), "conditions": CONDITIONS,
+             "ref_mask": "/data/ref.nii.gz", "brain_mask": None, "atlas": "/data/atlas.nii.gz",
+             "atlas_labels": "/data/atlas.tsv", "model": "srtm", "model_options": {"k2prime": 0.1}, "windows": None,
+             "contrast": "bp_nd", "smoothing_fwhm": 6.0, "covariates": [], "n_perm": 500, "cluster_p": 0.001,
+             "tfce": True, "two_sided": True, "seed": 7, "on_missing": "drop", "jobs": 1, "device": None,
+             "report": True}
+    (out / "study.json").write_text(json.dumps(study))
     (out / "provenance.json").write_text(json.dumps({
-        "backend": "numpy", "seed": 7,
-        "versions": {"voxelkit": "0.1.0", "numpy": np.__version__, "nibabel": nib.__version__},
-        "inputs": [{"path": f"sub-{s}/ses-{c}/pet/sub-{s}_ses-{c}_pet.nii.gz", "sha256": f"{i:064x}"}
+        "voxelkit": "0.1.0", "command": ["voxelkit", "run", "study.toml"], "settings": study, "seed": 7,
+        "backend": {"name": "numpy", "reason": "no CUDA device"},
+        "versions": {"numpy": np.__version__, "nibabel": nib.__version__},
+        "inputs": [{"path": f"/data/sub-{s}/ses-{c}/pet/sub-{s}_ses-{c}_pet.nii.gz", "sha256": f"{i:064x}",
+                    "bytes": 1000 + i}
                    for i, (s, c) in enumerate((s, c) for s in subjects for c in CONDITIONS)],
-        "timings": {"fit_s": 3.2, "stats_s": 5.1}}))
+        "subjects": subjects, "dropped_subjects": {"99": "no placebo session"},
+        "fits": {"fitted": 2 * n_subjects, "reused": 0}, "seconds": {"fit": 3.2, "stats": 5.1}}))
     brain = np.zeros(SHAPE, bool)
     brain[3:17, 3:21, 3:17] = True
     for s in subjects:
@@ -88,21 +93,29 @@ def make_output_dir(out: Path, n_subjects: int = 2) -> Path:
     t[8:12, 10:14, 8:12] += 6.0
     t[4:6, 16:18, 4:6] -= 5.0
     _save(stats / "t.nii.gz", t)
+    _save(stats / "tfce.nii.gz", np.sign(t) * np.abs(t) ** 2 * 10)
+    _save(stats / "mask.nii.gz", brain.astype(np.float32))
     sig_pos = np.zeros(SHAPE)
-    sig_pos[8:12, 10:14, 8:12] = 2.5
+    sig_pos[8:12, 10:14, 8:12] = 2.69897  # p = 0.002
     sig_neg = sig_pos.copy()
-    sig_neg[4:6, 16:18, 4:6] = -1.8
+    sig_neg[4:6, 16:18, 4:6] = -1.30103  # p = 0.05 exactly: significant (p <= 0.05)
     _save(stats / "logp_fwe_tfce.nii.gz", sig_neg)
     _save(stats / "logp_fwe_cluster_mass.nii.gz", sig_pos)
+    _save(stats / "logp_fwe_cluster_extent.nii.gz", np.where(sig_pos > 0, 1.0, 0))  # p = 0.1
     _save(stats / "logp_fwe_voxel.nii.gz", np.where(brain, 0.2, 0))  # nothing significant
+    _save(stats / "logp_uncorrected.nii.gz", np.where(brain, 1.5, 0))
     (stats / "clusters.tsv").write_text(
-        "cluster\tsign\tsize_vox\tsize_mm3\tmass\tp_fwe\tpeak_t\tpeak_x\tpeak_y\tpeak_z\tregion\n"
-        "1\t+\t64\t512\t210.5\t0.002\t8.91\t0\t-16\t6\tthalamus\n"
-        "2\t-\t8\t64\t21.3\t0.31\t-6.02\t-12\t-8\t-4\tn/a\n")
-    np.savez(stats / "nulls.npz", null_max_t=rng.gumbel(4, 0.5, 500), observed_max_t=np.float64(8.91),
-             null_max_tfce=rng.gumbel(300, 40, 500), observed_max_tfce=np.float64(910.0),
-             null_max_cluster_mass=rng.gamma(2, 30, 500), observed_max_cluster_mass=np.float64(210.5),
-             cluster_forming_threshold=np.float64(3.4))
+        "cluster_id\tsign\tsize_voxels\tsize_mm3\tmass\tpeak_t\tpeak_x\tpeak_y\tpeak_z\tp_fwe_extent\t"
+        "p_fwe_mass\tregion\n"
+        "1\t+\t64\t512\t210.5\t8.91\t0\t-16\t6\t0.1\t0.002\tthalamus\n"
+        "1a\t\t\t\t\t7.5\t4\t-12\t6\t\t\tthalamus\n"
+        "2\t-\t8\t64\t21.3\t-6.02\t-12\t-8\t-4\t0.4\t0.31\tn/a\n")
+    np.savez_compressed(stats / "null_distributions.npz", h0_max_t=rng.gumbel(4, 0.5, 500),
+                        h0_max_cluster_extent=rng.gamma(2, 20, 500), h0_max_cluster_mass=rng.gamma(2, 30, 500),
+                        h0_max_tfce=rng.gumbel(300, 40, 500), sign_flips=rng.choice([-1, 1], (500, n_subjects)),
+                        cluster_threshold_t=np.array(3.4), two_sided=np.array(True))
+    (stats / "stats.json").write_text(json.dumps({"test": "paired", "n_perm": 500, "two_sided": True,
+                                                  "design_matrix": [[1.0]] * n_subjects, "tfce_H": 2.0}))
     roi = layout.roi_dir(out)
     roi.mkdir(parents=True, exist_ok=True)
     lines = ["subject\tcondition\tphase\tregion\tvalue"]
@@ -129,15 +142,41 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_report_content(report: Path) -> None:
     text = report.read_text(encoding="utf-8")
     assert report.name == "report.html"
-    for expected in ("synthetic anakinra crossover", "srtm", "anakinra", "placebo", "Input checksums",
-                     "thalamus", "clusters.tsv", "null_max_t", "sub-01_ses-placebo_model-srtm",
-                     "mean BPND of 6 scans", "No voxel is FWE-significant", "p_fdr", "mean of 812 voxels"):
+    for expected in ("Study report: anakinra-study", "anakinra − placebo (bp_nd)", "srtm (k2prime=0.1)",
+                     "Input checksums (6 files)", "no placebo session", "thalamus", "clusters.tsv", "h0_max_t",
+                     "h0_max_cluster_mass", "sub-01_ses-placebo_model-srtm", "mean BPND of 6 scans",
+                     "No voxel is FWE-significant at p ≤ 0.05 with voxel (max-T)", "p_fdr", "mean of 812 voxels",
+                     "stats.json", "TFCE + cluster + voxel, two-sided"):
         assert expected in text, expected
-    assert "could not be rendered" not in text
-    assert "not computed" not in text
-    # t: glass + axial slices; 2 significant FWE methods x (glass + ortho); ROI; QC overview + 6 scans; nulls
+    for absent in ("could not be rendered", "not computed", "not available", "sign_flips", "Problems"):
+        assert absent not in text, absent
+    # t: glass + axial slices; TFCE and cluster mass (significant) x (glass + sections); ROI; QC overview + 6
+    # scans; nulls.  Cluster extent (p = 0.1) and voxel FWE have nothing significant.
     assert text.count("<img ") == 2 + 4 + 1 + 1 + 6 + 1
+    assert "No voxel is FWE-significant at p ≤ 0.05 with cluster extent" in text
+    # TFCE: 64 voxels at p = 0.002 and 8 at p = 0.05 exactly (float32 map): all 72 significant
+    assert re.search(r'<td>TFCE</td><td>logp_fwe_tfce.nii.gz</td><td class="num">72</td>', text)
     assert text.count("<details>") >= 6  # 6 scans: collapsed per-scan sections
+
+
+def test_null_items_observed() -> None:
+    """Observed maxima: a matching ``observed_*`` scalar in the file wins, else the callback (from the maps)."""
+    from voxelkit.report.report import _null_items, critical_value
+
+    null = np.arange(1.0, 101.0)
+    assert critical_value(null) == 95.0  # 5 of 100 maxima above it: p <= 0.05 needs more than 95
+    arrays = {"h0_max_t": null, "observed_max_t": np.array(97.5), "null_max_tfce": null,
+              "sign_flips": np.ones((100, 4)), "two_sided": np.array(True), "cluster_threshold_t": np.array(3.1)}
+    seen = []
+
+    def observed(tok: frozenset[str]) -> float:
+        seen.append(tok)
+        return 100.0
+
+    items, rows = _null_items(arrays, observed)
+    assert [i[0] for i in items] == ["h0_max_t", "null_max_tfce"]
+    assert rows[0][3] == 97.5 and rows[0][4] == pytest.approx(0.03)
+    assert seen == [frozenset({"tfce"})] and rows[1][4] == pytest.approx(0.01)
 
 
 def test_report_self_contained(report: Path) -> None:

@@ -150,7 +150,8 @@ def scan_qc(qc: dict[str, Any], max_hists: int = 3, max_voxels: int = 4) -> byte
     t_min = (start + dur / 2.0) / 60.0 if start.size and start.size == dur.size else None
     hists = {k: v for k, v in (qc.get("histograms") or {}).items()
              if isinstance(v, dict) and v.get("edges") is not None and v.get("counts") is not None}
-    hist_keys = list(hists)[:max_hists]
+    first = [k for k in ("bp_nd", "r1", "k2", "k2prime", "dvr") if k in hists]
+    hist_keys = (first + [k for k in hists if k not in first])[:max_hists]
     n = 2 + len(hist_keys)
     fig, axes = _grid(n, n, 2.45, 2.0)
 
@@ -168,6 +169,13 @@ def scan_qc(qc: dict[str, Any], max_hists: int = 3, max_voxels: int = 4) -> byte
     _style(ax)
 
     ax = axes[1]
+    used = qc.get("used_frames")
+    if used and t_min is not None and start.size == t_min.size:
+        u = np.asarray(used, int)
+        u = u[(u >= 0) & (u < start.size)]
+        if u.size and u.size < start.size:  # a time window: shade the fitted frames
+            ax.axvspan(start[u.min()] / 60.0, (start[u.max()] + dur[u.max()]) / 60.0, color="#fff1c9", zorder=0,
+                       linewidth=0)
     voxels = (qc.get("example_voxels") or [])[:max_voxels]
     for i, vox in enumerate(voxels):
         color = PALETTE[i % len(PALETTE)]
@@ -191,7 +199,7 @@ def scan_qc(qc: dict[str, Any], max_hists: int = 3, max_voxels: int = 4) -> byte
         ax.legend(fontsize=6, frameon=False, loc="best")
     else:
         ax.text(0.5, 0.5, "no example voxels", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-    ax.set_title("voxel TACs (dots) and fits (lines)", fontsize=9)
+    ax.set_title("voxel TACs (dots), fits (lines)", fontsize=9)
     ax.set_xlabel("time (min)" if t_min is not None else "frame", fontsize=8)
     _style(ax)
 
@@ -246,8 +254,9 @@ def qc_overview(records: Sequence[tuple[str, dict[str, Any]]], param: str | None
 
 # -------------------------------------------------------------------------------------------- null dists
 
-def null_histograms(items: Sequence[tuple[str, np.ndarray, float | None]]) -> bytes:
-    """Histograms of max-statistic null distributions with the 95th percentile (dashed) and the observed value."""
+def null_histograms(items: Sequence[tuple[str, np.ndarray, float | None]], alpha: float = 0.05) -> bytes:
+    """Histograms of max-statistic null distributions with the FWE critical value (the (floor(alpha N) + 1)-th
+    largest maximum, dashed) and the observed value (red)."""
     fig, axes = _grid(len(items), 3, 3.3, 2.4)
     for ax, (name, null, obs) in zip(axes, items, strict=True):
         null = np.asarray(null, float)
@@ -259,11 +268,14 @@ def null_histograms(items: Sequence[tuple[str, np.ndarray, float | None]]) -> by
             if hi <= lo:
                 hi = lo + 1.0
             ax.hist(null, bins=40, range=(lo, hi + 1e-9 * abs(hi)), color="#9aa5b1", edgecolor="none")
-            q95 = float(np.quantile(null, 0.95))
-            ax.axvline(q95, color="#1d2430", linestyle="--", linewidth=1.2, label=f"95th pct {q95:.3g}")
+            srt = np.sort(null)[::-1]
+            k = int(np.floor(alpha * srt.size + 1e-9))
+            if k < srt.size:
+                crit = float(srt[k])
+                ax.axvline(crit, color="#1d2430", linestyle="--", linewidth=1.2, label=f"FWE {alpha:g} at {crit:.3g}")
         if obs is not None and np.isfinite(obs):
             ax.axvline(obs, color="#d1495b", linewidth=2.0, label=f"observed {obs:.3g}")
-        ax.legend(fontsize=7, frameon=False, loc="upper right")
+        ax.legend(fontsize=7, frameon=True, framealpha=0.85, edgecolor="none", loc="upper right")
         ax.set_title(f"{name} (n={null.size})", fontsize=9)
         _style(ax)
     return to_png(fig)

@@ -37,9 +37,11 @@ def fmt_value(x: object, digits: int = 4) -> str:
 
 
 def parse_cell(s: str) -> object:
-    """A TSV cell as int, float or str (``n/a``, empty and ``nan`` become NaN)."""
+    """A TSV cell as int, float or str (``n/a`` and ``nan`` become NaN, an empty cell stays empty)."""
     t = s.strip()
-    if t in ("", "n/a", "NA", "nan", "NaN", "None", "null"):
+    if t == "":
+        return ""
+    if t in ("n/a", "NA", "nan", "NaN", "None", "null"):
         return float("nan")
     try:
         return int(t)

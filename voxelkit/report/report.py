@@ -31,6 +31,7 @@ from .html import (
     esc,
     figure,
     fmt_value,
+    is_number,
     kv_table,
     note,
     page,
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 ALPHA = 0.05
 LOGP_ALPHA = -math.log10(ALPHA)
+LOGP_TOL = 1e-5  # maps are float32: p = 0.05 exactly must count as significant (p <= alpha, as voxelkit.stats)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 FWE_LABELS = {"cluster_extent": "cluster extent", "cluster_mass": "cluster mass", "tfce": "TFCE",
               "voxel": "voxel (max-T)", "cluster": "cluster"}
@@ -160,6 +162,7 @@ class _Report:
         self.timings: dict[str, float] = {}
         self.study: dict[str, Any] = {}
         self.prov: dict[str, Any] = {}
+        self.stats_settings: dict[str, Any] = {}
 
     # -- helpers
     def guarded(self, name: str, fn: Callable[[], Section]) -> Section:
@@ -188,59 +191,83 @@ class _Report:
 
     # -- design and settings
     def design(self) -> Section:
+        for name in ("study.json", "provenance.json"):
+            try:
+                obj = read_json(self.out / name) or {}
+            except Exception as exc:  # noqa: BLE001
+                self.problems.append(f"{name}: {type(exc).__name__}: {exc}")
+                obj = {}
+            if name == "study.json":
+                self.study = obj
+            else:
+                self.prov = obj
         try:
-            self.study = read_json(self.out / "study.json") or {}
+            self.stats_settings = read_json(self.stats / "stats.json") or {}
         except Exception as exc:  # noqa: BLE001
-            self.problems.append(f"study.json: {exc}")
-            self.study = {}
-        try:
-            self.prov = read_json(self.out / "provenance.json") or {}
-        except Exception as exc:  # noqa: BLE001
-            self.problems.append(f"provenance.json: {exc}")
-            self.prov = {}
+            self.problems.append(f"group/stats/stats.json: {type(exc).__name__}: {exc}")
         both = {"study": self.study, "provenance": self.prov}
         subjects = find_key(both, "subjects", "participants")
         n_subj = len(subjects) if isinstance(subjects, (list, dict)) else subjects
         conds = find_key(both, "conditions")
         model = find_key(both, "model")
-        fwhm = find_key(both, "fwhm_mm", "smoothing_fwhm_mm", "smoothing_mm", "fwhm", "smoothing")
-        nperm = find_key(both, "n_permutations", "permutations", "n_perm")
+        opts = find_key(both, "model_options")
+        if isinstance(model, str) and isinstance(opts, dict) and opts:
+            model = {"name": model, **opts}
+        fwhm = find_key(both, "smoothing_fwhm", "fwhm_mm", "smoothing_fwhm_mm", "smoothing_mm", "fwhm", "smoothing")
+        nperm = find_key(self.stats_settings, "n_perm") or find_key(both, "n_perm", "n_permutations", "permutations")
         seed = find_key(both, "seed")
         backend = find_key(self.prov, "backend", "device") or find_key(self.study, "backend", "device")
+        if isinstance(backend, dict):
+            backend = backend.get("name", backend)
+        inference = [k for k, on in (("TFCE", find_key(both, "tfce")),
+                                     ("cluster", find_key(both, "cluster_p", "cluster_t") is not None),
+                                     ("voxel", True)) if on]
+        two_sided = find_key(both, "two_sided")
+        dropped = find_key(self.prov, "dropped_subjects")
         cards = _cards([
             ("subjects", n_subj),
-            ("conditions", _short(conds) if conds is not None else None),
+            ("conditions (A vs B)", _short(conds) if conds is not None else None),
+            ("contrast", _short(find_key(both, "contrast")) if find_key(both, "contrast") is not None else None),
             ("model", _short(model) if model is not None else None),
-            ("smoothing FWHM (mm)", _short(fwhm) if fwhm is not None else None),
+            ("smoothing FWHM (mm)", fwhm),
             ("permutations", nperm),
+            ("FWE inference", " + ".join(inference) + (", two-sided" if two_sided else ", one-sided"
+                                                       if two_sided is not None else "")),
+            ("cluster-forming p", find_key(both, "cluster_p")),
             ("seed", seed),
             ("backend", _short(backend) if backend is not None else None),
         ])
         parts = [cards]
-        subs = []
-        parts.append('<h3 id="design-settings">Study settings</h3>')
-        subs.append(("design-settings", "Study settings"))
-        parts.append(render_value(self.study).html if self.study else note(f"study.json: {NOT_COMPUTED}."))
+        if dropped:
+            parts.append(note(f"Subjects dropped (incomplete pairs): {_short(dropped)}", "warn"))
         if isinstance(subjects, list) and subjects:
             parts.append(f"<p><b>Subjects ({len(subjects)}):</b> {esc(', '.join(str(s) for s in subjects))}</p>")
-        parts.append('<h3 id="design-provenance">Provenance</h3>')
+        subs = [("design-settings", "Study settings")]
+        parts.append('<h3 id="design-settings">Study settings</h3>')
+        parts.append(render_value(self.study).html if self.study else note(f"study.json: {NOT_COMPUTED}."))
+        if self.stats_settings:
+            parts.append(details("Inference settings (group/stats/stats.json)",
+                                 render_value(self.stats_settings).html))
         subs.append(("design-provenance", "Provenance"))
+        parts.append('<h3 id="design-provenance">Provenance</h3>')
         if self.prov:
-            big = {k: v for k, v in self.prov.items()
-                   if k in ("inputs", "checksums", "input_checksums", "files", "timings", "versions")}
+            big = ("inputs", "checksums", "input_checksums", "files", "timings", "seconds", "versions", "settings")
             rest = {k: v for k, v in self.prov.items() if k not in big}
             if rest:
                 parts.append(render_value(rest).html)
-            versions = self.prov.get("versions")
-            if versions is not None:
-                parts.append(details("Software versions", render_value(versions).html, open_=True))
+            settings = self.prov.get("settings")
+            if settings is not None and settings != self.study:
+                parts.append(details("Settings recorded in provenance.json", render_value(settings).html))
+            if self.prov.get("versions") is not None:
+                parts.append(details("Software versions", render_value(self.prov["versions"]).html, open_=True))
             for key in ("inputs", "checksums", "input_checksums", "files"):
-                if key in big:
-                    v = big[key]
+                if key in self.prov:
+                    v = self.prov[key]
                     n = len(v) if isinstance(v, (list, dict)) else 1
-                    parts.append(details(f"Input checksums ({key}, {n} entries)", render_value(v).html))
-            if "timings" in big:
-                parts.append(details("Timings", render_value(big["timings"]).html))
+                    parts.append(details(f"Input checksums ({n} files)", render_value(v).html))
+            for key in ("timings", "seconds"):
+                if key in self.prov:
+                    parts.append(details("Timings (s)", render_value(self.prov[key]).html))
         else:
             parts.append(note(f"provenance.json: {NOT_COMPUTED}."))
         return Section("design", "Design and settings", "\n".join(parts), subs)
@@ -322,7 +349,7 @@ class _Report:
         sig_masks: dict[str, np.ndarray] = {}
         for method, p in fwe.items():
             lp = np.nan_to_num(np.asarray(nib.load(p).dataobj, dtype=np.float32)).reshape(t.shape)
-            sig = np.abs(lp) > LOGP_ALPHA
+            sig = np.abs(lp) >= LOGP_ALPHA - LOGP_TOL
             sig_masks[method] = sig
             n_cl = int(ndimage.label(sig, structure=np.ones((3, 3, 3)))[1]) if sig.any() else 0
             pos = int((sig & (t > 0)).sum())
@@ -333,11 +360,11 @@ class _Report:
         parts.append(_cards([
             (f"max {stat_name}", float(t.max())), (f"min {stat_name}", float(t.min())),
             ("voxels with a statistic", in_brain),
-            *[(f"FWE p<{ALPHA} voxels, {r[0]}", r[2]) for r in sig_rows],
+            *[(f"FWE p≤{ALPHA} voxels, {r[0]}", r[2]) for r in sig_rows],
         ]))
         parts.append(f"<p>Map: <code>{esc(t_path.name if t_path else '')}</code>. Slices are shown on the "
-                     f"{esc(bg_desc)}. Significance: -log10 p<sub>FWE</sub> &gt; {LOGP_ALPHA:.3f} "
-                     f"(p &lt; {ALPHA}); two-sided maps are signed.</p>")
+                     f"{esc(bg_desc)}. FWE-significant: p<sub>FWE</sub> &le; {ALPHA} "
+                     f"(|-log10 p| &ge; {LOGP_ALPHA:.3f}; two-sided maps are signed by the sign of t).</p>")
         if sig_rows:
             parts.append(table(["method", "file", "significant voxels", "positive", "negative", "clusters",
                                 "max -log10 p"], sig_rows, highlight=[r[2] > 0 for r in sig_rows]))
@@ -357,13 +384,13 @@ class _Report:
             subs.append((sid, f"FWE: {label}"))
             parts.append(f'<h3 id="{esc(sid)}">FWE-significant voxels: {esc(label)}</h3>')
             if not sig.any():
-                parts.append(note(f"No voxel is FWE-significant at p < {ALPHA} with {label} inference."))
+                parts.append(note(f"No voxel is FWE-significant at p ≤ {ALPHA} with {label} inference."))
                 continue
             masked = np.where(sig, t, 0.0).astype(np.float32)
             mimg = nib.Nifti1Image(masked, affine)
             peak = np.unravel_index(int(np.argmax(np.abs(masked))), masked.shape)
             xyz = [float(v) for v in (affine[:3, :3] @ np.array(peak, float) + affine[:3, 3])]
-            title = f"{stat_name}, FWE p<{ALPHA} ({label})"
+            title = f"{stat_name}, FWE p<={ALPHA} ({label})"
             parts.append('<div class="grid2">')
             parts.append(figure(figures.glass_brain(mimg, title, 1e-6, vmax),
                                 f"Glass brain of {stat_name} restricted to {label} FWE-significant voxels."))
@@ -390,7 +417,8 @@ class _Report:
                 parts.append(note(f"Showing the first {MAX_TABLE_ROWS} of {len(rows)} rows."))
                 rows, hl = rows[:MAX_TABLE_ROWS], hl[:MAX_TABLE_ROWS]
             parts.append(table(header, rows, highlight=hl))
-        parts.append(note(f"Highlighted rows: FWE p < {ALPHA}. Coordinates are in the space of the maps (mm)."))
+        parts.append(note(f"Highlighted rows: FWE p ≤ {ALPHA}. Rows without a size are further local maxima of the "
+                          "cluster above them. Coordinates are world coordinates of the maps (mm)."))
         return Section("clusters", "Clusters", "\n".join(parts))
 
     # -- ROIs
@@ -509,23 +537,59 @@ class _Report:
         return Section("qc", "Per-scan QC", "\n".join(parts))
 
     # -- null distributions
+    def observed(self, tokens: frozenset[str], two_sided: bool | None) -> float | None:
+        """The observed maximum statistic matching a null's name tokens, from the maps and the cluster table
+        (voxelkit.stats stores only the nulls): t and TFCE from ``t``/``tfce`` maps (|.| when two-sided),
+        cluster extent and mass from the largest value in the cluster table (0 when it has no cluster)."""
+        import nibabel as nib  # noqa: PLC0415
+
+        if tokens in (frozenset({"t"}), frozenset({"tfce"})):
+            name = "t" if "t" in tokens else "tfce"
+            p = next((self.stats / f"{name}{suf}" for suf in NIFTI_SUFFIXES
+                      if (self.stats / f"{name}{suf}").is_file()), None)
+            if p is None:
+                return None
+            d = np.nan_to_num(np.asarray(nib.load(p).dataobj, dtype=np.float64))
+            return float(np.abs(d).max() if two_sided is not False else d.max())
+        if "cluster" in tokens and tokens & {"extent", "size", "mass"}:
+            cols = ("mass",) if "mass" in tokens else ("size_voxels", "size_vox", "extent", "size", "n_voxels")
+            for p in sorted(self.stats.glob("*cluster*.tsv")):
+                header, rows = read_tsv(p)
+                col = next((header.index(c) for c in cols if c in header), None)
+                if col is None:
+                    continue
+                vals = [float(r[col]) for r in rows if is_number(r[col]) and math.isfinite(r[col])]
+                return max(vals) if vals else 0.0
+        return None
+
     def nulls(self) -> Section:
         paths = sorted(self.stats.glob("*.npz")) if self.stats.is_dir() else []
         if not paths:
             return Section("nulls", "Null distributions", note(f"Null distributions (.npz): {NOT_COMPUTED}."))
-        parts = []
+        parts = [f"<p>Each permutation contributes the maximum of the statistic over the brain; the FWE critical "
+                 f"value at {ALPHA} is the 95th percentile of these maxima, and an observed statistic above it is "
+                 f"significant. p<sub>FWE</sub> counts the permutations (the identity included) whose maximum "
+                 f"reaches the observed value.</p>"]
         for p in paths:
             with np.load(p, allow_pickle=False) as z:
                 arrays = {k: np.asarray(z[k]) for k in z.files}
-            items, rows = _null_items(arrays)
+            two_sided = None
+            if "two_sided" in arrays and arrays["two_sided"].size == 1:
+                two_sided = bool(arrays["two_sided"].ravel()[0])
+            elif isinstance(find_key(self.stats_settings, "two_sided"), bool):
+                two_sided = find_key(self.stats_settings, "two_sided")
+            items, rows = _null_items(arrays, lambda tok, ts=two_sided: self.observed(tok, ts))
             parts.append(f"<h3>{esc(p.name)}</h3>")
             if not items:
                 parts.append(note(f"No null distribution found in {p.name} (arrays: {', '.join(arrays) or 'none'})."))
                 continue
             parts.append(figure(figures.null_histograms(items),
-                                "Permutation null distributions of the maximum statistics (grey), their 95th "
-                                "percentile (dashed: the FWE 0.05 critical value) and the observed value (red)."))
-            parts.append(table(["statistic", "permutations", "95th percentile", "observed", "p (FWE)"], rows))
+                                "Permutation null distributions of the maximum statistics (grey), the FWE 0.05 "
+                                "critical value (dashed) and the observed maximum (red)."
+                                + (" Two-sided: maxima of |statistic|." if two_sided else "")))
+            parts.append(table(["null", "permutations", f"critical value (FWE {ALPHA})", "observed maximum",
+                                "p (FWE)"], rows, highlight=[isinstance(r[4], float) and r[4] <= ALPHA
+                                                             for r in rows]))
         return Section("nulls", "Null distributions", "\n".join(parts))
 
 
@@ -536,47 +600,55 @@ def _significant_row(header: list[str], row: list[object]) -> bool:
             continue
         low = h.lower()
         if "logp" in low or "log10" in low:
-            if abs(v) > LOGP_ALPHA:
+            if abs(v) >= LOGP_ALPHA - LOGP_TOL:
                 return True
         elif low.startswith("p") and ("fwe" in low or low in ("p", "pval", "p_value")):
-            if v < ALPHA:
+            if v <= ALPHA:
                 return True
     return False
 
 
-_NAME_NOISE = {"null", "nulls", "max", "maxima", "obs", "observed", "dist", "distribution", "stat", "value", ""}
+_NAME_NOISE = {"null", "nulls", "h0", "max", "maxima", "obs", "observed", "dist", "distribution", "stat", "value",
+               ""}
 
 
 def _tokens(key: str) -> frozenset[str]:
     return frozenset(t for t in re.split(r"[^a-z0-9]+", key.lower()) if t not in _NAME_NOISE)
 
 
-def _null_items(arrays: dict[str, np.ndarray]) -> tuple[list[tuple[str, np.ndarray, float | None]], list[list]]:
-    """Null arrays (1-D, keys with "null" or "max", more than one value) paired with their observed scalar."""
+def critical_value(null: np.ndarray, alpha: float = ALPHA) -> float:
+    """The (floor(alpha N) + 1)-th largest null maximum: a statistic must exceed it for FWE p <= alpha."""
+    srt = np.sort(null)[::-1]
+    k = int(np.floor(alpha * srt.size + 1e-9))
+    return float(srt[k]) if k < srt.size else float("nan")
+
+
+def _null_items(arrays: dict[str, np.ndarray], observed: Callable[[frozenset[str]], float | None]
+                ) -> tuple[list[tuple[str, np.ndarray, float | None]], list[list[object]]]:
+    """Null arrays (keys with "null", "h0" or "max", one non-singleton axis) with their observed maximum: a
+    scalar in the file whose name matches (e.g. ``observed_max_t`` for ``null_max_t``), else ``observed(tokens)``.
+    """
     nulls = {k: a.astype(float).ravel() for k, a in arrays.items()
-             if ("null" in k.lower() or "max" in k.lower()) and "obs" not in k.lower()
-             and a.ndim >= 1 and a.size > 1 and np.issubdtype(a.dtype, np.number)
-             and (a.ndim == 1 or sum(s > 1 for s in a.shape) == 1)}
+             if any(w in k.lower() for w in ("null", "h0", "max")) and "obs" not in k.lower()
+             and a.size > 1 and np.issubdtype(a.dtype, np.number) and sum(s > 1 for s in a.shape) == 1}
     scalars = {k: float(a.ravel()[0]) for k, a in arrays.items()
-               if a.size == 1 and np.issubdtype(a.dtype, np.number)}
+               if a.size == 1 and np.issubdtype(a.dtype, np.number) and not np.issubdtype(a.dtype, np.bool_)}
     items = []
-    rows = []
+    rows: list[list[object]] = []
     for k, null in nulls.items():
         tok = _tokens(k)
-        obs = None
-        for sk in scalars:
-            if "obs" in sk.lower() and _tokens(sk) == tok:
-                obs = scalars[sk]
-                break
+        obs = next((v for sk, v in scalars.items() if "obs" in sk.lower() and _tokens(sk) == tok), None)
         if obs is None:
-            cands = [sk for sk in scalars if "obs" in sk.lower() and (_tokens(sk) & tok)]
-            if len(cands) == 1:
-                obs = scalars[cands[0]]
+            try:
+                obs = observed(tok)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("observed value for %s: %s", k, exc)
         fin = null[np.isfinite(null)]
-        q95 = float(np.quantile(fin, 0.95)) if fin.size else float("nan")
-        p = (1.0 + np.count_nonzero(fin >= obs)) / (1.0 + fin.size) if obs is not None and fin.size else None
+        crit = critical_value(fin) if fin.size else float("nan")
+        p = max(int(np.count_nonzero(fin >= obs - 1e-9 * max(1.0, abs(obs)))), 1) / fin.size \
+            if obs is not None and fin.size else None
         items.append((k, null, obs))
-        rows.append([k, int(fin.size), q95, obs if obs is not None else "not stored", p])
+        rows.append([k, int(fin.size), crit, obs if obs is not None else "not available", p])
     return items, rows
 
 
@@ -606,13 +678,15 @@ def write_report(out_dir: Path, path: Path | None = None) -> Path:
     if rep.problems:
         sections.append(Section("problems", "Problems", "<ul>" + "".join(f"<li>{esc(m)}</li>"
                                                                           for m in rep.problems) + "</ul>"))
-    name = find_key(rep.study, "name", "study", "title")
+    name = find_key(rep.study, "name", "title")
+    if not name and isinstance(rep.study.get("bids_dir"), str):
+        name = Path(rep.study["bids_dir"]).name
     title = f"Study report: {name}" if isinstance(name, str) and name else "Study report"
-    contrast = find_key(rep.study, "contrast")
+    contrast = _contrast_text(rep.study)
     res = out.resolve()
     subtitle = f"{res.parent.parent.name}/derivatives/{res.name}" if res.parent.name == "derivatives" else res.name
-    if contrast is not None:
-        subtitle += f" · contrast: {_short(contrast)}"
+    if contrast:
+        subtitle += f" · contrast: {contrast}"
     version = find_key(rep.prov, "voxelkit") or _voxelkit_version()
     footer = (f"Generated by voxelkit {esc(version)} from <code>{esc(out.name)}</code>. Self-contained: images are "
               f"embedded, no network access is needed to view this file.")
@@ -624,6 +698,16 @@ def write_report(out_dir: Path, path: Path | None = None) -> Path:
     log.info("report written to %s in %.1f s (%s)", dest, time.perf_counter() - t0,
              ", ".join(f"{k} {v:.1f}s" for k, v in rep.timings.items()))
     return dest
+
+
+def _contrast_text(study: dict[str, Any]) -> str:
+    """E.g. "anakinra − placebo (bp_nd)" from the study settings ('' when unknown)."""
+    conds = study.get("conditions")
+    contrast = study.get("contrast")
+    if isinstance(conds, list) and len(conds) == 2:
+        text = f"{conds[0]} − {conds[1]}"
+        return f"{text} ({contrast})" if isinstance(contrast, str) and contrast else text
+    return str(contrast) if contrast else ""
 
 
 def _voxelkit_version() -> str:
