@@ -144,3 +144,15 @@ def test_fit_tacs_nan_reference_names_the_file(tmp_path: Path, capsys) -> None:
     rc = main(["fit-tacs", str(bad), "--ref", "Reference", "--model", "mrtm", "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and "bad_tacs.tsv" in err and "non-finite" in err
+
+
+def test_fit_beside_the_input_and_k2prime_median(tmp_path: Path) -> None:
+    """Writing into the input's folder is fine (inputs are never overwritten); MRTM2 with k2' = median of MRTM."""
+    p = write_study(tmp_path)
+    rc = main(["fit", str(p["pet"]), "--ref-mask", str(p["ref"]), "--mask", str(p["brain"]), "-o", str(tmp_path),
+               "--model", "mrtm2", "--k2prime", "median", "--integration", "frame_average", "--device", "cpu", "-q"])
+    assert rc == 0 and p["pet"].exists()
+    meta = json.loads((tmp_path / "fit.json").read_text())
+    assert meta["Info"]["k2prime_source"].startswith("median") and meta["Info"]["k2prime"] == pytest.approx(0.1, abs=2e-3)
+    bp = np.asarray(nib.load(tmp_path / "bp_nd.nii.gz").dataobj)
+    assert np.isfinite(bp[:, :, :3]).all()

@@ -106,6 +106,19 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     q.set_defaults(func=run_fit_tacs)
 
 
+def _planned_outputs(model: str, outdir: Path, prefix: str) -> list[Path]:
+    """Files ``ModelFit.save`` writes for ``model``: a map and a JSON per parameter and for ``status``, and
+    ``fit.json``."""
+    import importlib  # noqa: PLC0415
+
+    from ..models import MODELS  # noqa: PLC0415
+
+    mod_name, cls_name = MODELS[model.lower()].split(":")
+    names = [*getattr(importlib.import_module(mod_name), cls_name).param_names, "status"]
+    return ([outdir / f"{prefix}{k}.nii.gz" for k in names] + [outdir / f"{prefix}{k}.json" for k in names]
+            + [outdir / f"{prefix}fit.json"])
+
+
 def run_fit(args: argparse.Namespace) -> int:
     from ..api import fit  # noqa: PLC0415
     from ..frames import FrameTiming  # noqa: PLC0415
@@ -113,11 +126,10 @@ def run_fit(args: argparse.Namespace) -> int:
 
     frames = FrameTiming.from_bids_json(args.frames_json) if args.frames_json else None
     out = Path(args.output)
-    if not args.overwrite:  # fail before the (possibly long) fit
-        existing = sorted(str(p) for p in out.glob(f"{args.prefix}*.nii.gz")) if out.is_dir() else []
-        if (out / f"{args.prefix}fit.json").exists() or existing:
-            raise CliError(f"output exists in {out} (e.g. {(existing or [str(out / 'fit.json')])[0]}); "
-                           "use --overwrite or another --output/--prefix")
+    if not args.overwrite:  # fail before the (possibly long) fit: the files this model would write
+        existing = [str(p) for p in _planned_outputs(args.model, out, args.prefix) if p.exists()]
+        if existing:
+            raise CliError(f"output exists: {', '.join(existing)} (use --overwrite or another --output/--prefix)")
     result = fit(args.pet, reference=args.ref_mask, model=args.model, mask=args.mask, frames=frames,
                  device=args.device, **model_options(args))
     if out.resolve() == Path(args.pet).resolve().parent and not args.prefix:
