@@ -153,6 +153,7 @@ def test_fit_beside_the_input_and_k2prime_median(tmp_path: Path) -> None:
                "--model", "mrtm2", "--k2prime", "median", "--integration", "frame_average", "--device", "cpu", "-q"])
     assert rc == 0 and p["pet"].exists()
     meta = json.loads((tmp_path / "fit.json").read_text())
-    assert meta["Info"]["k2prime_source"].startswith("median") and meta["Info"]["k2prime"] == pytest.approx(0.1, abs=2e-3)
+    assert meta["Info"]["k2prime_source"].startswith("median")
+    assert meta["Info"]["k2prime"] == pytest.approx(0.1, abs=2e-3)
     bp = np.asarray(nib.load(tmp_path / "bp_nd.nii.gz").dataobj)
     assert np.isfinite(bp[:, :, :3]).all()
