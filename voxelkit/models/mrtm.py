@@ -429,7 +429,8 @@ class MRTM2(_MRTMBase):
         cand = ok & (bp >= cut)
         # relative residual: wrss / sum(w Ct^2) over the fitted frames
         used = prep.used
-        c = np.nan_to_num(np.asarray(tacs, dtype=float)[:, used])
+        c = np.asarray(tacs, dtype=float)[:, used]
+        c = np.where(np.isfinite(c), c, 0.0)  # such TACs are not candidates (status nonfinite_input)
         ssq = (c * c) @ prep.weights[used]
         rel = np.where(ssq > 0, f.wrss.astype(float) / np.where(ssq > 0, ssq, 1.0), np.inf)
         cand &= rel <= np.median(rel[cand])
