@@ -16,9 +16,15 @@ the frames inside ``window``.
 
 Solution.  The columns ``int Cr`` and ``Cr`` are the same for every voxel, only ``int Ct`` differs, so the
 3x3 (2x2) normal equations are solved by block elimination (Frisch-Waugh): the shared columns' weighted Gram
-matrix is inverted once per scan, every voxel needs seven weighted sums (five of them products of its TAC
-with precomputed vectors, i.e. one matrix product for all voxels) and one division.  NumPy and the CUDA kernel
-(``kernels/mrtm.cu``) do the same arithmetic in float64 with the same status rules.
+matrix is inverted once per scan, every voxel needs seven weighted sums (2p of them linear in its TAC: one
+``einsum`` with precomputed vectors; the quadratic ones accumulated in a loop over frames vectorized over
+voxels, with the running-integral recurrence) and one division.  NumPy and the CUDA kernel
+(``kernels/mrtm.cu``, one voxel per thread) do the same arithmetic in float64 with the same status rules.
+
+With the default trapezoid rule on frame-average data the operational equation is only approximately
+satisfied; on an uneven 90-min schedule this biases BPND by up to about -0.01 at BPND 4 (MRTM).  The
+``frame_average`` rule (frame averages of the running integral, see
+:func:`voxelkit.models.base.model_integration`) removes it (< 0.0005 in the truth tests).
 
 Status: NaN/inf in a TAC -> ``nonfinite_input``; ``int Ct`` (numerically) in the span of the shared columns
 (e.g. an all-zero voxel) or a non-finite BPND -> ``singular``; both with NaN parameters.  A fit with
