@@ -279,7 +279,7 @@ def plan_study(cfg: StudyConfig, phantom: Phantom) -> tuple[list[dict], list[Sca
                 injected_ug=round(dose / sa, 4), displacement=disp, drug=drug, challenged=challenged,
                 seed=noise_seeds[k],
                 factors={"subject_bp": subj_bp[i], "session_bp": ses_f, "period_bp": per_f,
-                         "subject_r1": subj_r1[i], "input_scale": subj_input[i]}))
+                         "subject_r1": subj_r1[i], "subject_input": subj_input[i]}))
             k += 1
             if ses != "baseline":
                 # pain ratings (VAS 0-100): linked to the displacement, plus noise
@@ -364,7 +364,8 @@ def _simulate_scan(plan: ScanPlan) -> tuple[str, dict]:
               "k2prime": cfg.k2prime, "k2primeUnits": "1/min", "k1prime": cfg.k1prime,
               "k1primeUnits": "mL/min/mL", "ChallengeWindowMinutes": window,
               "ChallengeDisplacement": plan.displacement, "DrugSession": plan.drug,
-              "EffectFactor": 1.0 - cfg.effect if plan.drug else 1.0}
+              "EffectFactor": 1.0 - cfg.effect if plan.drug else 1.0, "InputScale": plan.scale,
+              "InputScaleDescription": "multiplies the unit Feng input of simulation.json (kBq/mL)"}
     _save_map(plan.bp_segments[:, 0], brain, aff, d / f"{pre}_desc-truebpnd_mimap.nii.gz",
               {"Description": "true BPND (unitless) of the scan" + (" before/after the challenge window"
                                                                    if window else ""), **common})
@@ -554,7 +555,7 @@ def _truth_rows(cfg: StudyConfig, phantom: Phantom, scans: list[ScanPlan]) -> li
         row = {"participant_id": f"sub-{s.subject}", "session": s.session, "period": s.period + 1,
                "drug": int(s.drug), "challenged": int(s.challenged), "displacement": round(s.displacement, 6),
                "effect_factor": 1.0 - cfg.effect if s.drug else 1.0,
-               "injected_mbq": s.injected_mbq, "input_scale": s.scale}
+               "injected_mbq": s.injected_mbq, "input_scale": f"{s.scale:.12g}"}
         row.update({k: round(float(v), 6) for k, v in s.factors.items()})
         for idx, name in enumerate(phantom.names):
             sel = labels == idx
@@ -638,7 +639,7 @@ def _write_static(root: Path, deriv: Path, cfg: StudyConfig, phantom: Phantom, p
                                   "atlas, true BPND/R1 maps per scan (`*_mimap`, bidsignored: PET parametric maps "
                                   "are not yet in the BIDS schema), `truth.tsv` (one row per scan) and "
                                   "`simulation.json` (the full configuration).\n")
-    cfg_dict = {k: v for k, v in asdict(cfg).items() if k not in ("frames", "regions", "tissue")}
+    cfg_dict = {k: v for k, v in asdict(cfg).items() if k not in ("frames", "regions", "tissue", "n_jobs")}
     cfg_dict["frames"] = frames.to_bids_dict()
     cfg_dict["regions"] = [asdict(r) for r in phantom.regions]
     cfg_dict["tissue"] = asdict(phantom.tissue)
