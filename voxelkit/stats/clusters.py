@@ -19,40 +19,61 @@ from scipy import ndimage
 from .neighbors import check_connectivity, structure
 
 
-def batch_cluster_max(supra: np.ndarray, excess: np.ndarray, mask: np.ndarray,
-                      connectivity: int) -> tuple[np.ndarray, np.ndarray]:
-    """Largest cluster extent (voxels) and mass per row.
+def batch_cluster_max(rows: np.ndarray, vox: np.ndarray, tvals: np.ndarray, threshold: float, n_rows: int,
+                      mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest cluster extent (voxels) and mass per map from the supra-threshold voxels of a batch of maps.
 
     Parameters
     ----------
-    supra : (B, V) bool, supra-threshold voxels of each map (V = in-mask voxels, C order of ``mask``).
-    excess : 1-D float, ``stat - threshold`` at ``supra`` in row-major order (``stat[supra] - thr``).
-    mask : 3-D bool mask.
-    connectivity : 6, 18 or 26.
+    rows, vox : permutation (row) and in-mask voxel index (C order of ``mask``) of every supra-threshold voxel.
+    tvals : their statistic values; ``|t| > threshold``.  Positive and negative voxels form separate clusters
+        (two-sided tests); the mass adds ``|t| - threshold``.
+    n_rows : number of maps in the batch.
+    mask : 3-D bool mask; connectivity : 6, 18 or 26.
 
     Returns
     -------
-    (max_extent, max_mass) : float64 arrays of shape (B,), 0 where a map has no supra-threshold voxel.
+    (max_extent, max_mass) : float64 arrays of shape (n_rows,), 0 where a map has no supra-threshold voxel.
+
+    The maps are stacked along the first axis with an empty slab between them and labelled with one
+    ``cc3d.connected_components`` call (positive voxels as label 1, negative as 2: cc3d never joins different
+    labels), so a batch costs one pass over ``n_rows`` volumes plus work proportional to the supra voxels.
     """
-    B = supra.shape[0]
-    max_ext = np.zeros(B)
-    max_mass = np.zeros(B)
-    if not supra.any():
+    max_ext = np.zeros(n_rows)
+    max_mass = np.zeros(n_rows)
+    if rows.size == 0:
         return max_ext, max_mass
     X, Y, Z = mask.shape
-    vol = np.zeros((B, X + 1, Y, Z), np.uint8)
-    vol[:, :X][:, mask] = supra
-    labels = cc3d.connected_components(vol.reshape(B * (X + 1), Y, Z), connectivity=check_connectivity(connectivity))
-    lab = labels.reshape(B, X + 1, Y, Z)[:, :X][:, mask][supra]
-    rows = np.nonzero(supra)[0]
+    stride = (X + 1) * Y * Z
+    lin = _linear_index(mask)
+    pos = rows.astype(np.int64) * stride + lin[vox]
+    vol = np.zeros(n_rows * stride, np.uint8)
+    vol[pos] = np.where(tvals > 0, 1, 2).astype(np.uint8)
+    labels = cc3d.connected_components(vol.reshape(n_rows * (X + 1), Y, Z),
+                                       connectivity=check_connectivity(connectivity))
+    lab = labels.reshape(-1)[pos].astype(np.int64)
     n_lab = int(lab.max()) + 1
     ext = np.bincount(lab, minlength=n_lab).astype(np.float64)
-    mass = np.bincount(lab, weights=np.asarray(excess, np.float64), minlength=n_lab)
+    mass = np.bincount(lab, weights=np.abs(tvals).astype(np.float64) - threshold, minlength=n_lab)
     row_of = np.zeros(n_lab, np.int64)
     row_of[lab] = rows
     np.maximum.at(max_ext, row_of[1:], ext[1:])
     np.maximum.at(max_mass, row_of[1:], mass[1:])
     return max_ext, max_mass
+
+
+_LIN_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def _linear_index(mask: np.ndarray) -> np.ndarray:
+    """C-order linear index of each in-mask voxel inside an (X+1, Y, Z) slab (cached per mask)."""
+    key = (mask.shape, hash(np.packbits(mask).tobytes()))
+    if key not in _LIN_CACHE:
+        X, Y, Z = mask.shape
+        idx = np.arange(X * Y * Z, dtype=np.int64).reshape(X, Y, Z)
+        _LIN_CACHE.clear()
+        _LIN_CACHE[key] = idx[mask]  # the slab's first X planes have the same C-order indices
+    return _LIN_CACHE[key]
 
 
 def label_clusters(stat3d: np.ndarray, threshold: float, mask: np.ndarray,
