@@ -183,13 +183,23 @@ def get_backend(device: str | Backend | None = None) -> Backend:
 
         backend = Backend("cupy", cupy, f"GPU backend (CuPy {probe.cupy_version}, {probe.name})", probe)
         if device == "auto":
-            log.info("voxelkit backend: %s", backend.reason)
+            _log_once(backend)
         return backend
     if device == "gpu":
         raise BackendError(f"device 'gpu' requested but no usable GPU: {probe.reason}")
     backend = Backend("numpy", np, f"NumPy backend ({probe.reason})", probe)
-    log.info("voxelkit backend: %s", backend.reason)
+    _log_once(backend)
     return backend
+
+
+_LOGGED: set[str] = set()
+
+
+def _log_once(backend: Backend) -> None:
+    """Say which backend ``auto`` picked, once per process."""
+    if backend.reason not in _LOGGED:
+        _LOGGED.add(backend.reason)
+        log.info("voxelkit backend: %s", backend.reason)
 
 
 def chunks(n: int, size: int) -> list[slice]:

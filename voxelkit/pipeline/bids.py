@@ -95,3 +95,15 @@ def read_participants(bids_dir: Path) -> dict[str, dict[str, str]]:
     if rows and "participant_id" not in rows[0]:
         raise InputError(f"{path}: no participant_id column")
     return {r["participant_id"].removeprefix("sub-"): r for r in rows}
+
+
+def find_derivative(bids_dir: Path, pattern: str, exclude: str = "voxelkit") -> Path | None:
+    """The single file matching ``derivatives/*/pattern`` outside ``derivatives/<exclude>`` (our own outputs);
+    None when there is none; an error when several match."""
+    bids_dir = Path(bids_dir)
+    hits = [h for h in sorted(bids_dir.glob(f"derivatives/*/{pattern}"))
+            if h.relative_to(bids_dir).parts[1] != exclude]
+    if len(hits) > 1:
+        raise InputError(f"several files match derivatives/*/{pattern}: {', '.join(map(str, hits))}; "
+                         "name the one to use")
+    return hits[0] if hits else None

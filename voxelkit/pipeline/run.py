@@ -21,7 +21,7 @@ from ..frames import FrameTiming
 from ..io import DynamicPET, InputError, Masker, check_same_space, load_image, load_mask, write_json, write_tsv
 from ..models.status import Status
 from . import layout
-from .bids import Pairing, Scan, find_scans, pair_scans, read_participants
+from .bids import Pairing, Scan, find_derivative, find_scans, pair_scans, read_participants
 from .config import StudyConfig
 
 log = logging.getLogger("voxelkit")
@@ -81,6 +81,27 @@ def _check_output_dir(cfg: StudyConfig) -> Path:
     if rel is not None and rel.parts and rel.parts[0].startswith("sub-"):
         raise InputError(f"output directory {out} is inside the raw data ({rel.parts[0]}): use derivatives/")
     return out
+
+
+def _discover_derivatives(cfg: StudyConfig) -> None:
+    """Fill in masks and atlas left unset from ``derivatives/*/`` (as ``voxelkit simulate`` writes them)."""
+    if cfg.ref_mask is None:
+        cfg.ref_mask = find_derivative(cfg.bids_dir, "*desc-reference_mask.nii.gz")
+        if cfg.ref_mask is None:
+            raise InputError("a reference region mask is required (ref_mask / --ref-mask); none found under "
+                             f"{cfg.bids_dir}/derivatives/*/ as *desc-reference_mask.nii.gz")
+        log.info("reference region mask: %s (found in derivatives)", cfg.ref_mask)
+    if cfg.brain_mask is None:
+        cfg.brain_mask = find_derivative(cfg.bids_dir, "*desc-brain_mask.nii.gz")
+        if cfg.brain_mask is not None:
+            log.info("brain mask: %s (found in derivatives)", cfg.brain_mask)
+    if cfg.atlas is None:
+        cfg.atlas = find_derivative(cfg.bids_dir, "*_dseg.nii.gz")
+        if cfg.atlas is not None:
+            log.info("label atlas: %s (found in derivatives)", cfg.atlas)
+    if cfg.atlas is not None and cfg.atlas_labels is None:
+        tsv = cfg.atlas.with_name(cfg.atlas.name.replace(".nii.gz", ".tsv"))
+        cfg.atlas_labels = tsv if tsv.exists() else None
 
 
 def _load_dynamic(scan: Scan) -> DynamicPET:
@@ -327,8 +348,7 @@ def run_study(cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out = _check_output_dir(cfg)
-    if cfg.ref_mask is None:
-        raise InputError("a reference region mask is required (ref_mask / --ref-mask)")
+    _discover_derivatives(cfg)
     scans = find_scans(cfg.bids_dir)
     pairing = pair_scans(scans, cfg.conditions, cfg.on_missing)
     if len(pairing.subjects) < 2:
