@@ -1,0 +1,621 @@
+"""Basis-function simplified reference tissue models: SRTM (Gunn et al. 1997) and SRTM2 (Wu and Carson 2002).
+
+SRTM (Lammertsma and Hume 1996) written as in Gunn et al. (1997, NeuroImage 6:279)::
+
+    Ct(t) = R1 Cr(t) + (k2 - R1 theta3) [Cr (x) exp(-theta3 t)](t),     theta3 = k2a = k2 / (1 + BPND)
+
+For each theta3 of a log-spaced grid the basis function ``B = Cr (x) exp(-theta3 t)`` is computed once per
+scan; every TAC is then a two-parameter weighted linear least-squares fit per basis function, and the basis
+function with the least weighted residual wins.  All TACs against all basis functions is one matrix product:
+the regressors are orthonormalised per basis function (weighted Gram-Schmidt of ``B`` against ``Cr``), so
+that the residual of basis ``j`` is ``sum(w Ct^2) - c0^2 - q_j^2`` with ``[c0, q_1..q_n] = (w Ct) @ Z``: the
+best basis is the one with the largest ``|q_j|``, found without forming any other (voxels x basis) array.
+
+SRTM2 (Wu and Carson 2002, J Cereb Blood Flow Metab 22:1440) fixes the reference efflux rate k2' for all
+TACs::
+
+    Ct(t) = R1 [Cr(t) + (k2' - k2a) Cr (x) exp(-k2a t)](t),   k2 = R1 k2',   BPND = R1 k2' / k2a - 1
+
+so each basis function (one per k2a) is a one-parameter fit.  k2' is given, estimated by SRTM on the mean
+TAC of a high-binding region (``k2prime_mask``), or estimated from a first SRTM pass over all TACs (median
+k2' = k2/R1 of well-fitted TACs with the highest BPND).  ``fit.info["k2prime_source"]`` says which.
+
+Conventions and assumptions (times in **minutes**, rates in **1/min**):
+
+- The reference TAC is taken as piecewise linear through (0, 0) at injection and the frame mid-times, and
+  constant after the last mid-time (this is kinfitr's convention too).  The convolution with
+  ``exp(-theta t)`` of that curve is computed *exactly* (closed form per linear segment) and then averaged
+  exactly over each frame ``[start, end]`` (``mean_frame(B) = (int Cr - [B(end) - B(start)]) / (theta d)``),
+  so uneven frame schedules (short early frames, long late ones) need no assumption of even sampling.
+- The ``R1 Cr`` term uses the measured reference frame values.
+- Time window (``window=(start, end)`` minutes): only frames inside enter the regression; the convolution
+  always runs from injection, using the whole reference curve.  This is valid only if the kinetics were
+  stationary over the whole scan up to the window's end: a change of binding during the scan (for example a
+  challenge in a bolus-plus-infusion study) violates SRTM's model for every frame after the change, so
+  SRTM/SRTM2 on a late window after a challenge are *not* valid separate estimates of the challenged state.
+- Grid: ``theta3_range=(min, max)`` (1/min) and ``n_basis`` log-spaced values.  By default
+  ``min = k2_low / (1 + bp_max)`` with ``k2_low = 0.5 k2'`` if ``k2prime`` is given, else 0.03/min, and
+  ``max = max(1.0, 4 k2')`` (1/min); with the defaults (``bp_max=5``, no k2') the grid is [0.005, 1.0]/min,
+  which reaches BPND 5 for k2 down to 0.03/min (for k2' = 0.1/min and BPND = 3, theta3 = 0.025/min).
+- Refinement (``refine=True``, default): the residual around the best grid point is fitted by a parabola in
+  log(theta3) through the best point and its two neighbours; theta3 moves to the vertex and the linear
+  parameters are interpolated (Lagrange, same three points).  This removes the grid quantisation (a 2.7%
+  theta3 step would otherwise mean BPND steps of about 0.1 at BPND 4).  ``wrss`` is the parabola's vertex
+  value (clipped at 0), i.e. the refined weighted residual sum of squares.
+- Status: TACs whose best basis function is the first or last grid point get ``GRID_EDGE`` and keep their
+  (grid-point, unrefined) values: the true theta3 may lie outside the grid; widen ``theta3_range``.
+  ``IMPLAUSIBLE`` (values kept): R1 <= 0 or k2 <= 0.  ``NONFINITE_INPUT`` (NaN values): NaN/inf in a fitted
+  frame.  ``NONPOSITIVE`` (NaN values): the TAC has no positive projection on the reference curve
+  (``sum(w Ct Cr) <= 0``, e.g. an all-zero voxel).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import Backend
+from ..frames import FrameTiming
+from ..io import InputError
+from .base import Prepared, ReferenceModel
+from .status import Status
+
+#: default highest BPND the default grid must reach
+DEFAULT_BP_MAX = 5.0
+#: default number of basis functions
+DEFAULT_N_BASIS = 150
+#: k2 (1/min) assumed as the lowest plausible value when no k2' is given
+DEFAULT_K2_LOW = 0.03
+#: how the reference curve between frame mid-times is modelled (see :func:`reference_knots`)
+INPUT_MODELS = ("frame_mean", "mid_linear")
+#: default chunk of voxels per matrix product (voxels x n_basis float32 temporaries stay ~10-20 MB)
+DEFAULT_CHUNK = 16384
+
+
+# ------------------------------------------------------------------------------------------------------------
+# basis functions
+# ------------------------------------------------------------------------------------------------------------
+def reference_knots(reference: np.ndarray, frames: FrameTiming,
+                    input_model: str = "frame_mean") -> tuple[np.ndarray, np.ndarray]:
+    """Knot times (min) and values of the piecewise-linear reference curve used for the convolution.
+
+    The curve is linear between (0, 0) at injection and knots at the frame mid-times, and constant after the
+    last mid-time.  ``input_model="frame_mean"`` (default) chooses the knot values so that the curve's mean
+    over every frame equals the measured frame value (a small, diagonally dominant linear system: exact
+    frame means, less peak flattening than interpolating the frame values); ``"mid_linear"`` puts the
+    measured frame values at the mid-times (kinfitr's convention).  The returned knots also include every
+    frame start and end, so frame integrals of the curve are exact."""
+    ref = np.asarray(reference, float).reshape(-1)
+    mids = frames.mid_min
+    xk = np.concatenate([[0.0], mids])
+    t = np.unique(np.concatenate([xk, frames.start_min, frames.end_min]))
+    t = t[t >= 0.0]
+    if input_model == "mid_linear":
+        return t, np.interp(t, xk, np.concatenate([[0.0], ref]))
+    if input_model != "frame_mean":
+        raise InputError(f"unknown input_model {input_model!r}: choose frame_mean or mid_linear")
+    hats = np.empty((t.size, mids.size))  # value at t of the hat function of mid-time knot k
+    for k in range(mids.size):
+        unit = np.zeros(mids.size + 1)
+        unit[k + 1] = 1.0
+        hats[:, k] = np.interp(t, xk, unit)
+    cum = np.concatenate([np.zeros((1, mids.size)),
+                          np.cumsum(0.5 * (hats[1:] + hats[:-1]) * np.diff(t)[:, None], axis=0)])
+    i0 = np.searchsorted(t, frames.start_min)
+    i1 = np.searchsorted(t, frames.end_min)
+    a = (cum[i1] - cum[i0]) / frames.duration_min[:, None]  # frame means of the hats (F x F)
+    try:
+        v = np.linalg.solve(a, ref)
+    except np.linalg.LinAlgError:
+        v = np.linalg.lstsq(a, ref, rcond=None)[0]
+    return t, hats @ v
+
+
+def conv_exp_knots(t: np.ndarray, c: np.ndarray, thetas: np.ndarray) -> np.ndarray:
+    """Exact ``y(t_k) = int_0^t_k c(s) exp(-theta (t_k - s)) ds`` for a piecewise-linear ``c`` (knots ``t``,
+    minutes) and every rate ``thetas`` (1/min, > 0).  Returns (K, n) in activity x min."""
+    thetas = np.asarray(thetas, dtype=float).reshape(-1)
+    y = np.zeros((t.size, thetas.size))
+    cur = np.zeros(thetas.size)
+    for k in range(1, t.size):
+        h = t[k] - t[k - 1]
+        if h <= 0:
+            y[k] = cur
+            continue
+        slope = (c[k] - c[k - 1]) / h
+        x = thetas * h
+        em1 = np.expm1(-x)  # exp(-x) - 1
+        e1 = -em1 / thetas  # int_0^h exp(-theta (h - u)) du
+        # int_0^h u exp(-theta (h - u)) du = (x - (1 - exp(-x))) / theta^2, series for small x
+        small = x < 1e-3
+        xs = np.where(small, x, 0.0)
+        e2 = np.where(small, h * h * (0.5 - xs / 6.0 + xs * xs / 24.0), (x + em1) / (thetas * thetas))
+        cur = cur * (em1 + 1.0) + c[k - 1] * e1 + slope * e2
+        y[k] = cur
+    return y
+
+
+def basis_functions(reference: np.ndarray, frames: FrameTiming, thetas: np.ndarray,
+                    input_model: str = "frame_mean") -> np.ndarray:
+    """Frame averages of ``Cr (x) exp(-theta t)`` (activity x min), shape (F, n), for rates ``thetas`` (1/min).
+
+    Exact for the piecewise-linear reference of :func:`reference_knots`: with ``y' = Cr - theta y``, the
+    frame integral is ``int y = (int Cr - [y(end) - y(start)]) / theta``."""
+    thetas = np.asarray(thetas, dtype=float).reshape(-1)
+    if thetas.size and not (np.all(np.isfinite(thetas)) and np.all(thetas > 0)):
+        raise ValueError("basis-function rates must be finite and positive (1/min)")
+    t, c = reference_knots(reference, frames, input_model)
+    y = conv_exp_knots(t, c, thetas)
+    cum = np.concatenate([[0.0], np.cumsum(0.5 * (c[1:] + c[:-1]) * np.diff(t))])  # exact for linear c
+    i0 = np.searchsorted(t, frames.start_min)
+    i1 = np.searchsorted(t, frames.end_min)
+    # knots are unique floats; frame bounds are knots exactly
+    icr = (cum[i1] - cum[i0])[:, None]
+    dy = y[i1] - y[i0]
+    return (icr - dy) / (thetas[None, :] * frames.duration_min[:, None])
+
+
+def theta_grid(theta3_range: tuple[float, float] | None = None, n_basis: int = DEFAULT_N_BASIS,
+               bp_max: float = DEFAULT_BP_MAX, k2prime: float | None = None) -> np.ndarray:
+    """Log-spaced theta3 (= k2a) grid, 1/min.
+
+    Default range: ``[k2_low / (1 + bp_max), max(1, 4 k2')]`` with ``k2_low = 0.5 k2'`` (k2' given) or
+    0.03/min; i.e. [0.005, 1.0]/min for the defaults."""
+    if theta3_range is None:
+        k2_low = 0.5 * k2prime if k2prime is not None else DEFAULT_K2_LOW
+        hi = max(1.0, 4.0 * k2prime) if k2prime is not None else 1.0
+        theta3_range = (k2_low / (1.0 + bp_max), hi)
+    lo, hi = (float(v) for v in theta3_range)
+    return np.geomspace(lo, hi, int(n_basis))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# models
+# ------------------------------------------------------------------------------------------------------------
+class _BasisModel(ReferenceModel):
+    """Shared configuration of SRTM and SRTM2 (grid, refinement)."""
+
+    n_regressors = 2
+
+    def __init__(self, *, theta3_range: tuple[float, float] | None = None, n_basis: int = DEFAULT_N_BASIS,
+                 bp_max: float = DEFAULT_BP_MAX, k2prime: float | str | None = None, refine: bool = True,
+                 input_model: str = "frame_mean", **kwargs: Any) -> None:
+        kwargs.setdefault("chunk_voxels", DEFAULT_CHUNK)
+        super().__init__(**kwargs)
+        if isinstance(k2prime, str) and k2prime.lower() == "median":
+            k2prime = None  # SRTM estimates k2' per TAC; the grid then uses its wide default
+        elif isinstance(k2prime, str):
+            try:
+                k2prime = float(k2prime)
+            except ValueError:
+                raise InputError(f"k2prime must be a rate in 1/min, got {k2prime!r}") from None
+        if k2prime is not None and not (np.isfinite(k2prime) and k2prime > 0):
+            raise InputError(f"k2prime must be a positive rate in 1/min, got {k2prime}")
+        if int(n_basis) < 3:
+            raise InputError(f"n_basis must be at least 3, got {n_basis}")
+        if not (np.isfinite(bp_max) and bp_max > 0):
+            raise InputError(f"bp_max must be positive, got {bp_max}")
+        if theta3_range is not None:
+            lo, hi = (float(v) for v in theta3_range)
+            if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi):
+                raise InputError(f"theta3_range must be (min, max) with 0 < min < max (1/min), got {theta3_range}")
+            theta3_range = (lo, hi)
+        self.theta3_range = theta3_range
+        self.n_basis = int(n_basis)
+        self.bp_max = float(bp_max)
+        self.k2prime = None if k2prime is None else float(k2prime)
+        self.refine = bool(refine)
+        if input_model not in INPUT_MODELS:
+            raise InputError(f"unknown input_model {input_model!r}: choose one of {', '.join(INPUT_MODELS)}")
+        self.input_model = input_model
+
+    def grid(self, k2prime: float | None = None) -> np.ndarray:
+        """The theta3 / k2a grid (1/min)."""
+        return theta_grid(self.theta3_range, self.n_basis, self.bp_max,
+                          self.k2prime if k2prime is None else k2prime)
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "theta3_range_per_min": list(self.theta3_range) if self.theta3_range else "auto",
+                "n_basis": self.n_basis, "bp_max": self.bp_max, "refine": self.refine,
+                "input_model": self.input_model, "k2prime_per_min": self.k2prime}
+
+    def _common(self, reference: np.ndarray, frames: FrameTiming, thetas: np.ndarray) -> Prepared:
+        prep = ReferenceModel._prepare(self, reference, frames)
+        used = np.flatnonzero(prep.used)
+        wu = prep.weights[used]
+        if not (wu > 0).sum() >= self.n_regressors + 1:
+            raise InputError(f"{self.name}: fewer than {self.n_regressors + 1} frames with positive weight "
+                             "in the fitted range")
+        basis = basis_functions(reference, frames, thetas, self.input_model)
+        cr = np.asarray(reference, float)[used]
+        gamma = float(np.sqrt(np.sum(wu * cr * cr)))
+        if not gamma > 0:
+            raise InputError(f"{self.name}: the reference TAC is zero on every weighted frame in the fitted range")
+        prep.extra.update(used_idx=used, all_used=bool(used.size == frames.n_frames), wu=wu,
+                          wu32=wu.astype(np.float32), basis=basis, thetas=thetas, cr_u=cr, gamma=gamma,
+                          e0=cr / gamma, log_step=float(np.log(thetas[1] / thetas[0])))
+        return prep
+
+    def _info(self, prep: Prepared) -> dict[str, Any]:
+        th = prep.extra["thetas"]
+        return {"theta_grid_per_min": [float(th[0]), float(th[-1])], "n_basis": int(th.size),
+                "log_step": prep.extra["log_step"]}
+
+    @staticmethod
+    def _fitted_frames(be: Backend, tacs: Any, prep: Prepared) -> Any:
+        """The chunk's fitted frames (a contiguous window is a slice, otherwise an index array on the device)."""
+        if prep.extra["all_used"]:
+            return tacs
+        idx = prep.extra["used_idx"]
+        if idx[-1] - idx[0] + 1 == idx.size:
+            return be.xp.ascontiguousarray(tacs[:, int(idx[0]):int(idx[-1]) + 1])
+        return tacs[:, be.asarray(idx)]
+
+
+class SRTM(_BasisModel):
+    """Basis-function SRTM (Gunn et al. 1997).
+
+    Parameters (keyword-only)
+    -------------------------
+    theta3_range : (min, max) of the theta3 grid, 1/min (default from ``k2prime`` and ``bp_max``, see module).
+    n_basis : number of log-spaced basis functions (default 150).
+    bp_max : highest BPND the default grid must reach (default 5).
+    k2prime : expected reference efflux rate k2', 1/min; only used to choose the default grid.
+    refine : parabolic refinement of theta3 between grid points (default True).
+    window, weights, device, chunk_voxels : see :class:`~voxelkit.models.base.ReferenceModel`.
+
+    Outputs: ``bp_nd``, ``r1`` (unitless), ``k2``, ``k2prime`` (= k2/R1), ``theta3`` (1/min), ``wrss``.
+    """
+
+    name = "srtm"
+    param_names = ("bp_nd", "r1", "k2", "k2prime", "theta3", "wrss")
+
+    def _prepare(self, reference: np.ndarray, frames: FrameTiming) -> Prepared:
+        thetas = self.grid()
+        prep = self._common(reference, frames, thetas)
+        ex = prep.extra
+        wu, e0 = ex["wu"], ex["e0"]
+        bu = ex["basis"][ex["used_idx"]]
+        alpha = (wu * e0) @ bu  # (n,) <B_j, e0>_w
+        resid = bu - e0[:, None] * alpha[None, :]
+        beta = np.sqrt(np.sum(wu[:, None] * resid * resid, axis=0))
+        bnorm = np.sqrt(np.sum(wu[:, None] * bu * bu, axis=0))
+        bad = ~(beta > 1e-7 * bnorm)
+        if bad.any():
+            raise InputError(f"srtm: basis functions for theta3 >= {thetas[np.argmax(bad)]:.4g}/min are "
+                             "indistinguishable from the reference curve on these frames; lower theta3_range")
+        z = np.empty((wu.size, thetas.size + 1))
+        z[:, 0] = wu * e0
+        z[:, 1:] = wu[:, None] * resid / beta[None, :]
+        ex.update(z=z, z32=np.ascontiguousarray(z, dtype=np.float32), alpha=alpha, beta=beta)
+        return prep
+
+    def _fit_chunk(self, be: Backend, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
+        xp = be.xp
+        ex = prep.extra
+        y = self._fitted_frames(be, tacs, prep)
+        p = y @ be.asarray(ex["z32"])  # (V, n+1) float32: c0, q_1..q_n
+        if be.is_gpu:
+            return self._select_kernel(be, y, p, prep)
+        yy = (y * y) @ be.asarray(ex["wu32"])
+        return srtm_select_xp(xp, p, yy, prep, self.refine)
+
+    def _select_kernel(self, be: Backend, y: Any, p: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
+        xp = be.xp
+        ex = prep.extra
+        y = xp.ascontiguousarray(y)
+        n, f = y.shape
+        nb = int(ex["thetas"].size)
+        out = {k: xp.empty(n, dtype=np.float32) for k in self.param_names}
+        status = xp.empty(n, dtype=np.uint8)
+        kern = be.kernel("srtm", "srtm_select")
+        be.launch(kern, n, (y, be.asarray(ex["wu"], dtype=np.float64), xp.ascontiguousarray(p),
+                            be.asarray(ex["thetas"], dtype=np.float64), be.asarray(ex["alpha"], dtype=np.float64),
+                            be.asarray(ex["beta"], dtype=np.float64), np.float64(ex["gamma"]),
+                            np.float64(ex["log_step"]), np.int32(n), np.int32(f), np.int32(nb),
+                            np.int32(1 if self.refine else 0), out["bp_nd"], out["r1"], out["k2"],
+                            out["k2prime"], out["theta3"], out["wrss"], status))
+        return out, status
+
+    def predict(self, params: dict[str, np.ndarray], reference: np.ndarray, frames: FrameTiming) -> np.ndarray:
+        """Fitted TACs (n x F) from ``r1``, ``k2`` and ``theta3`` (1/min), frame averages."""
+        r1 = np.asarray(params["r1"], float).reshape(-1)
+        k2 = np.asarray(params["k2"], float).reshape(-1)
+        th = np.asarray(params["theta3"], float).reshape(-1)
+        return _predict(reference, frames, r1, k2 - r1 * th, th, self.input_model)
+
+
+class SRTM2(_BasisModel):
+    """Basis-function SRTM2 (Wu and Carson 2002): k2' common to all TACs.
+
+    Parameters (keyword-only)
+    -------------------------
+    k2prime : reference efflux rate k2', 1/min; or None / ``"median"``: estimated from a first SRTM pass over
+        the TACs being fitted: the median k2' = k2/R1 over TACs with status ``ok``, BPND at or above the
+        ``k2prime_bp_quantile`` quantile of the ``ok`` BPNDs, and relative residual (wrss / sum(w Ct^2)) at
+        or below the median of those (the same rule as MRTM2's ``median``).
+    k2prime_mask : boolean mask over the TAC rows (a high-binding region): k2' = k2/R1 of an SRTM fit of the
+        mean of its finite TACs.  ``k2prime_region`` is accepted as another name (as MRTM2 calls it).
+    k2prime_bp_quantile : see ``k2prime`` (default 0.9).
+    theta3_range, n_basis, bp_max, refine, input_model : the k2a grid (1/min) and basis, as for :class:`SRTM`
+        (the default grid uses the k2' in use).
+    window, weights, device, chunk_voxels, half_life_min : see :class:`~voxelkit.models.base.ReferenceModel`.
+
+    Where k2' came from goes to ``fit.info`` (``k2prime_source``, ``k2prime``, details) and the sidecar.
+    Outputs: ``bp_nd``, ``r1``, ``k2`` (= R1 k2'), ``k2a`` (1/min), ``k2prime`` (the k2' used), ``wrss``.
+    """
+
+    name = "srtm2"
+    param_names = ("bp_nd", "r1", "k2", "k2a", "k2prime", "wrss")
+    n_regressors = 1
+
+    def __init__(self, *, k2prime: float | str | None = None, k2prime_mask: np.ndarray | None = None,
+                 k2prime_region: np.ndarray | None = None, k2prime_bp_quantile: float = 0.9,
+                 **kwargs: Any) -> None:
+        if isinstance(k2prime, str):
+            if k2prime.lower() == "median":
+                k2prime = None
+            else:
+                try:
+                    k2prime = float(k2prime)
+                except ValueError:
+                    raise InputError(f"k2prime must be a rate in 1/min or 'median', got {k2prime!r}") from None
+        super().__init__(k2prime=k2prime, **kwargs)
+        if k2prime_region is not None:
+            if k2prime_mask is not None:
+                raise InputError("srtm2: give k2prime_mask or k2prime_region, not both")
+            k2prime_mask = k2prime_region
+        if k2prime_mask is not None:
+            k2prime_mask = np.asarray(k2prime_mask)
+            if k2prime_mask.dtype != bool:
+                raise InputError("k2prime_mask must be a boolean mask over the TACs")
+            if self.k2prime is not None:
+                raise InputError("srtm2: give k2prime or k2prime_mask, not both")
+            if not k2prime_mask.any():
+                raise InputError("k2prime_mask selects no TAC")
+        self.k2prime_mask = None if k2prime_mask is None else k2prime_mask.reshape(-1)
+        if not 0.0 <= float(k2prime_bp_quantile) < 1.0:
+            raise InputError(f"k2prime_bp_quantile must be in [0, 1), got {k2prime_bp_quantile}")
+        self.k2prime_bp_quantile = float(k2prime_bp_quantile)
+
+    def options(self) -> dict[str, Any]:
+        out = super().options()
+        out["k2prime_per_min"] = (self.k2prime if self.k2prime is not None else
+                                  "region mask" if self.k2prime_mask is not None else "median")
+        if self.k2prime is None and self.k2prime_mask is None:
+            out["k2prime_bp_quantile"] = self.k2prime_bp_quantile
+        return out
+
+    def first_pass(self) -> SRTM:
+        """The SRTM used to estimate k2' (same grid options, weights, window, device)."""
+        return SRTM(theta3_range=self.theta3_range, n_basis=self.n_basis, bp_max=self.bp_max,
+                    refine=self.refine, input_model=self.input_model, window=self.window, weights=self.weights,
+                    device=self.device, chunk_voxels=self.chunk_voxels, integration=self.integration,
+                    half_life_min=self.half_life_min)
+
+    def estimate_k2prime(self, tacs: np.ndarray, reference: np.ndarray, frames: FrameTiming,
+                         names: list[str] | None = None) -> tuple[float, dict[str, Any]]:
+        """k2' (1/min) from a first SRTM pass, and a description of the source (see the class docstring)."""
+        tacs = np.atleast_2d(np.asarray(tacs))
+        srtm = self.first_pass()
+        if self.k2prime_mask is not None:
+            if self.k2prime_mask.size != tacs.shape[0]:
+                raise InputError(f"k2prime_mask has {self.k2prime_mask.size} entries for {tacs.shape[0]} TACs")
+            rows = np.asarray(tacs[self.k2prime_mask], dtype=np.float64)
+            rows = rows[np.isfinite(rows).all(axis=1)]
+            if rows.shape[0] == 0:
+                raise InputError("srtm2: the k2prime mask selects no TAC with finite values")
+            f = srtm.fit(rows.mean(axis=0), reference, frames, keep_inputs=False)
+            k2p, st = float(f.k2prime[0]), Status(int(f.status[0]))
+            if st != Status.OK or not (np.isfinite(k2p) and k2p > 0):
+                raise InputError(f"srtm2: the SRTM fit of the k2' region's mean TAC gives no usable k2' (status "
+                                 f"{st.name.lower()}, k2' = {k2p:.6g}/min, BPND = {float(f.bp_nd[0]):.4g}); "
+                                 "choose a high-binding region or give k2prime")
+            return k2p, {"k2prime_source": "SRTM fit of the mean TAC of the k2' region mask",
+                         "k2prime_region_n": int(rows.shape[0]), "k2prime_region_bp_nd": float(f.bp_nd[0]),
+                         "k2prime_region_r1": float(f.r1[0])}
+        f = srtm.fit(tacs, reference, frames, keep_inputs=False)
+        ok = (f.status == Status.OK) & np.isfinite(f.k2prime) & (f.k2prime > 0)
+        if not ok.any():
+            raise InputError("srtm2: no TAC gives a usable SRTM fit, so k2' cannot be estimated; give k2prime "
+                             "or a high-binding region")
+        bp = f.bp_nd.astype(float)
+        cut = float(np.quantile(bp[ok], self.k2prime_bp_quantile))
+        cand = ok & (bp >= cut)
+        used = f.used_frames
+        c = np.asarray(tacs, dtype=float)[:, used]
+        c = np.where(np.isfinite(c), c, 0.0)
+        w = srtm._prepare(reference, frames).weights[used]
+        ssq = (c * c) @ w
+        rel = np.where(ssq > 0, f.wrss.astype(float) / np.where(ssq > 0, ssq, 1.0), np.inf)
+        cand &= rel <= np.median(rel[cand])
+        k2p = float(np.median(f.k2prime[cand].astype(float)))
+        info: dict[str, Any] = {"k2prime_source": "median of SRTM k2' over well-fitted high-BPND TACs",
+                                "k2prime_bp_quantile": self.k2prime_bp_quantile, "k2prime_bp_threshold": cut,
+                                "k2prime_n_used": int(cand.sum()), "k2prime_n_ok": int(ok.sum())}
+        if names is not None:
+            info["k2prime_regions"] = [names[i] for i in np.flatnonzero(cand)]
+        return k2p, info
+
+    def _prepare(self, reference: np.ndarray, frames: FrameTiming) -> Prepared:
+        prep = ReferenceModel._prepare(self, reference, frames)
+        if self.k2prime is not None:  # everything is known now; else in _prepare_tacs
+            self._build(prep, self.k2prime, {"k2prime_source": "given"})
+        return prep
+
+    def _prepare_tacs(self, tacs: np.ndarray, prep: Prepared, names: list[str] | None) -> None:
+        if "z32" not in prep.extra:
+            k2p, info = self.estimate_k2prime(tacs, prep.reference, prep.frames, names)
+            self._build(prep, k2p, info)
+
+    def _build(self, prep: Prepared, k2p: float, info: dict[str, Any]) -> None:
+        thetas = self.grid(k2p)
+        full = self._common(prep.reference, prep.frames, thetas)
+        prep.extra.update(full.extra)
+        ex = prep.extra
+        wu = ex["wu"]
+        bu = ex["basis"][ex["used_idx"]]
+        x = ex["cr_u"][:, None] + (k2p - thetas)[None, :] * bu  # (F_u, n) regressor per k2a
+        xnorm = np.sqrt(np.sum(wu[:, None] * x * x, axis=0))
+        if not (xnorm > 0).all():
+            raise InputError("srtm2: a basis regressor is zero on the fitted frames")
+        z = np.empty((wu.size, thetas.size + 1))
+        z[:, 0] = wu * ex["e0"]
+        z[:, 1:] = wu[:, None] * x / xnorm[None, :]
+        ex.update(z=z, z32=np.ascontiguousarray(z, dtype=np.float32), xnorm=xnorm, k2prime=float(k2p),
+                  info={**info, "k2prime": float(k2p)})
+
+    def _info(self, prep: Prepared) -> dict[str, Any]:
+        return {**super()._info(prep), **prep.extra.get("info", {})}
+
+    def _fit_chunk(self, be: Backend, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
+        xp = be.xp
+        ex = prep.extra
+        y = self._fitted_frames(be, tacs, prep)
+        p = y @ be.asarray(ex["z32"])  # (V, n+1) float32: c0, s_1..s_n
+        if be.is_gpu:
+            y = xp.ascontiguousarray(y)
+            n, f = y.shape
+            out = {k: xp.empty(n, dtype=np.float32) for k in self.param_names}
+            status = xp.empty(n, dtype=np.uint8)
+            kern = be.kernel("srtm", "srtm2_select")
+            be.launch(kern, n, (y, be.asarray(ex["wu"], dtype=np.float64), xp.ascontiguousarray(p),
+                                be.asarray(ex["thetas"], dtype=np.float64),
+                                be.asarray(ex["xnorm"], dtype=np.float64), np.float64(ex["k2prime"]),
+                                np.float64(ex["log_step"]), np.int32(n), np.int32(f),
+                                np.int32(ex["thetas"].size), np.int32(1 if self.refine else 0), out["bp_nd"],
+                                out["r1"], out["k2"], out["k2a"], out["k2prime"], out["wrss"], status))
+            return out, status
+        yy = (y * y) @ be.asarray(ex["wu32"])
+        return srtm2_select_xp(xp, p, yy, prep, self.refine)
+
+    def predict(self, params: dict[str, np.ndarray], reference: np.ndarray, frames: FrameTiming) -> np.ndarray:
+        """Fitted TACs (n x F) from ``r1``, ``k2a`` and ``k2prime`` (1/min), frame averages."""
+        r1 = np.asarray(params["r1"], float).reshape(-1)
+        k2a = np.asarray(params["k2a"], float).reshape(-1)
+        k2p = np.asarray(params["k2prime"], float).reshape(-1)
+        return _predict(reference, frames, r1, r1 * (k2p - k2a), k2a, self.input_model)
+
+
+def _predict(reference: np.ndarray, frames: FrameTiming, r1: np.ndarray, theta2: np.ndarray,
+             rate: np.ndarray, input_model: str = "frame_mean") -> np.ndarray:
+    """``r1 Cr + theta2 * mean_frame(Cr (x) exp(-rate t))`` for each row (NaN where a parameter is not finite)."""
+    ref = np.asarray(reference, float).reshape(-1)
+    out = np.full((r1.size, ref.size), np.nan)
+    ok = np.isfinite(r1) & np.isfinite(theta2) & np.isfinite(rate) & (rate > 0)
+    if ok.any():
+        b = basis_functions(ref, frames, rate[ok], input_model)  # (F, n_ok)
+        out[ok] = r1[ok, None] * ref[None, :] + theta2[ok, None] * b.T
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# vectorized selection (NumPy, or CuPy without the kernel): same math as kernels/srtm.cu
+# ------------------------------------------------------------------------------------------------------------
+def _status(xp: Any, yy: Any, c0: Any) -> Any:
+    finite = xp.isfinite(yy) & xp.isfinite(c0)
+    st = xp.zeros(yy.shape[0], dtype=xp.uint8)
+    st = xp.where(c0 > 0, st, np.uint8(Status.NONPOSITIVE))
+    return xp.where(finite, st, np.uint8(Status.NONFINITE_INPUT)).astype(xp.uint8)
+
+
+def _parabola(xp: Any, sm: Any, s0: Any, sp: Any, interior: Any) -> tuple[Any, Any]:
+    """Vertex offset ``t`` (grid steps, |t| <= 0.5) and vertex value of the parabola through (-1, sm),
+    (0, s0), (1, sp) (a maximum at 0); t = 0 where not ``interior`` or not concave."""
+    d = sm - 2.0 * s0 + sp
+    use = interior & (d < 0)
+    t = xp.where(use, (sm - sp) / xp.where(use, 2.0 * d, -1.0), 0.0)
+    t = xp.clip(t, -0.5, 0.5)
+    return t, s0 - 0.5 * d * t * t
+
+
+def _lagrange(t: Any, vm: Any, v0: Any, vp: Any) -> Any:
+    return 0.5 * t * (t - 1.0) * vm + (1.0 - t * t) * v0 + 0.5 * t * (t + 1.0) * vp
+
+
+def _neighbours(xp: Any, p: Any, best: Any, nb: int) -> tuple[Any, Any, Any, Any, Any]:
+    rows = xp.arange(p.shape[0])
+    im = xp.maximum(best - 1, 0)
+    ip = xp.minimum(best + 1, nb - 1)
+    q0 = p[rows, best + 1].astype(xp.float64)
+    qm = p[rows, im + 1].astype(xp.float64)
+    qp = p[rows, ip + 1].astype(xp.float64)
+    return im, ip, qm, q0, qp
+
+
+def srtm_select_xp(xp: Any, p: Any, yy: Any, prep: Prepared, refine: bool = True) -> tuple[dict[str, Any], Any]:
+    """SRTM parameters from the projections ``p`` (V x (n+1): c0, q_1..q_n) and ``yy = sum(w Ct^2)``."""
+    ex = prep.extra
+    nb = int(ex["thetas"].size)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        best = xp.argmax(xp.abs(p[:, 1:]), axis=1)
+        im, ip, qm, q0, qp = _neighbours(xp, p, best, nb)
+        c0 = p[:, 0].astype(xp.float64)
+        yy = yy.astype(xp.float64)
+        th = xp.asarray(ex["thetas"])
+        al = xp.asarray(ex["alpha"])
+        be_ = xp.asarray(ex["beta"])
+        gamma = ex["gamma"]
+        edge = (best == 0) | (best == nb - 1)
+
+        def lin(q: Any, j: Any) -> tuple[Any, Any]:
+            t2 = q / be_[j]
+            return (c0 - t2 * al[j]) / gamma, t2
+
+        r1_0, t2_0 = lin(q0, best)
+        if refine:
+            t, s_star = _parabola(xp, qm * qm, q0 * q0, qp * qp, ~edge)
+            r1_m, t2_m = lin(qm, im)
+            r1_p, t2_p = lin(qp, ip)
+            r1 = _lagrange(t, r1_m, r1_0, r1_p)
+            t2 = _lagrange(t, t2_m, t2_0, t2_p)
+            theta3 = th[best] * xp.exp(t * ex["log_step"])
+        else:
+            s_star, r1, t2, theta3 = q0 * q0, r1_0, t2_0, th[best]
+        wrss = xp.maximum(yy - c0 * c0 - s_star, 0.0)
+        k2 = t2 + r1 * theta3
+        bp = k2 / theta3 - 1.0
+        st = _status(xp, yy, c0)
+        ok = st == 0
+        st = xp.where(ok & edge, np.uint8(Status.GRID_EDGE), st)
+        st = xp.where(ok & ((r1 <= 0) | (k2 <= 0)), np.uint8(Status.IMPLAUSIBLE), st)
+        bad = (st == Status.NONFINITE_INPUT) | (st == Status.NONPOSITIVE)
+        nan = xp.float64(np.nan)
+        out = {"bp_nd": bp, "r1": r1, "k2": k2, "k2prime": k2 / r1, "theta3": theta3, "wrss": wrss}
+        out = {k: xp.where(bad, nan, v).astype(xp.float32) for k, v in out.items()}
+    return out, st.astype(xp.uint8)
+
+
+def srtm2_select_xp(xp: Any, p: Any, yy: Any, prep: Prepared, refine: bool = True) -> tuple[dict[str, Any], Any]:
+    """SRTM2 parameters from the projections ``p`` (V x (n+1): c0, s_1..s_n) and ``yy = sum(w Ct^2)``."""
+    ex = prep.extra
+    nb = int(ex["thetas"].size)
+    k2p = ex["k2prime"]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        best = xp.argmax(p[:, 1:], axis=1)
+        im, ip, sm, s0, sp = _neighbours(xp, p, best, nb)
+        c0 = p[:, 0].astype(xp.float64)
+        yy = yy.astype(xp.float64)
+        th = xp.asarray(ex["thetas"])
+        xn = xp.asarray(ex["xnorm"])
+        edge = (best == 0) | (best == nb - 1)
+        r1_0 = s0 / xn[best]
+        if refine:
+            t, s_star = _parabola(xp, sm * sm, s0 * s0, sp * sp, ~edge & (sm > 0) & (sp > 0))
+            r1 = _lagrange(t, sm / xn[im], r1_0, sp / xn[ip])
+            k2a = th[best] * xp.exp(t * ex["log_step"])
+        else:
+            s_star, r1, k2a = s0 * s0, r1_0, th[best]
+        wrss = xp.maximum(yy - s_star, 0.0)
+        k2 = r1 * k2p
+        bp = k2 / k2a - 1.0
+        st = _status(xp, yy, c0)
+        ok = st == 0
+        st = xp.where(ok & edge, np.uint8(Status.GRID_EDGE), st)
+        st = xp.where(ok & (r1 <= 0), np.uint8(Status.IMPLAUSIBLE), st)
+        bad = (st == Status.NONFINITE_INPUT) | (st == Status.NONPOSITIVE)
+        nan = xp.float64(np.nan)
+        out = {"bp_nd": bp, "r1": r1, "k2": k2, "k2a": k2a, "k2prime": xp.full(r1.shape, k2p), "wrss": wrss}
+        out = {k: xp.where(bad, nan, v).astype(xp.float32) for k, v in out.items()}
+    return out, st.astype(xp.uint8)
