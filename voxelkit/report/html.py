@@ -140,7 +140,7 @@ body { margin:0; color:var(--fg); background:var(--bg);
 nav.toc { position:sticky; top:0; align-self:start; height:100vh; overflow-y:auto; padding:20px 14px;
           background:var(--panel); border-right:1px solid var(--line); font-size:13.5px; }
 nav.toc .brand { font-weight:700; font-size:15px; margin-bottom:2px; }
-nav.toc .sub { color:var(--muted); font-size:12px; margin-bottom:14px; word-break:break-all; }
+nav.toc .sub { color:var(--muted); font-size:12px; margin-bottom:14px; overflow-wrap:anywhere; }
 nav.toc ol { list-style:none; margin:0; padding:0; }
 nav.toc li { margin:2px 0; }
 nav.toc li li a { padding-left:18px; font-size:12.5px; color:var(--muted); }
@@ -171,6 +171,7 @@ td.num { text-align:right; font-variant-numeric:tabular-nums;
          font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "Liberation Mono", monospace;
          font-size:12.5px; }
 table.kv { margin:6px 0 14px; }
+table.kv table.kv { margin:0; }
 table.kv th { text-align:left; font-weight:600; color:var(--muted); padding:3px 18px 3px 0; vertical-align:top;
               white-space:nowrap; }
 table.kv td { padding:3px 0; }

@@ -103,6 +103,8 @@ def find_key(obj: Any, *names: str) -> Any:
 
 def render_value(v: Any, depth: int = 0) -> Raw:
     """Nested JSON as HTML: dicts as key/value tables, lists of scalars inline, lists of dicts as tables."""
+    if isinstance(v, Raw):
+        return v
     if isinstance(v, dict):
         if not v:
             return Raw('<span class="note">(empty)</span>')
@@ -253,6 +255,8 @@ class _Report:
         if self.prov:
             big = ("inputs", "checksums", "input_checksums", "files", "timings", "seconds", "versions", "settings")
             rest = {k: v for k, v in self.prov.items() if k not in big}
+            if isinstance(rest.get("command"), list):
+                rest["command"] = Raw(f"<code>{esc(' '.join(str(c) for c in rest['command']))}</code>")
             if rest:
                 parts.append(render_value(rest).html)
             settings = self.prov.get("settings")
@@ -341,6 +345,7 @@ class _Report:
             stat_name = f"signed -log10 p ({nifti_stem(first)})"
             parts.append(note(f"t map: {NOT_COMPUTED}; showing {nifti_stem(first)} instead.", "warn"))
         affine = t_img.affine
+        t[np.abs(t) > 1e29] = 0.0  # voxelkit.stats clips infinite t to +-1e30: not displayable
         vmax = float(np.max(np.abs(t))) or 1.0
         bg, bg_desc = self.background(t_img)
         disp = nib.Nifti1Image(t.astype(np.float32), affine)
@@ -372,10 +377,19 @@ class _Report:
             parts.append(note(f"FWE-corrected maps (logp_fwe_*): {NOT_COMPUTED}."))
 
         subs.append(("maps-t", f"{stat_name} map"))
-        parts.append(f'<h3 id="maps-t">Unthresholded {esc(stat_name)} map</h3>')
-        parts.append(figure(figures.glass_brain(disp, f"{stat_name} (unthresholded)", None, vmax),
-                            f"Glass brain (maximum-intensity projections) of the unthresholded {stat_name} map."))
-        parts.append(figure(figures.stat_slices(disp, bg, f"{stat_name}", None, vmax, 7, mode="z"),
+        parts.append(f'<h3 id="maps-t">The {esc(stat_name)} map</h3>')
+        thr = self.cluster_threshold() if t_path is not None else None
+        if thr is not None:
+            cp = find_key(self.study, "cluster_p")
+            why = f"the cluster-forming threshold (p < {fmt_value(cp)} uncorrected)" if cp is not None else \
+                "the cluster-forming threshold"
+            parts.append(figure(figures.glass_brain(disp, f"|{stat_name}| > {thr:.3g}", thr, vmax),
+                                f"Glass brain (maximum-intensity projections) of the {stat_name} map where "
+                                f"|{stat_name}| > {thr:.3g}, {why}; not corrected for multiple comparisons."))
+        else:
+            parts.append(figure(figures.glass_brain(disp, f"{stat_name} (unthresholded)", 1e-6, vmax),
+                                f"Glass brain (maximum-intensity projections) of the unthresholded {stat_name} map."))
+        parts.append(figure(figures.stat_slices(disp, bg, f"{stat_name}", 1e-6, vmax, 7, mode="z"),
                             f"Axial slices of the unthresholded {stat_name} map."))
 
         for method, sig in sig_masks.items():
@@ -390,7 +404,7 @@ class _Report:
             mimg = nib.Nifti1Image(masked, affine)
             peak = np.unravel_index(int(np.argmax(np.abs(masked))), masked.shape)
             xyz = [float(v) for v in (affine[:3, :3] @ np.array(peak, float) + affine[:3, 3])]
-            title = f"{stat_name}, FWE p<={ALPHA} ({label})"
+            title = f"{stat_name}, FWE p ≤ {ALPHA} ({label})"
             parts.append('<div class="grid2">')
             parts.append(figure(figures.glass_brain(mimg, title, 1e-6, vmax),
                                 f"Glass brain of {stat_name} restricted to {label} FWE-significant voxels."))
@@ -399,6 +413,19 @@ class _Report:
                                 f"MNI ({xyz[0]:.0f}, {xyz[1]:.0f}, {xyz[2]:.0f}) mm."))
             parts.append("</div>")
         return Section("maps", "Statistical maps", "\n".join(parts), subs)
+
+    def cluster_threshold(self) -> float | None:
+        """The cluster-forming |t| threshold (null file or stats.json), None when clusters were not formed."""
+        for p in sorted(self.stats.glob("*.npz")):
+            try:
+                with np.load(p, allow_pickle=False) as z:
+                    if "cluster_threshold_t" in z.files and z["cluster_threshold_t"].size == 1:
+                        v = float(z["cluster_threshold_t"].ravel()[0])
+                        return v if math.isfinite(v) else None
+            except Exception:  # noqa: BLE001
+                continue
+        v = find_key(self.stats_settings, "cluster_threshold_t")
+        return float(v) if is_number(v) and math.isfinite(v) else None
 
     # -- cluster tables
     def clusters(self) -> Section:
@@ -517,11 +544,12 @@ class _Report:
                                 f"{param or 'parameter'} distributions of fitted voxels, and flagged voxels per scan "
                                 "(red: more than 5 %)."))
         open_all = len(records) <= 4
+        pngs = iter(figures.scan_qc_figures([qc for _, qc in good]))
         for name, qc, err in records:
             if qc is None:
                 parts.append(details(f"{name} (unreadable)", note(err, "warn")))
                 continue
-            body = [figure(figures.scan_qc(qc), f"{name}: reference TAC, example voxels and parameter histograms. "
+            body = [figure(next(pngs), f"{name}: reference TAC, example voxels and parameter histograms. "
                            f"Reference: {qc.get('reference_desc') or 'not described'}.")]
             ex = qc.get("example_voxels") or []
             if ex:
