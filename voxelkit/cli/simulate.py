@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from . import CliError
 
@@ -31,7 +32,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--resolution", type=float, default=None, choices=(2.0, 3.0, 4.0), metavar="MM",
                    help="voxel size in mm: 2, 3 or 4 (default 2)")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default 1; results do not change)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes (default: 2 if the machine has 2+ CPUs; results do not change)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing dataset written by voxelkit simulate in DIR")
     p.set_defaults(func=run)
@@ -47,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         val = getattr(args, opt)
         if val is not None:
             overrides[key] = val
+    if "n_jobs" not in overrides:
+        overrides["n_jobs"] = min(2, os.cpu_count() or 1)
     if args.effect_regions:
         overrides["effect_regions"] = tuple(r.strip() for r in args.effect_regions.split(",") if r.strip())
     if "resolution" in overrides and float(overrides["resolution"]).is_integer():
