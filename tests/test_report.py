@@ -146,7 +146,8 @@ def test_report_content(report: Path) -> None:
                      "Input checksums (6 files)", "no placebo session", "thalamus", "clusters.tsv", "h0_max_t",
                      "h0_max_cluster_mass", "sub-01_ses-placebo_model-srtm", "mean BPND of 6 scans",
                      "No voxel is FWE-significant at p ≤ 0.05 with voxel (max-T)", "p_fdr", "mean of 812 voxels",
-                     "stats.json", "TFCE + cluster + voxel, two-sided"):
+                     "stats.json", "TFCE + cluster + voxel, two-sided", "Key results",
+                     "1 FWE-significant cluster(s)", "1 region(s) with p_fdr &lt; 0.05"):
         assert expected in text, expected
     for absent in ("could not be rendered", "not computed", "not available", "sign_flips", "Problems"):
         assert absent not in text, absent

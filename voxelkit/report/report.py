@@ -165,6 +165,11 @@ class _Report:
         self.study: dict[str, Any] = {}
         self.prov: dict[str, Any] = {}
         self.stats_settings: dict[str, Any] = {}
+        # what the key-results summary needs, filled in by the section builders
+        self.fwe_counts: list[tuple[str, int, int]] = []  # (method, significant voxels, clusters)
+        self.sig_clusters: list[dict[str, object]] = []
+        self.sig_rois: list[dict[str, object]] = []
+        self.roi_p_name = ""
 
     # -- helpers
     def guarded(self, name: str, fn: Callable[[], Section]) -> Section:
@@ -361,6 +366,7 @@ class _Report:
             neg = int((sig & (t < 0)).sum())
             sig_rows.append([FWE_LABELS.get(method, method), p.name, int(sig.sum()), pos, neg, n_cl,
                              float(np.max(np.abs(lp)))])
+            self.fwe_counts.append((FWE_LABELS.get(method, method), int(sig.sum()), n_cl))
         in_brain = int(np.count_nonzero(t))
         parts.append(_cards([
             (f"max {stat_name}", float(t.max())), (f"min {stat_name}", float(t.min())),
@@ -440,6 +446,7 @@ class _Report:
                 parts.append(note("No clusters (the table is empty)."))
                 continue
             hl = [_significant_row(header, r) for r in rows]
+            self.sig_clusters.extend(dict(zip(header, r, strict=False)) for r, h in zip(rows, hl, strict=True) if h)
             if len(rows) > MAX_TABLE_ROWS:
                 parts.append(note(f"Showing the first {MAX_TABLE_ROWS} of {len(rows)} rows."))
                 rows, hl = rows[:MAX_TABLE_ROWS], hl[:MAX_TABLE_ROWS]
@@ -491,6 +498,8 @@ class _Report:
             header, rows = read_tsv(tpath)
             pcol = next((header.index(c) for c in ("p_fdr", "p_fwe", "p") if c in header), None)
             hl = [pcol is not None and isinstance(r[pcol], (int, float)) and r[pcol] < ALPHA for r in rows]
+            self.sig_rois = [dict(zip(header, r, strict=False)) for r, h in zip(rows, hl, strict=True) if h]
+            self.roi_p_name = header[pcol] if pcol is not None else ""
             parts.append(table(header, rows, highlight=hl))
             if pcol is not None:
                 parts.append(note(f"Highlighted rows: {header[pcol]} < {ALPHA}."))
@@ -563,6 +572,35 @@ class _Report:
             badge = f"{bad} flagged ({100.0 * bad / total:.2g} %)" if bad and total else "all ok"
             parts.append(details(f"{name} — {badge}", "".join(body), open_=open_all))
         return Section("qc", "Per-scan QC", "\n".join(parts))
+
+    # -- key results
+    def summary(self) -> Section:
+        """Key results: FWE-significant voxels per method, significant clusters, significant ROI tests."""
+        parts = []
+        if self.fwe_counts:
+            parts.append(_cards([(f"FWE p≤{ALPHA}: {m}", f"{n} vox, {c} cl" if n else "none")
+                                 for m, n, c in self.fwe_counts]))
+        else:
+            parts.append(note(f"Voxelwise inference: {NOT_COMPUTED}."))
+        if self.sig_clusters:
+            keys = ["cluster_id", "sign", "size_voxels", "size_mm3", "peak_t", "peak_x", "peak_y", "peak_z",
+                    "p_fwe_extent", "p_fwe_mass", "region"]
+            first = self.sig_clusters[0]
+            cols = [k for k in keys if k in first] or list(first)
+            parts.append(f"<p><b>{len(self.sig_clusters)} FWE-significant cluster(s)</b> (p ≤ {ALPHA}):</p>")
+            parts.append(table(cols, [[c.get(k) for k in cols] for c in self.sig_clusters[:20]]))
+        elif self.fwe_counts:
+            parts.append(note(f"No cluster in the cluster table reaches FWE p ≤ {ALPHA}."))
+        if self.sig_rois:
+            cols = [k for k in ("region", "n", "mean_diff", "pct_change", "t", "p", self.roi_p_name)
+                    if k in self.sig_rois[0]]
+            cols = list(dict.fromkeys(cols))
+            parts.append(f"<p><b>{len(self.sig_rois)} region(s) with {esc(self.roi_p_name)} &lt; {ALPHA}</b> "
+                         f"in the paired ROI tests:</p>")
+            parts.append(table(cols, [[r.get(k) for k in cols] for r in self.sig_rois]))
+        elif self.roi_p_name:
+            parts.append(note(f"No region reaches {self.roi_p_name} < {ALPHA} in the paired ROI tests."))
+        return Section("summary", "Key results", "\n".join(parts))
 
     # -- null distributions
     def observed(self, tokens: frozenset[str], two_sided: bool | None) -> float | None:
@@ -703,6 +741,7 @@ def write_report(out_dir: Path, path: Path | None = None) -> Path:
     sections += [rep.guarded(n, f) for n, f in (("Statistical maps", rep.maps), ("Clusters", rep.clusters),
                                                  ("Regions of interest", rep.rois), ("Per-scan QC", rep.qc),
                                                  ("Null distributions", rep.nulls))]
+    sections.insert(0, rep.guarded("Key results", rep.summary))
     if rep.problems:
         sections.append(Section("problems", "Problems", "<ul>" + "".join(f"<li>{esc(m)}</li>"
                                                                           for m in rep.problems) + "</ul>"))
