@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from voxelkit.stats.neighbors import neighbor_table, offsets
-from voxelkit.stats.tfce import tfce_numeric, tfce_reference, tfce_signed, tfce_volume
+from voxelkit.stats.neighbors import offsets
+from voxelkit.stats.tfce import make_grid, tfce_numeric, tfce_reference, tfce_signed, tfce_volume
 
 
 def _vol(seed=0, shape=(10, 11, 9), sigma=1.5):
@@ -46,7 +46,7 @@ def test_scaling_and_signed_two_sided():
     # exact TFCE scales as c^(H+1) when the map is scaled by c (no step size involved)
     np.testing.assert_allclose(tfce_volume(2 * v), 8 * tfce_volume(v), rtol=1e-10, atol=1e-12)
     mask = np.ones(v.shape, bool)
-    nbr = neighbor_table(mask, 26)
+    nbr = make_grid(mask, 26)
     s = tfce_signed(v[mask], nbr, two_sided=True)
     np.testing.assert_allclose(s[v[mask] > 0], tfce_reference(v)[mask][v[mask] > 0], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(-s[v[mask] < 0], tfce_reference(-v)[mask][v[mask] < 0], rtol=1e-10, atol=1e-12)

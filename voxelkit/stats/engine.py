@@ -31,8 +31,7 @@ from scipy import linalg
 from ..backend import Backend, chunks
 from .clusters import batch_cluster_max, label_clusters
 from .design import Design, PermutationSet
-from .neighbors import neighbor_table
-from .tfce import tfce_signed
+from .tfce import make_grid, tfce_signed
 
 log = logging.getLogger("voxelkit")
 
@@ -196,7 +195,7 @@ def _run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Back
     h0_mass = np.zeros(N) if cfg.cluster_t is not None else None
     h0_tfce = np.zeros(N) if cfg.tfce else None
     a_d = be.asarray(prep.a, dtype=dt)
-    nbr = neighbor_table(mask_valid, cfg.connectivity) if cfg.tfce else None
+    nbr = make_grid(mask_valid, cfg.connectivity) if cfg.tfce else None
     if cfg.cluster_t is not None:
         thr_score = prep.score_from_t(cfg.cluster_t) if prep.fast else float(cfg.cluster_t)
 

@@ -23,46 +23,47 @@ integration) are slow references for tests.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numba
 import numpy as np
 from scipy import ndimage
 
-from .neighbors import neighbor_table, structure
+from .neighbors import offsets, structure
 
 
 @numba.njit(cache=True, inline="always")
-def _find(parent: np.ndarray, delta: np.ndarray, stack: np.ndarray, u: int) -> int:
-    """Root of ``u``; compresses the path keeping ``delta`` sums (value(x) = sum of deltas to root + acc)."""
+def _find(parent: np.ndarray, w: np.ndarray, stack: np.ndarray, u: int) -> int:
+    """Root of ``u``; compresses the path keeping offset sums (value(x) = sum of offsets to the root + the
+    root's accumulated integral; ``w`` holds the offset of a non-root and the integral of a root)."""
     r = u
     m = 0
     while parent[r] != r:
         stack[m] = r
         m += 1
         r = parent[r]
-    # stack[0..m-1] = path from u up to (not including) r; make each point at r with summed delta
     acc = 0.0
     for i in range(m - 1, -1, -1):
         x = stack[i]
-        acc += delta[x]
-        delta[x] = acc
+        acc += w[x]
+        w[x] = acc
         parent[x] = r
     return r
 
 
 @numba.njit(cache=True)
-def _tfce_pass(vals: np.ndarray, order: np.ndarray, start: int, step: int, sgn: float, nbr: np.ndarray,
-               hp: float, sizeE: np.ndarray, out: np.ndarray, parent: np.ndarray, delta: np.ndarray,
-               acc: np.ndarray, top: np.ndarray, size: np.ndarray, stack: np.ndarray) -> None:
+def _tfce_pass(vals: np.ndarray, order: np.ndarray, start: int, step: int, sgn: float, lin: np.ndarray,
+               offs: np.ndarray, hp: float, sizeE: np.ndarray, out: np.ndarray, parent: np.ndarray,
+               w: np.ndarray, top: np.ndarray, size: np.ndarray, stack: np.ndarray) -> None:
     """TFCE of the part of ``sgn * vals`` above 0, visiting voxels ``order[start], order[start+step], ...``
     (decreasing ``sgn * vals``); writes ``sgn * TFCE`` into ``out`` for those voxels.
 
-    ``top`` holds ``level^(H+1)`` of the last change of each root, ``acc`` the integral accumulated by a root,
-    ``delta`` the offsets of the weighted union-find, ``sizeE[k] = k^E``.
+    The forest lives on the zero-padded grid (``lin[v]`` = grid index of in-mask voxel v, neighbours at
+    ``g + offs``), so no neighbour table is read; out-of-mask grid cells are never added.  ``top`` holds
+    ``level^(H+1)`` of a root's last change, ``sizeE[k] = k^E``.
     """
     V = vals.shape[0]
-    K = nbr.shape[1]
-    for v in range(V):
-        parent[v] = -1
+    K = offs.shape[0]
     n_added = 0
     ii = start
     while 0 <= ii < V:
@@ -73,81 +74,83 @@ def _tfce_pass(vals: np.ndarray, order: np.ndarray, start: int, step: int, sgn: 
         ii += step
         n_added += 1
         hh = h ** hp
-        parent[v] = v
-        delta[v] = 0.0
-        acc[v] = 0.0
-        top[v] = hh
-        size[v] = 1
-        rv = v
+        g = lin[v]
+        parent[g] = g
+        w[g] = 0.0
+        top[g] = hh
+        size[g] = 1
+        rv = g
         for k in range(K):
-            u = nbr[v, k]
-            if u < 0 or parent[u] < 0:
+            u = g + offs[k]
+            if parent[u] < 0:
                 continue
-            ru = _find(parent, delta, stack, u)
+            ru = _find(parent, w, stack, u)
             if ru == rv:
                 continue
             # settle both components down to h (their extent was constant since their last change)
-            acc[ru] += sizeE[size[ru]] * (top[ru] - hh)
+            w[ru] += sizeE[size[ru]] * (top[ru] - hh)
             top[ru] = hh
-            acc[rv] += sizeE[size[rv]] * (top[rv] - hh)
+            w[rv] += sizeE[size[rv]] * (top[rv] - hh)
             top[rv] = hh
             if size[ru] < size[rv]:
                 a, b = ru, rv
             else:
                 a, b = rv, ru
             parent[a] = b
-            delta[a] = acc[a] - acc[b]
+            w[a] = w[a] - w[b]
             size[b] += size[a]
             rv = b
     ii = start
     for _ in range(n_added):
-        v = order[ii]
+        g = lin[order[ii]]
         ii += step
-        if parent[v] == v:
-            acc[v] += sizeE[size[v]] * top[v]
-            top[v] = 0.0
+        if parent[g] == g:
+            w[g] += sizeE[size[g]] * top[g]
     ii = start
     for _ in range(n_added):
         v = order[ii]
         ii += step
-        r = _find(parent, delta, stack, v)
-        val = acc[v] if r == v else delta[v] + acc[r]
+        g = lin[v]
+        r = _find(parent, w, stack, g)
+        val = w[g] if r == g else w[g] + w[r]
         out[v] = sgn * val / hp
+    # reset the touched cells for the next pass
+    ii = start
+    for _ in range(n_added):
+        parent[lin[order[ii]]] = -1
+        ii += step
 
 
 @numba.njit(cache=True, parallel=True)
-def _tfce_batch(maps: np.ndarray, orders: np.ndarray, nbr: np.ndarray, H: float, E: float, two_sided: bool,
-                out: np.ndarray) -> None:
+def _tfce_batch(maps: np.ndarray, orders: np.ndarray, lin: np.ndarray, offs: np.ndarray, n_grid: int,
+                H: float, E: float, two_sided: bool, out: np.ndarray) -> None:
     B, V = maps.shape
     hp = H + 1.0
     sizeE = np.empty(V + 1, np.float64)
     for k in range(V + 1):
         sizeE[k] = float(k) ** E
     for b in numba.prange(B):
-        parent = np.empty(V, np.int64)
-        delta = np.empty(V, np.float64)
-        acc = np.empty(V, np.float64)
-        top = np.empty(V, np.float64)
-        size = np.empty(V, np.int64)
-        stack = np.empty(V, np.int64)
+        parent = np.full(n_grid, -1, np.int32)
+        w = np.empty(n_grid, np.float64)
+        top = np.empty(n_grid, np.float64)
+        size = np.empty(n_grid, np.int32)
+        stack = np.empty(V + 1, np.int32)
         for v in range(V):
             out[b, v] = 0.0
         # orders[b] sorts maps[b] increasingly: the positive part is visited from the end
-        _tfce_pass(maps[b], orders[b], V - 1, -1, 1.0, nbr, hp, sizeE, out[b], parent, delta, acc, top, size,
-                   stack)
+        _tfce_pass(maps[b], orders[b], V - 1, -1, 1.0, lin, offs, hp, sizeE, out[b], parent, w, top, size, stack)
         if two_sided:
-            _tfce_pass(maps[b], orders[b], 0, 1, -1.0, nbr, hp, sizeE, out[b], parent, delta, acc, top, size,
-                       stack)
+            _tfce_pass(maps[b], orders[b], 0, 1, -1.0, lin, offs, hp, sizeE, out[b], parent, w, top, size, stack)
 
 
-def tfce_vectors(maps: np.ndarray, nbr: np.ndarray, H: float = 2.0, E: float = 0.5,
+def tfce_vectors(maps: np.ndarray, grid: Grid, H: float = 2.0, E: float = 0.5,
                  two_sided: bool = False) -> np.ndarray:
-    """Exact TFCE of the positive part of each row of ``maps`` (B x V, or V) over a neighbour table; with
+    """Exact TFCE of the positive part of each row of ``maps`` (B x V in-mask voxels, or V); with
     ``two_sided`` the negative part's TFCE is written (negated) where the map is negative.
 
-    ``nbr`` is the (V x K) int32 table from :func:`voxelkit.stats.neighbors.neighbor_table` (-1 = no neighbour).
-    Returns float64 of the same shape as ``maps``.  The voxel order is one NumPy argsort per map (much faster
-    than sorting inside numba); the union-find runs in numba, maps in parallel.
+    ``grid`` comes from :func:`make_grid` (mask + connectivity).  Returns float64 of the shape of ``maps``.
+    The voxel order is one NumPy argsort per map (much faster than sorting inside numba) that serves both
+    signs; the union-find runs in numba, maps in parallel.
     """
     m = np.asarray(maps)
     one = m.ndim == 1
@@ -155,17 +158,37 @@ def tfce_vectors(maps: np.ndarray, nbr: np.ndarray, H: float = 2.0, E: float = 0
     if m2.dtype not in (np.float32, np.float64):
         m2 = m2.astype(np.float64)
     m2 = np.ascontiguousarray(m2)
-    orders = np.argsort(m2, axis=1).astype(np.int64, copy=False)
+    orders = np.argsort(m2, axis=1).astype(np.int32)
     out = np.empty(m2.shape, np.float64)
-    _tfce_batch(m2, orders, np.ascontiguousarray(nbr, dtype=np.int32), float(H), float(E), bool(two_sided),
-                out)
+    _tfce_batch(m2, orders, grid.lin, grid.offs, grid.size, float(H), float(E), bool(two_sided), out)
     return out[0] if one else out
 
 
-def tfce_signed(maps: np.ndarray, nbr: np.ndarray, H: float = 2.0, E: float = 0.5,
+@dataclass(frozen=True)
+class Grid:
+    """In-mask voxels on a zero-padded grid: ``lin`` (V,) int64 grid index of each voxel (C order of the
+    mask), ``offs`` (K,) int64 neighbour offsets, ``size`` the number of grid cells."""
+
+    lin: np.ndarray
+    offs: np.ndarray
+    size: int
+
+
+def make_grid(mask: np.ndarray, connectivity: int = 26) -> Grid:
+    """The padded-grid description of ``mask`` for :func:`tfce_vectors`."""
+    mask = np.asarray(mask, bool)
+    shp = tuple(s + 2 for s in mask.shape)
+    idx = np.arange(int(np.prod(shp)), dtype=np.int64).reshape(shp)
+    lin = np.ascontiguousarray(idx[1:-1, 1:-1, 1:-1][mask])
+    strides = np.array([shp[1] * shp[2], shp[2], 1], np.int64)
+    offs = np.ascontiguousarray(offsets(connectivity) @ strides)
+    return Grid(lin, offs, int(np.prod(shp)))
+
+
+def tfce_signed(maps: np.ndarray, grid: Grid, H: float = 2.0, E: float = 0.5,
                 two_sided: bool = False) -> np.ndarray:
     """TFCE of the positive part; with ``two_sided`` minus the TFCE of the negative part (a signed map)."""
-    return tfce_vectors(maps, nbr, H, E, two_sided)
+    return tfce_vectors(maps, grid, H, E, two_sided)
 
 
 def tfce_volume(vol: np.ndarray, mask: np.ndarray | None = None, H: float = 2.0, E: float = 0.5,
@@ -173,9 +196,8 @@ def tfce_volume(vol: np.ndarray, mask: np.ndarray | None = None, H: float = 2.0,
     """Exact TFCE of the positive part of a 3-D array (voxels outside ``mask`` are background)."""
     if mask is None:
         mask = np.ones(vol.shape, bool)
-    nbr = neighbor_table(mask, connectivity)
     out = np.zeros(vol.shape, np.float64)
-    out[mask] = tfce_vectors(np.asarray(vol, np.float64)[mask], nbr, H, E)
+    out[mask] = tfce_vectors(np.asarray(vol, np.float64)[mask], make_grid(mask, connectivity), H, E)
     return out
 
 
