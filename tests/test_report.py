@@ -198,6 +198,10 @@ def test_report_deterministic(report: Path, tmp_path: Path) -> None:
 
 
 def test_report_missing_pieces(tmp_path: Path) -> None:
+    from voxelkit.io import InputError
+
+    with pytest.raises(InputError, match="no such output directory"):
+        write_report(tmp_path / "absent")
     empty = tmp_path / "empty"
     empty.mkdir()
     text = write_report(empty).read_text(encoding="utf-8")
@@ -215,6 +219,37 @@ def test_report_missing_pieces(tmp_path: Path) -> None:
     text = write_report(partial, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "logan" in text and "unreadable" in text and "thalamus" in text
     assert "could not be rendered" not in text
+
+
+@pytest.mark.slow
+def test_report_speed_20_scans(tmp_path: Path) -> None:
+    """A 10-subject, 20-scan study reports in well under 10 s of CPU (imports excluded; CPU time, so a busy
+    machine does not make the test flaky)."""
+    import time
+
+    import nilearn.plotting  # noqa: F401  (import cost excluded)
+
+    out = make_output_dir(tmp_path / "derivatives" / "voxelkit", n_subjects=10)
+    t0 = time.process_time()
+    text = write_report(out).read_text(encoding="utf-8")
+    cpu = time.process_time() - t0
+    assert text.count("<details>") >= 20
+    assert cpu < 10.0, f"report took {cpu:.1f} s of CPU"
+
+
+def test_report_odd_stats(tmp_path: Path) -> None:
+    """No t map (a -log10 p map is shown instead), an empty cluster table, an npz without null distributions."""
+    stats = tmp_path / "group" / "stats"
+    lp = np.zeros(SHAPE)
+    lp[8:12, 10:14, 8:12] = 0.9
+    _save(stats / "logp_fwe_voxel.nii.gz", lp)
+    (stats / "clusters.tsv").write_text("cluster_id\tsize_voxels\tp_fwe_mass\n")
+    np.savez(stats / "other.npz", weights=np.ones(3))
+    text = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "t map: not computed; showing logp_fwe_voxel instead" in text
+    assert "No clusters (the table is empty)" in text and "No null distribution found in other.npz" in text
+    assert "No voxel is FWE-significant" in text and "could not be rendered" not in text
+    assert text.count("<img ") == 2
 
 
 def test_report_roi_phases(tmp_path: Path) -> None:

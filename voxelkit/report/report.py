@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io import InputError
 from . import figures
 from .html import (
     NOT_COMPUTED,
@@ -733,7 +734,7 @@ def write_report(out_dir: Path, path: Path | None = None) -> Path:
     """
     out = Path(out_dir)
     if not out.is_dir():
-        raise FileNotFoundError(f"{out}: not a directory")
+        raise InputError(f"{out}: no such output directory")
     dest = Path(path) if path is not None else out / "report.html"
     rep = _Report(out)
     t0 = time.perf_counter()
