@@ -303,3 +303,27 @@ def test_config_validation(tmp_path):
         simulate_study(tmp_path / "x", preset="test", n_subject=3)
     with pytest.raises(ValueError, match="preset"):
         simulate_study(tmp_path / "x", preset="huge")
+
+
+def test_wide_kernel_noise_is_gaussian_with_unit_variance(tmp_path):
+    """FWHM 12 mm at 4 mm (kernel sd >= 1 voxel): uniform white noise smoothed to a Gaussian field."""
+    kw = {"preset": "test", "n_subjects": 1, "seed": 4, "fwhm_mm": 12.0, "challenge": "none"}
+    a = simulate_study(tmp_path / "a", **kw)
+    b = simulate_study(tmp_path / "b", noise=0.0, **kw)
+    cfg = a.config
+    sim = json.loads((a.root / DERIV / "simulation.json").read_text())
+    frames = FrameTiming.from_bids_dict(sim["frames"])
+    dec = decay_factor(frames)
+    ref_nominal = one_tissue_tac(frames, cfg.k1prime, cfg.k2prime,
+                                 FengInput(**sim["input"]).scaled(BASE_SCALE_PER_MBQ * cfg.injected_mbq))[-1]
+    noise_k = cfg.noise * math.sqrt(ref_nominal * dec[-1] * frames.duration_min[-1]) * (2.0 / 4.0) ** 1.5
+    zs = []
+    for rel in sorted(p.relative_to(a.root) for p in a.root.glob("sub-*/ses-*/pet/*_pet.nii.gz")):
+        x, y = load(a.root / rel), load(b.root / rel)
+        brain = y[..., -1] > 0
+        sd = noise_k * np.sqrt(y[..., 3:] / (dec * frames.duration_min)[3:])
+        zs.append(((x - y)[..., 3:][brain] / sd[brain]).ravel())
+    z = np.concatenate(zs)
+    assert abs(z.std() - 1.0) < 0.05
+    kurt = np.mean((z - z.mean()) ** 4) / z.var() ** 2 - 3.0
+    assert abs(kurt) < 0.1

@@ -17,6 +17,10 @@ Images are frame averages (kBq/mL) decay-corrected to injection (TimeZero), with
 follows the counts (activity x C-11 decay x frame duration) and is spatially correlated to ``fwhm_mm`` with the
 voxel variance preserved.  ``noise`` is the coefficient of variation of one reference-region voxel in the last
 frame at 2 mm for a nominal subject (it scales with (2 mm / voxel size)^1.5); ``noise=0`` is noiseless.
+The white field is drawn as unit-variance uniform noise when the smoothing kernel spans >= 1 voxel sd (the
+smoothed field is then Gaussian by the central limit theorem; 9x faster to draw), else as normal deviates.
+Noisy images keep ``mantissa_bits`` (12) significant bits (relative rounding <= 2.4e-4, far below the noise),
+which halves gzip time; noiseless images are exact float32.
 """
 
 from __future__ import annotations
@@ -92,6 +96,7 @@ class StudyConfig:
     regions: tuple[Region, ...] | None = None  # default phantom.default_regions()
     tissue: TissueValues | None = None
     image_dtype: str = "float32"  # "float32" | "int16" (scaled)
+    mantissa_bits: int = 12  # significant bits kept in noisy images (24: all; noiseless images keep all)
     n_jobs: int = 1  # worker processes writing scans (results do not depend on it)
 
     def validate(self) -> None:
@@ -333,13 +338,23 @@ def _simulate_scan(plan: ScanPlan) -> tuple[str, dict]:
     if cfg.noise > 0:
         rng = np.random.default_rng(plan.seed)
         sig = cfg.fwhm_mm / (math.sqrt(8 * math.log(2)) * cfg.resolution)
-        white = rng.standard_normal((frames.n_frames,) + sub_brain.shape, dtype=np.float32)
+        shape = (frames.n_frames,) + sub_brain.shape
+        if sig >= 1.0:
+            # the smoothed field is Gaussian by the central limit theorem (>= ~150 voxels per kernel):
+            # unit-variance uniform white noise is 9x cheaper to draw than normal deviates
+            white = rng.random(shape, dtype=np.float32)
+            white -= np.float32(0.5)
+            white *= np.float32(math.sqrt(12.0))
+        else:
+            white = rng.standard_normal(shape, dtype=np.float32)
         if sig > 0:
             white = ndi.gaussian_filter(white, (0, sig, sig, sig), truncate=3.0, mode="constant")
         field_ = white[:, sub_brain].T * np.float32(ctx["unit"])  # (V, F) unit variance, correlated
         inv = (1.0 / (ctx["decay"] * frames.duration_min)).astype(np.float32)
         sd = np.sqrt(np.maximum(tac, 0.0) * inv[None, :]) * np.float32(ctx["noise_k"])
         tac = tac + sd * field_
+        if cfg.mantissa_bits:
+            tac = _round_mantissa(tac, cfg.mantissa_bits)
     data = np.zeros(brain.shape + (frames.n_frames,), dtype=np.float32)
     data[brain] = tac
     img = nib.Nifti1Image(data, ctx["affine"])
@@ -379,6 +394,17 @@ def _simulate_scan(plan: ScanPlan) -> tuple[str, dict]:
                {"Description": "voxels where the drug effect was planted in this scan (BPND x EffectFactor)",
                 **common})
     return str(pet), {}
+
+
+def _round_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
+    """Round float32 values to ``bits`` significant bits (relative error <= 2**-bits): noisy images then
+    gzip about twice as fast.  ``bits`` >= 24 leaves the values unchanged."""
+    if bits >= 24:
+        return x
+    drop = 24 - bits
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    u = (u + np.uint32(1 << (drop - 1))) & np.uint32((0xFFFFFFFF >> drop) << drop)
+    return u.view(np.float32)
 
 
 def _save_map(values: np.ndarray, brain: np.ndarray, affine: np.ndarray, path: Path, meta: dict | None = None,
