@@ -83,12 +83,18 @@ def is_number(x: object) -> bool:
 def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, highlight: Sequence[bool] | None = None,
           cls: str = "", digits: int = 4) -> str:
     """A ``<table>`` (numeric cells right-aligned; rows with ``highlight[i]`` True are emphasised)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    rows = [list(r) for r in rows]
+    ncol = max([len(header)] + [len(r) for r in rows])
+    # a column is numeric (right-aligned) only when every filled cell is a number (e.g. "1", "1a" ids are text)
+    numeric = [all(is_number(r[j]) for r in rows if j < len(r) and r[j] not in ("", None)) for j in range(ncol)]
+    head = "".join(f'<th class="num">{esc(h)}</th>' if numeric[j] and rows else f"<th>{esc(h)}</th>"
+                   for j, h in enumerate(header))
     body = []
     for i, row in enumerate(rows):
         cells = "".join(
-            f'<td class="num">{esc(fmt_value(v, digits))}</td>' if is_number(v) else f"<td>{esc(fmt_value(v))}</td>"
-            for v in row)
+            f'<td class="num">{esc(fmt_value(v, digits))}</td>' if numeric[j] and is_number(v)
+            else f"<td>{esc(fmt_value(v))}</td>"
+            for j, v in enumerate(row))
         hl = ' class="hl"' if highlight is not None and highlight[i] else ""
         body.append(f"<tr{hl}>{cells}</tr>")
     c = f" {esc(cls)}" if cls else ""
@@ -162,6 +168,7 @@ p.note.warn { color:var(--warn); font-style:normal; }
 .tablewrap { overflow:auto; max-height:520px; border:1px solid var(--line); border-radius:6px; margin:8px 0 14px; }
 table { border-collapse:collapse; font-size:13.5px; }
 table.data { width:100%; }
+table.data th.num { text-align:right; }
 table.data th { position:sticky; top:0; background:#eef2f6; text-align:left; font-weight:600;
                 padding:6px 10px; border-bottom:1px solid var(--line); white-space:nowrap; }
 table.data td { padding:4px 10px; border-bottom:1px solid #eef0f3; }

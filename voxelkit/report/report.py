@@ -416,8 +416,8 @@ class _Report:
             parts.append(figure(figures.glass_brain(mimg, title, 1e-6, vmax),
                                 f"Glass brain of {stat_name} restricted to {label} FWE-significant voxels."))
             parts.append(figure(figures.stat_slices(mimg, bg, title, 1e-6, vmax, xyz, mode="ortho"),
-                                f"Sections through the strongest significant voxel, "
-                                f"MNI ({xyz[0]:.0f}, {xyz[1]:.0f}, {xyz[2]:.0f}) mm."))
+                                f"Sections through the strongest significant voxel, at "
+                                f"({xyz[0]:.0f}, {xyz[1]:.0f}, {xyz[2]:.0f}) mm."))
             parts.append("</div>")
         return Section("maps", "Statistical maps", "\n".join(parts), subs)
 
