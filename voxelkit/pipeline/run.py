@@ -270,7 +270,9 @@ def _roi_tables(out: Path, cfg: StudyConfig, pairing: Pairing, labels: np.ndarra
 
     rows = []
     per_cond: dict[tuple[str, str], np.ndarray] = {}
-    region_ids = [k for k in sorted(names) if k > 0 and (labels == k).any()]
+    ref = np.asarray(load_image(cfg.ref_mask).dataobj) != 0 if cfg.ref_mask is not None else np.zeros_like(brain)
+    # regions mostly inside the reference mask have BPND ~ 0 by construction: no test there
+    region_ids = [k for k in sorted(names) if k > 0 and (labels == k).any() and (ref[labels == k]).mean() < 0.5]
     masks = {k: (labels == k) & brain for k in region_ids}
     for sub in pairing.subjects:
         for cond in cfg.conditions:
