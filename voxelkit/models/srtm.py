@@ -37,11 +37,14 @@ Conventions and assumptions (times in **minutes**, rates in **1/min**):
   ``min = k2_low / (1 + bp_max)`` with ``k2_low = 0.5 k2'`` if ``k2prime`` is given, else 0.03/min, and
   ``max = max(1.0, 4 k2')`` (1/min); with the defaults (``bp_max=5``, no k2') the grid is [0.005, 1.0]/min,
   which reaches BPND 5 for k2 down to 0.03/min (for k2' = 0.1/min and BPND = 3, theta3 = 0.025/min).
-- Refinement (``refine=True``, default): the residual around the best grid point is fitted by a parabola in
-  log(theta3) through the best point and its two neighbours; theta3 moves to the vertex and the linear
-  parameters are interpolated (Lagrange, same three points).  This removes the grid quantisation (a 2.7%
-  theta3 step would otherwise mean BPND steps of about 0.1 at BPND 4).  ``wrss`` is the parabola's vertex
-  value (clipped at 0), i.e. the refined weighted residual sum of squares.
+- Choice and refinement: the float32 product only picks the best grid point.  Around it, the projections
+  at 5 grid points (a stencil) and ``sum(w Ct^2)`` are recomputed in float64; with ``refine=True`` (default)
+  a quartic in log(theta3) through the stencil is maximised (in |q|, i.e. least residual) by Newton steps
+  from the parabola through the best point and its neighbours, and the linear parameters are interpolated
+  with the same quartic weights.  This removes the grid quantisation (a 3.6% theta3 step would otherwise
+  mean BPND errors up to ~0.05 at BPND 4): noiseless BPND errors are then ~1e-3, set by how well the
+  piecewise-linear reference represents the true input, not by the grid.  ``wrss`` is the weighted residual
+  sum of squares at the refined parameters.
 - Status: TACs whose best basis function is the first or last grid point get ``GRID_EDGE`` and keep their
   (grid-point, unrefined) values: the true theta3 may lie outside the grid; widen ``theta3_range``.
   ``IMPLAUSIBLE`` (values kept): R1 <= 0 or k2 <= 0.  ``NONFINITE_INPUT`` (NaN values): NaN/inf in a fitted
@@ -57,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Backend
+from ..backend import Backend, chunks
 from ..frames import FrameTiming
 from ..io import InputError
 from .base import ModelFit, Prepared, ReferenceModel
@@ -71,9 +74,9 @@ DEFAULT_N_BASIS = 150
 DEFAULT_K2_LOW = 0.03
 #: how the reference curve between frame mid-times is modelled (see :func:`reference_knots`)
 INPUT_MODELS = ("frame_mean", "mid_linear")
-#: default chunk of voxels per matrix product: the (voxels x n_basis) float32 projections (~1.2 MB for 150
-#: basis functions) stay in cache; 2,048-4,096 measured fastest on the NumPy path (1,024 and 16,384 slower)
-DEFAULT_CHUNK = 2048
+#: default chunk of voxels sent to the backend (the NumPy path then works in blocks of BLOCK_VOXELS for the
+#: products, so only (chunk x 5) and (chunk x frames) float64 temporaries exist per chunk)
+DEFAULT_CHUNK = 16384
 
 
 @functools.lru_cache(maxsize=1)
@@ -214,8 +217,8 @@ class _BasisModel(ReferenceModel):
                 raise InputError(f"k2prime must be a rate in 1/min, got {k2prime!r}") from None
         if k2prime is not None and not (np.isfinite(k2prime) and k2prime > 0):
             raise InputError(f"k2prime must be a positive rate in 1/min, got {k2prime}")
-        if int(n_basis) < 3:
-            raise InputError(f"n_basis must be at least 3, got {n_basis}")
+        if int(n_basis) < 5:
+            raise InputError(f"n_basis must be at least 5, got {n_basis}")
         if not (np.isfinite(bp_max) and bp_max > 0):
             raise InputError(f"bp_max must be positive, got {bp_max}")
         if theta3_range is not None:
@@ -315,18 +318,19 @@ class SRTM(_BasisModel):
         z = np.empty((wu.size, thetas.size + 1))
         z[:, 0] = wu * e0
         z[:, 1:] = wu[:, None] * resid / beta[None, :]
-        ex.update(z=z, z32=np.ascontiguousarray(z, dtype=np.float32), alpha=alpha, beta=beta)
+        ex.update(z=z, z32=np.ascontiguousarray(z, dtype=np.float32), zt=np.ascontiguousarray(z.T), alpha=alpha,
+                  beta=beta)
         return prep
 
     def _fit_chunk(self, be: Backend, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
         xp = be.xp
         ex = prep.extra
         y = self._fitted_frames(be, tacs, prep)
-        p = y @ be.asarray(ex["z32"])  # (V, n+1) float32: c0, q_1..q_n
         if be.is_gpu:
+            p = y @ be.asarray(ex["z32"])  # (V, n+1) float32: c0, q_1..q_n
             return self._select_kernel(be, y, p, prep)
-        yy = (y * y) @ be.asarray(ex["wu32"])
-        return srtm_select_xp(xp, p, yy, prep, self.refine)
+        best = best_basis(xp, y, ex["z32"], signed=False)
+        return srtm_select_xp(xp, best, y, prep, self.refine)
 
     def _select_kernel(self, be: Backend, y: Any, p: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
         xp = be.xp
@@ -338,8 +342,10 @@ class SRTM(_BasisModel):
         status = xp.empty(n, dtype=np.uint8)
         kern = be.kernel("srtm", "srtm_select")
         be.launch(kern, n, (y, be.asarray(ex["wu"], dtype=np.float64), xp.ascontiguousarray(p),
+                            be.asarray(ex["zt"], dtype=np.float64),
                             be.asarray(ex["thetas"], dtype=np.float64), be.asarray(ex["alpha"], dtype=np.float64),
-                            be.asarray(ex["beta"], dtype=np.float64), np.float64(ex["gamma"]),
+                            be.asarray(ex["beta"], dtype=np.float64), be.asarray(M5, dtype=np.float64),
+                            np.float64(ex["gamma"]),
                             np.float64(ex["log_step"]), np.int32(n), np.int32(f), np.int32(nb),
                             np.int32(1 if self.refine else 0), out["bp_nd"], out["r1"], out["k2"],
                             out["k2prime"], out["theta3"], out["wrss"], status))
@@ -488,7 +494,8 @@ class SRTM2(_BasisModel):
         z = np.empty((wu.size, thetas.size + 1))
         z[:, 0] = wu * ex["e0"]
         z[:, 1:] = wu[:, None] * x / xnorm[None, :]
-        ex.update(z=z, z32=np.ascontiguousarray(z, dtype=np.float32), xnorm=xnorm, k2prime=float(k2p),
+        ex.update(z=z, z32=np.ascontiguousarray(z, dtype=np.float32), zt=np.ascontiguousarray(z.T), xnorm=xnorm,
+                  k2prime=float(k2p),
                   info={**info, "k2prime": float(k2p)})
 
     def _info(self, prep: Prepared) -> dict[str, Any]:
@@ -498,22 +505,23 @@ class SRTM2(_BasisModel):
         xp = be.xp
         ex = prep.extra
         y = self._fitted_frames(be, tacs, prep)
-        p = y @ be.asarray(ex["z32"])  # (V, n+1) float32: c0, s_1..s_n
         if be.is_gpu:
+            p = y @ be.asarray(ex["z32"])  # (V, n+1) float32: c0, s_1..s_n
             y = xp.ascontiguousarray(y)
             n, f = y.shape
             out = {k: xp.empty(n, dtype=np.float32) for k in self.param_names}
             status = xp.empty(n, dtype=np.uint8)
             kern = be.kernel("srtm", "srtm2_select")
             be.launch(kern, n, (y, be.asarray(ex["wu"], dtype=np.float64), xp.ascontiguousarray(p),
-                                be.asarray(ex["thetas"], dtype=np.float64),
-                                be.asarray(ex["xnorm"], dtype=np.float64), np.float64(ex["k2prime"]),
+                                be.asarray(ex["zt"], dtype=np.float64), be.asarray(ex["thetas"], dtype=np.float64),
+                                be.asarray(ex["xnorm"], dtype=np.float64), be.asarray(M5, dtype=np.float64),
+                                np.float64(ex["k2prime"]),
                                 np.float64(ex["log_step"]), np.int32(n), np.int32(f),
                                 np.int32(ex["thetas"].size), np.int32(1 if self.refine else 0), out["bp_nd"],
                                 out["r1"], out["k2"], out["k2a"], out["k2prime"], out["wrss"], status))
             return out, status
-        yy = (y * y) @ be.asarray(ex["wu32"])
-        return srtm2_select_xp(xp, p, yy, prep, self.refine)
+        best = best_basis(xp, y, ex["z32"], signed=True)
+        return srtm2_select_xp(xp, best, y, prep, self.refine)
 
     def predict(self, params: dict[str, np.ndarray], reference: np.ndarray, frames: FrameTiming) -> np.ndarray:
         """Fitted TACs (n x F) from ``r1``, ``k2a`` and ``k2prime`` (1/min), frame averages."""
@@ -545,60 +553,99 @@ def _status(xp: Any, yy: Any, c0: Any) -> Any:
     return xp.where(finite, st, np.uint8(Status.NONFINITE_INPUT)).astype(xp.uint8)
 
 
-def _parabola(xp: Any, sm: Any, s0: Any, sp: Any, interior: Any) -> tuple[Any, Any]:
-    """Vertex offset ``t`` (grid steps, |t| <= 0.5) and vertex value of the parabola through (-1, sm),
-    (0, s0), (1, sp) (a maximum at 0); t = 0 where not ``interior`` or not concave."""
-    d = sm - 2.0 * s0 + sp
-    use = interior & (d < 0)
-    t = xp.where(use, (sm - sp) / xp.where(use, 2.0 * d, -1.0), 0.0)
-    t = xp.clip(t, -0.5, 0.5)
-    return t, s0 - 0.5 * d * t * t
+#: quartic through the 5 equally spaced nodes -2..2: coefficients ``a = M5 @ values`` (``a_k`` of t^k)
+M5 = np.linalg.inv(np.vander(np.arange(-2.0, 3.0), 5, increasing=True))
+#: Newton steps on q'(t) = 0 of the refinement
+NEWTON_STEPS = 4
 
 
-def _lagrange(t: Any, vm: Any, v0: Any, vp: Any) -> Any:
-    return 0.5 * t * (t - 1.0) * vm + (1.0 - t * t) * v0 + 0.5 * t * (t + 1.0) * vp
+#: voxels per float32 product block in :func:`best_basis` (the block x n_basis projections stay in cache)
+BLOCK_VOXELS = 2048
 
 
-def _neighbours(xp: Any, p: Any, best: Any, nb: int) -> tuple[Any, Any, Any, Any, Any]:
-    rows = xp.arange(p.shape[0])
-    im = xp.maximum(best - 1, 0)
-    ip = xp.minimum(best + 1, nb - 1)
-    q0 = p[rows, best + 1].astype(xp.float64)
-    qm = p[rows, im + 1].astype(xp.float64)
-    qp = p[rows, ip + 1].astype(xp.float64)
-    return im, ip, qm, q0, qp
+def best_basis(xp: Any, y: Any, z32: np.ndarray, signed: bool) -> Any:
+    """Index (V,) of the basis function with the largest projection ``|q_j|`` (SRTM) or ``s_j`` (SRTM2,
+    ``signed``): ``(y @ z32)[:, 1:]`` in float32 blocks of :data:`BLOCK_VOXELS` voxels, so the (voxels x basis)
+    projections never exist for the whole chunk.  First index on ties (numpy.argmax), as the kernels."""
+    z = xp.asarray(z32)
+    n = y.shape[0]
+    best = xp.empty(n, dtype=xp.int64)
+    for sl in chunks(n, BLOCK_VOXELS):
+        q = (y[sl] @ z)[:, 1:]
+        if not signed:
+            q = xp.abs(q, out=q)
+        best[sl] = xp.argmax(q, axis=1)
+    return best
 
 
-def srtm_select_xp(xp: Any, p: Any, yy: Any, prep: Prepared, refine: bool = True) -> tuple[dict[str, Any], Any]:
-    """SRTM parameters from the projections ``p`` (V x (n+1): c0, q_1..q_n) and ``yy = sum(w Ct^2)``."""
+def _stencil(xp: Any, best: Any, nb: int, y: Any, prep: Prepared) -> tuple[Any, Any, Any, Any, Any]:
+    """Stencil of 5 grid points around ``best`` (centre ``c`` = best clipped to [2, nb-3]): the grid indices
+    (V, 5), the offset ``tb = best - c``, and in float64 from the TACs ``y`` (V, F): the projection ``c0`` on
+    the reference (V,), the projections at the stencil (V, 5) and ``yy = sum(w y^2)`` (V,)."""
+    ex = prep.extra
+    zt = xp.asarray(ex["zt"])
+    c = xp.clip(best, 2, nb - 3)
+    idx = c[:, None] + xp.asarray(np.arange(-2, 3))[None, :]
+    y64 = y.astype(xp.float64)
+    q5 = xp.einsum("vkf,vf->vk", zt[idx + 1], y64)  # 10x faster than broadcasting + sum
+    c0 = y64 @ zt[0]
+    yy = (y64 * y64) @ xp.asarray(ex["wu"])
+    return idx, (best - c).astype(xp.float64), c0, q5, yy
+
+
+def _powers(xp: Any, t: Any) -> Any:
+    return xp.stack([xp.ones_like(t), t, t * t, t * t * t, t * t * t * t], axis=1)
+
+
+def _refine(xp: Any, q5: Any, tb: Any, use: Any) -> tuple[Any, Any]:
+    """Position ``t`` (grid steps from the stencil centre) of the extremum of the quartic through the stencil
+    values ``q5`` (V, 5) nearest the best grid point ``tb``, and the (V, 5) weights that interpolate any stencil
+    quantity at ``t``.  Start: parabola through the best point and its neighbours; then Newton steps on
+    q'(t) = 0, kept inside the stencil [-2, 2]; the start or the grid point wins if the quartic says they are
+    better.  ``t = tb`` where not ``use`` (grid edges, no refinement)."""
+    m5 = xp.asarray(M5)
+    a = q5 @ m5.T  # (V, 5) coefficients
+    rows = xp.arange(q5.shape[0])
+    j0 = xp.clip(tb + 2.0, 1.0, 3.0).astype(xp.int64)  # grid edges (tb = +-2) are not refined
+    s_m = q5[rows, j0 - 1] ** 2
+    s_0 = q5[rows, j0] ** 2
+    s_p = q5[rows, j0 + 1] ** 2
+    d = s_m - 2.0 * s_0 + s_p
+    conc = use & (d < 0)
+    t0 = tb + xp.clip(xp.where(conc, (s_m - s_p) / xp.where(conc, 2.0 * d, -1.0), 0.0), -0.5, 0.5)
+    t = t0
+    for _ in range(NEWTON_STEPS):
+        d1 = a[:, 1] + t * (2.0 * a[:, 2] + t * (3.0 * a[:, 3] + t * 4.0 * a[:, 4]))
+        d2 = 2.0 * a[:, 2] + t * (6.0 * a[:, 3] + t * 12.0 * a[:, 4])
+        step = xp.where(d2 != 0, d1 / xp.where(d2 != 0, d2, 1.0), 0.0)
+        t = xp.clip(t - step, -2.0, 2.0)  # anywhere inside the stencil: the float32 choice may be one off
+
+    def val(x: Any) -> Any:
+        return a[:, 0] + x * (a[:, 1] + x * (a[:, 2] + x * (a[:, 3] + x * a[:, 4])))
+
+    qn, q0 = xp.abs(val(t)), xp.abs(val(t0))
+    t = xp.where(qn >= q0, t, t0)
+    t = xp.where(xp.maximum(qn, q0) >= xp.abs(q5[rows, j0]), t, tb)  # never worse than the grid point
+    t = xp.where(use, t, tb)
+    return t, _powers(xp, t) @ m5
+
+
+def srtm_select_xp(xp: Any, best: Any, y: Any, prep: Prepared, refine: bool = True) -> tuple[dict[str, Any], Any]:
+    """SRTM parameters from the best grid index ``best`` (V,) (see :func:`best_basis`) and the fitted frames
+    ``y`` (V x F, float32); everything after the choice of the grid point is float64."""
     ex = prep.extra
     nb = int(ex["thetas"].size)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        best = xp.argmax(xp.abs(p[:, 1:]), axis=1)
-        im, ip, qm, q0, qp = _neighbours(xp, p, best, nb)
-        c0 = p[:, 0].astype(xp.float64)
-        yy = yy.astype(xp.float64)
-        th = xp.asarray(ex["thetas"])
-        al = xp.asarray(ex["alpha"])
-        be_ = xp.asarray(ex["beta"])
-        gamma = ex["gamma"]
+        idx, tb, c0, q5, yy = _stencil(xp, best, nb, y, prep)
         edge = (best == 0) | (best == nb - 1)
-
-        def lin(q: Any, j: Any) -> tuple[Any, Any]:
-            t2 = q / be_[j]
-            return (c0 - t2 * al[j]) / gamma, t2
-
-        r1_0, t2_0 = lin(q0, best)
-        if refine:
-            t, s_star = _parabola(xp, qm * qm, q0 * q0, qp * qp, ~edge)
-            r1_m, t2_m = lin(qm, im)
-            r1_p, t2_p = lin(qp, ip)
-            r1 = _lagrange(t, r1_m, r1_0, r1_p)
-            t2 = _lagrange(t, t2_m, t2_0, t2_p)
-            theta3 = th[best] * xp.exp(t * ex["log_step"])
-        else:
-            s_star, r1, t2, theta3 = q0 * q0, r1_0, t2_0, th[best]
-        wrss = xp.maximum(yy - c0 * c0 - s_star, 0.0)
+        t, w = _refine(xp, q5, tb, ~edge & refine)
+        t2_5 = q5 / xp.asarray(ex["beta"])[idx]
+        r1_5 = (c0[:, None] - t2_5 * xp.asarray(ex["alpha"])[idx]) / ex["gamma"]
+        q = xp.sum(w * q5, axis=1)
+        r1 = xp.sum(w * r1_5, axis=1)
+        t2 = xp.sum(w * t2_5, axis=1)
+        theta3 = xp.asarray(ex["thetas"])[idx[:, 2]] * xp.exp(t * ex["log_step"])
+        wrss = xp.maximum(yy - c0 * c0 - q * q, 0.0)
         k2 = t2 + r1 * theta3
         bp = k2 / theta3 - 1.0
         st = _status(xp, yy, c0)
@@ -612,27 +659,20 @@ def srtm_select_xp(xp: Any, p: Any, yy: Any, prep: Prepared, refine: bool = True
     return out, st.astype(xp.uint8)
 
 
-def srtm2_select_xp(xp: Any, p: Any, yy: Any, prep: Prepared, refine: bool = True) -> tuple[dict[str, Any], Any]:
-    """SRTM2 parameters from the projections ``p`` (V x (n+1): c0, s_1..s_n) and ``yy = sum(w Ct^2)``."""
+def srtm2_select_xp(xp: Any, best: Any, y: Any, prep: Prepared, refine: bool = True) -> tuple[dict[str, Any], Any]:
+    """SRTM2 parameters from the best grid index ``best`` (V,) (see :func:`best_basis`) and the fitted frames
+    ``y`` (V x F, float32); everything after the choice of the grid point is float64."""
     ex = prep.extra
     nb = int(ex["thetas"].size)
     k2p = ex["k2prime"]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        best = xp.argmax(p[:, 1:], axis=1)
-        im, ip, sm, s0, sp = _neighbours(xp, p, best, nb)
-        c0 = p[:, 0].astype(xp.float64)
-        yy = yy.astype(xp.float64)
-        th = xp.asarray(ex["thetas"])
-        xn = xp.asarray(ex["xnorm"])
+        idx, tb, c0, s5, yy = _stencil(xp, best, nb, y, prep)
         edge = (best == 0) | (best == nb - 1)
-        r1_0 = s0 / xn[best]
-        if refine:
-            t, s_star = _parabola(xp, sm * sm, s0 * s0, sp * sp, ~edge & (sm > 0) & (sp > 0))
-            r1 = _lagrange(t, sm / xn[im], r1_0, sp / xn[ip])
-            k2a = th[best] * xp.exp(t * ex["log_step"])
-        else:
-            s_star, r1, k2a = s0 * s0, r1_0, th[best]
-        wrss = xp.maximum(yy - s_star, 0.0)
+        t, w = _refine(xp, s5, tb, ~edge & refine)
+        s = xp.sum(w * s5, axis=1)
+        r1 = xp.sum(w * (s5 / xp.asarray(ex["xnorm"])[idx]), axis=1)
+        k2a = xp.asarray(ex["thetas"])[idx[:, 2]] * xp.exp(t * ex["log_step"])
+        wrss = xp.maximum(yy - s * s, 0.0)
         k2 = r1 * k2p
         bp = k2 / k2a - 1.0
         st = _status(xp, yy, c0)
