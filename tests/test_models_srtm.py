@@ -365,3 +365,44 @@ def test_srtm_kernel_refine_and_edges(fake_gpu, refine: bool) -> None:
         f_gpu = get_model(model, device=fake_gpu, **opts).fit(ct, cr, fr)
         assert (f_np.status == Status.GRID_EDGE).any()
         _compare(f_np, f_gpu, ct)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# regression values on real TACs (plausible, recorded to notice changes)
+# ---------------------------------------------------------------------------------------------------------
+# Produced once (this commit's code) with voxelkit.api.fit_tacs on the tests/data tables, default options (no
+# weights, 150 basis functions on [0.005, 1]/min, frame_mean input): per region (SRTM BPND, SRTM R1, SRTM k2'
+# [1/min], SRTM2 BPND with k2' from an SRTM fit of the named high-binding column).  Plausible, and within
+# ~0.01-0.02 of MRTM/MRTM2 on the same curves (tests/test_models_common.py): amyloid-positive PiB cortex BPND
+# ~1, NRU SB086 high-binding/putamen ~3, thalamus/occipital ~0.5-0.6; k2' 0.04-0.06 (PiB), 0.06 (NRU).
+REAL = {
+    "gaain_pib/AD06_mergedROIs_noPVC_kBqcc.tsv": ("cerebellum", "amyloidcomp", 0.04087, {
+        "frontal": (0.991907, 0.941529, 0.03757, 0.931124),
+        "cingulate": (1.21534, 0.92864, 0.039525, 1.182655),
+        "amyloidcomp": (1.056094, 0.92594, 0.04087, 1.056094),
+        "whitematter": (0.80587, 0.700969, 0.052428, 1.032548)}),
+    "gaain_pib/AD07_mergedROIs_noPVC_kBqcc.tsv": ("cerebellum", "amyloidcomp", 0.052744, {
+        "frontal": (0.99665, 0.89242, 0.047452, 0.929326),
+        "cingulate": (1.18329, 0.914856, 0.052296, 1.176842),
+        "amyloidcomp": (1.019807, 0.844774, 0.052744, 1.019807),
+        "whitematter": (0.910118, 0.723317, 0.058276, 0.985786)}),
+    "nru_SB086/SB086_nonPVE_tacs_Bqml.tsv": ("Total_cb", "HighBinding", 0.063164, {
+        "HighBinding": (3.079789, 1.025102, 0.063164, 3.07979),
+        "Total_th": (0.599441, 1.075918, 0.094743, 0.640031),
+        "Total_put": (3.169415, 1.059798, 0.0572, 3.010204),
+        "Total_occ": (0.532328, 1.095624, 0.082627, 0.556623)}),
+}
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_regression_values_on_real_tacs(name: str) -> None:
+    ref, hb, k2p, expected = REAL[name]
+    path = SIMREF.parent / name
+    regions = list(expected)
+    a = fit_tacs(path, ref, "srtm", regions=regions)
+    b = fit_tacs(path, ref, "srtm2", regions=regions, k2prime_region=hb)
+    assert b.info["k2prime"] == pytest.approx(k2p, abs=1e-4)
+    assert (a.status == Status.OK).all() and (b.status == Status.OK).all()
+    for i, reg in enumerate(regions):
+        got = (a.bp_nd[i], a.r1[i], a.k2prime[i], b.bp_nd[i])
+        np.testing.assert_allclose(got, expected[reg], atol=2e-4, err_msg=f"{name} {reg}")
