@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--two-sided", action="store_true")
     ap.add_argument("--connectivity", type=int, default=26, choices=(6, 18, 26))
     ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--report-every", type=int, default=50, help="print running rates every N repetitions")
     ap.add_argument("-o", "--output", default="null_fwe.json", help="JSON file for the results")
     args = ap.parse_args()
     mask = brain_mask(tuple(args.shape))
@@ -93,15 +94,17 @@ def main() -> None:
             rng = np.random.default_rng([args.seed, n, 0 if kind == "gaussian" else 1])
             t0 = time.perf_counter()
             hits = {m: 0 for m in METHODS}
-            for _ in range(args.reps):
+            for rep in range(1, args.reps + 1):
                 for m, e in one_rep(rng, n, mask, args.fwhm, kind, args.n_perm, args.alpha, args.two_sided,
                                     args.connectivity).items():
                     hits[m] += e
-            rates = {m: hits[m] / args.reps for m in METHODS}
-            results["rates"][f"{kind}_n{n}"] = rates
-            print(f"{kind:9s} {n:3d} " + " ".join(f"{rates[m]:11.3f}" for m in METHODS)
-                  + f"   {time.perf_counter() - t0:.0f} s", flush=True)
-            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+                if rep % args.report_every == 0 or rep == args.reps:
+                    rates = {m: hits[m] / rep for m in METHODS}
+                    results["rates"][f"{kind}_n{n}"] = {**rates, "reps": rep}
+                    done = "" if rep == args.reps else f" (partial: {rep} reps)"
+                    print(f"{kind:9s} {n:3d} " + " ".join(f"{rates[m]:11.3f}" for m in METHODS)
+                          + f"   {time.perf_counter() - t0:.0f} s{done}", flush=True)
+                    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,24 @@ from . import CliError
 log = logging.getLogger("voxelkit")
 
 
+GLM_DESCRIPTION = """GLM with covariates and one t contrast, tested by Freedman-Lane permutation (or sign flipping of
+the residuals with --sign-flip).
+
+Design TSV: one row per map.  A column 'map' (--map-column) with the file path (relative paths are relative to the
+TSV's folder); optionally a second map column (--map-column-b) so that each row's data are map - map_b (e.g. a
+BPND change); numeric covariate columns (0/1 for categories such as sex or crossover order; no missing values).
+An intercept is added unless --no-intercept.  Design columns: [intercept,] covariates in --covariates order
+(default: all non-map columns in file order).  --contrast: one column name (its slope) or one weight per design
+column, e.g. --contrast 0 1 0.
+
+Example:
+    map                    pain   age   sex
+    sub-01_bpnd.nii.gz     3.5    41    1
+    sub-02_bpnd.nii.gz     1.0    35    0
+    voxelkit stats glm --design design.tsv --contrast pain -o out/
+"""
+
+
 def _common_stats_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inference")
     g.add_argument("--mask", help="mask image (default: voxels finite in all maps and non-zero in one)")
@@ -73,7 +91,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     _common_stats_options(q)
     q.set_defaults(func=run)
 
-    q = ssub.add_parser("glm", parents=[parent], help="GLM with covariates and a contrast (Freedman-Lane)")
+    q = ssub.add_parser("glm", parents=[parent], help="GLM with covariates and a contrast (Freedman-Lane)",
+                        description=GLM_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--design", required=True, help="design TSV: one row per map (see voxelkit stats glm -h)")
     q.add_argument("--contrast", nargs="+", required=True,
                    help="a design column name, or one weight per design column ([intercept,] covariates)")
