@@ -310,6 +310,8 @@ def test_option_errors() -> None:
         SRTM2(k2prime=0.1, k2prime_mask=np.ones(3, bool))
     with pytest.raises(InputError, match="does not take"):
         get_model("srtm", tstar=10.0)
+    with pytest.raises(InputError, match="does not apply"):
+        SRTM2(integration="frames")
     ct, cr, _, _, fr = simulated(5)
     with pytest.raises(InputError, match="entries"):
         SRTM2(k2prime_mask=np.ones(4, bool)).fit(ct, cr, fr)
@@ -406,3 +408,39 @@ def test_regression_values_on_real_tacs(name: str) -> None:
     for i, reg in enumerate(regions):
         got = (a.bp_nd[i], a.r1[i], a.k2prime[i], b.bp_nd[i])
         np.testing.assert_allclose(got, expected[reg], atol=2e-4, err_msg=f"{name} {reg}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# images end to end (CLI)
+# ---------------------------------------------------------------------------------------------------------
+def test_cli_fit_srtm_and_srtm2_maps(tmp_path: Path) -> None:
+    import json  # noqa: PLC0415
+
+    import nibabel as nib  # noqa: PLC0415
+    from test_cli_fit import write_study  # noqa: PLC0415
+    from test_models_mrtm import truth_tacs  # noqa: PLC0415
+
+    from voxelkit.cli import main  # noqa: PLC0415
+
+    p = write_study(tmp_path)
+    _, _, bp_true, _, _ = truth_tacs(n=90, seed=3)
+    brain = np.asarray(nib.load(p["brain"]).dataobj).astype(bool)
+    out = tmp_path / "srtm"
+    rc = main(["fit", str(p["pet"]), "--ref-mask", str(p["ref"]), "--mask", str(p["brain"]), "-o", str(out),
+               "--model", "srtm", "--theta3-range", "0.004", "1.0", "--n-basis", "120", "--bp-max", "6",
+               "--device", "cpu", "-q"])
+    assert rc == 0
+    for name in ("bp_nd", "r1", "k2", "k2prime", "theta3", "wrss", "status"):
+        assert (out / f"{name}.nii.gz").exists()
+    meta = json.loads((out / "fit.json").read_text())
+    assert meta["Options"]["n_basis"] == 120 and meta["Info"]["theta_grid_per_min"] == [0.004, 1.0]
+    bp = np.asarray(nib.load(out / "bp_nd.nii.gz").dataobj)[brain]
+    np.testing.assert_allclose(bp, bp_true[: brain.sum()], atol=0.005)
+    out2 = tmp_path / "srtm2"
+    rc = main(["fit", str(p["pet"]), "--ref-mask", str(p["ref"]), "--mask", str(p["brain"]), "-o", str(out2),
+               "--model", "srtm2", "--k2prime-mask", str(p["hb"]), "--device", "cpu", "-q"])
+    assert rc == 0
+    info = json.loads((out2 / "fit.json").read_text())["Info"]
+    assert info["k2prime_source"].startswith("SRTM fit") and info["k2prime"] == pytest.approx(0.1, abs=2e-3)
+    bp2 = np.asarray(nib.load(out2 / "bp_nd.nii.gz").dataobj)[brain]
+    np.testing.assert_allclose(bp2, bp_true[: brain.sum()], atol=0.02)

@@ -207,6 +207,9 @@ class _BasisModel(ReferenceModel):
                  bp_max: float = DEFAULT_BP_MAX, k2prime: float | str | None = None, refine: bool = True,
                  input_model: str = "frame_mean", **kwargs: Any) -> None:
         kwargs.setdefault("chunk_voxels", DEFAULT_CHUNK)
+        if kwargs.get("integration", "trapezoid") != "trapezoid":
+            raise InputError(f"{self.name}: option integration={kwargs['integration']!r} does not apply (SRTM "
+                             "convolves the reference exactly; see input_model)")
         super().__init__(**kwargs)
         if isinstance(k2prime, str) and k2prime.lower() == "median":
             k2prime = None  # SRTM estimates k2' per TAC; the grid then uses its wide default
