@@ -504,10 +504,12 @@ def simulate_study(outdir: str | Path, *, preset: str | None = None, config: Stu
                    overwrite: bool = False, phantom: Phantom | None = None, **overrides) -> StudyResult:
     """Simulate a crossover study and write it as BIDS-PET under ``outdir``.
 
-    ``preset`` ("test": 4 subjects at 4 mm, seconds; "demo": 10 subjects at 3 mm; "full") gives defaults,
-    ``config`` a complete :class:`StudyConfig`; keyword ``overrides`` (any StudyConfig field, e.g.
-    ``n_subjects=12, effect=0.08, noise=0.1, seed=0, resolution=2``) win over both.  Deterministic for a
-    seed (and independent of ``n_jobs``).  Refuses to write into a non-empty directory unless ``overwrite``.
+    ``config`` is a complete :class:`StudyConfig` (default: the 12-subject 2 mm study); ``preset`` ("test": 4
+    subjects at 4 mm, seconds; "demo": 10 subjects at 3 mm; "full": no change) replaces its fields; keyword
+    ``overrides`` (any StudyConfig field, e.g. ``n_subjects=12, effect=0.08, noise=0.1, seed=0,
+    resolution=2``) win over both.  ``phantom`` reuses a built :class:`Phantom` of the same resolution.
+    Deterministic for a seed (and independent of ``n_jobs``).  Refuses to write into a non-empty directory
+    unless ``overwrite`` (and then only one that voxelkit simulate wrote).
     """
     t0 = time.perf_counter()
     base = config or StudyConfig()
