@@ -5,7 +5,15 @@ from .api import MAP_NAMES, PermutationResult, glm, one_sample, paired, permutat
 from .design import Design, make_permutation_set, one_sample_design, two_sample_design
 from .inference import fdr_bh, fwe_p, fwe_threshold
 from .io import load_null
-from .tfce import tfce_volume
+
+
+def __getattr__(name: str):  # lazy: numba is imported only when TFCE is used
+    if name == "tfce_volume":
+        from .tfce import tfce_volume  # noqa: PLC0415
+
+        return tfce_volume
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["MAP_NAMES", "Design", "PermutationResult", "fdr_bh", "fwe_p", "fwe_threshold", "glm", "load_null",
            "make_permutation_set", "one_sample", "one_sample_design", "paired", "permutation_test", "tfce_volume",

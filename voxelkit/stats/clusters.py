@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import cc3d
 import numpy as np
-from scipy import ndimage
 
 from .neighbors import check_connectivity, structure
 
@@ -94,6 +93,8 @@ def label_clusters(stat3d: np.ndarray, threshold: float, mask: np.ndarray,
 def cluster_max_reference(stat3d: np.ndarray, threshold: float, mask: np.ndarray,
                           connectivity: int) -> tuple[float, float]:
     """Slow reference (tests): largest extent and mass of ``stat3d > threshold`` with ``scipy.ndimage.label``."""
+    from scipy import ndimage  # noqa: PLC0415
+
     supra = (stat3d > threshold) & mask
     lab, n = ndimage.label(supra, structure=structure(connectivity))
     if n == 0:
@@ -110,6 +111,8 @@ def local_maxima(stat3d: np.ndarray, labels: np.ndarray, label: int, affine: np.
                  min_distance_mm: float = 8.0, max_peaks: int = 4) -> list[tuple[int, int, int]]:
     """Voxel indices of up to ``max_peaks`` local maxima (26-neighbourhood) of ``stat3d`` in cluster ``label``,
     highest first, at least ``min_distance_mm`` apart (the first is the cluster's peak)."""
+    from scipy import ndimage  # noqa: PLC0415
+
     sel = labels == label
     vals = np.where(sel, stat3d, -np.inf)
     sl = ndimage.find_objects(sel.astype(np.int32))[0]

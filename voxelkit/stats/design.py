@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import linalg
 
 from ..io import InputError
 
@@ -60,7 +59,7 @@ class Design:
         if not self.names:
             self.names = [f"x{i}" for i in range(p)]
         # the contrast must be estimable: c in the row space of M
-        pinv = linalg.pinv(self.matrix)
+        pinv = np.linalg.pinv(self.matrix)
         if not np.allclose(self.matrix.T @ (pinv.T @ self.contrast), self.contrast, atol=1e-8):
             raise InputError("contrast is not estimable with this design (collinear regressors?)")
 
@@ -79,12 +78,19 @@ class Design:
 
     def nuisance(self) -> np.ndarray:
         """(n, q) basis of the nuisance space ``M null(c')`` (q may be 0)."""
-        ns = linalg.null_space(self.contrast[None, :])
+        ns = _null_space(self.contrast[None, :])
         Z = self.matrix @ ns
         if Z.shape[1] == 0:
             return Z
         u, s, _ = np.linalg.svd(Z, full_matrices=False)
         return u[:, s > 1e-10 * max(1.0, s.max(initial=0.0))]
+
+
+def _null_space(a: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the null space of ``a`` (as scipy.linalg.null_space, without importing SciPy)."""
+    _, s, vh = np.linalg.svd(a, full_matrices=True)
+    rank = int(np.sum(s > max(a.shape) * np.finfo(float).eps * (s.max() if s.size else 0.0)))
+    return vh[rank:].T.conj()
 
 
 def one_sample_design(n: int, kind: str = "one_sample") -> Design:

@@ -26,12 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import linalg
 
 from ..backend import Backend, chunks
 from .clusters import batch_cluster_max, label_clusters
 from .design import Design, PermutationSet
-from .tfce import make_grid, tfce_signed
 
 log = logging.getLogger("voxelkit")
 
@@ -86,9 +84,9 @@ def prepare(Y: np.ndarray, design: Design) -> Prepared:
     u, s, _ = np.linalg.svd(M, full_matrices=False)
     Q = u[:, s > 1e-10 * s.max()]
     r = Q.shape[1]
-    w = linalg.pinv(M).T @ design.contrast
+    w = np.linalg.pinv(M).T @ design.contrast
     a = Q.T @ w
-    cvar = float(design.contrast @ linalg.pinv(M.T @ M) @ design.contrast)
+    cvar = float(design.contrast @ np.linalg.pinv(M.T @ M) @ design.contrast)
     df = n - r
     if df < 1:
         raise ValueError(f"no residual degrees of freedom: {n} maps and a model of rank {r}")
@@ -195,7 +193,10 @@ def _run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Back
     h0_mass = np.zeros(N) if cfg.cluster_t is not None else None
     h0_tfce = np.zeros(N) if cfg.tfce else None
     a_d = be.asarray(prep.a, dtype=dt)
-    nbr = make_grid(mask_valid, cfg.connectivity) if cfg.tfce else None
+    if cfg.tfce:  # numba is imported only when TFCE is asked for (import cost ~0.5 s)
+        from .tfce import make_grid, tfce_signed  # noqa: PLC0415
+
+        nbr = make_grid(mask_valid, cfg.connectivity)
     if cfg.cluster_t is not None:
         thr_score = prep.score_from_t(cfg.cluster_t) if prep.fast else float(cfg.cluster_t)
 

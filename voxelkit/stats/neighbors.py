@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 CONNECTIVITIES = (6, 18, 26)
 #: Default connectivity: 26 (faces, edges and corners), as FSL randomise/cluster and SPM use; nilearn uses 6.
@@ -28,6 +27,8 @@ def offsets(connectivity: int) -> np.ndarray:
 
 def structure(connectivity: int) -> np.ndarray:
     """The 3x3x3 boolean structuring element (``scipy.ndimage.generate_binary_structure``)."""
+    from scipy import ndimage  # noqa: PLC0415
+
     return ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[check_connectivity(connectivity)])
 
 
