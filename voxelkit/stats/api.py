@@ -261,7 +261,7 @@ def permutation_test(Y: np.ndarray, masker: Masker, design: Design, *, n_perm: i
         "tfce_two_sided": "positive and negative parts enhanced separately; null = max over both",
         "p_value_maps": "-log10(p)" + (", signed by the sign of t" if two_sided else ""),
         "uncorrected_p": "permutation p (identity counted)",
-        "backend": be.name, "dtype": res.dtype, "batch_size": batch_size,
+        "backend": be.name, "dtype": res.dtype, "batch_size": res.extra.get("batch_size", batch_size),
         "n_voxels_mask": V, "n_voxels_analysed": n_valid,
         "n_voxels_excluded_constant": prep.n_constant, "n_voxels_excluded_nonfinite": prep.n_nonfinite,
         "fwe_threshold_t_0.05": fwe_threshold(res.h0_max_t, 0.05),
