@@ -350,8 +350,8 @@ def run_study(cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out = _check_output_dir(cfg)
-    _discover_derivatives(cfg)
     scans = find_scans(cfg.bids_dir)
+    _discover_derivatives(cfg)
     pairing = pair_scans(scans, cfg.conditions, cfg.on_missing)
     if len(pairing.subjects) < 2:
         raise InputError(f"only {len(pairing.subjects)} subject(s) with both conditions: nothing to compare")
