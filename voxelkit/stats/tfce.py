@@ -33,7 +33,7 @@ from .neighbors import offsets, structure
 
 
 @numba.njit(cache=True, inline="always")
-def _find(parent: np.ndarray, w: np.ndarray, stack: np.ndarray, u: int) -> int:
+def _find(parent: np.ndarray, rec: np.ndarray, stack: np.ndarray, u: int) -> int:
     """Root of ``u``; compresses the path keeping offset sums (value(x) = sum of offsets to the root + the
     root's accumulated integral; ``w`` holds the offset of a non-root and the integral of a root)."""
     r = u
@@ -45,22 +45,23 @@ def _find(parent: np.ndarray, w: np.ndarray, stack: np.ndarray, u: int) -> int:
     acc = 0.0
     for i in range(m - 1, -1, -1):
         x = stack[i]
-        acc += w[x]
-        w[x] = acc
+        acc += rec[x, 0]
+        rec[x, 0] = acc
         parent[x] = r
     return r
 
 
 @numba.njit(cache=True)
-def _tfce_pass(vals: np.ndarray, order: np.ndarray, start: int, step: int, sgn: float, lin: np.ndarray,
-               offs: np.ndarray, hp: float, sizeE: np.ndarray, out: np.ndarray, parent: np.ndarray,
-               w: np.ndarray, top: np.ndarray, size: np.ndarray, stack: np.ndarray) -> None:
+def _tfce_pass(vals: np.ndarray, powv: np.ndarray, order: np.ndarray, start: int, step: int, sgn: float,
+               lin: np.ndarray, offs: np.ndarray, hp: float, sizeE: np.ndarray, out: np.ndarray,
+               parent: np.ndarray, rec: np.ndarray, stack: np.ndarray) -> None:
     """TFCE of the part of ``sgn * vals`` above 0, visiting voxels ``order[start], order[start+step], ...``
     (decreasing ``sgn * vals``); writes ``sgn * TFCE`` into ``out`` for those voxels.
 
     The forest lives on the zero-padded grid (``lin[v]`` = grid index of in-mask voxel v, neighbours at
-    ``g + offs``), so no neighbour table is read; out-of-mask grid cells are never added.  ``top`` holds
-    ``level^(H+1)`` of a root's last change, ``sizeE[k] = k^E``.
+    ``g + offs``), so no neighbour table is read; out-of-mask grid cells are never added.  ``rec[g]`` holds,
+    in one cache line, the offset (non-root) or accumulated integral (root), ``level^(H+1)`` at the root's last
+    change, and the root's size; ``powv = |vals|^(H+1)``; ``sizeE[k] = k^E``.
     """
     V = vals.shape[0]
     K = offs.shape[0]
@@ -73,46 +74,48 @@ def _tfce_pass(vals: np.ndarray, order: np.ndarray, start: int, step: int, sgn: 
             break
         ii += step
         n_added += 1
-        hh = h ** hp
+        hh = powv[v]
         g = lin[v]
         parent[g] = g
-        w[g] = 0.0
-        top[g] = hh
-        size[g] = 1
+        rec[g, 0] = 0.0
+        rec[g, 1] = hh
+        rec[g, 2] = 1.0
         rv = g
         for k in range(K):
             u = g + offs[k]
             if parent[u] < 0:
                 continue
-            ru = _find(parent, w, stack, u)
+            ru = _find(parent, rec, stack, u)
             if ru == rv:
                 continue
             # settle both components down to h (their extent was constant since their last change)
-            w[ru] += sizeE[size[ru]] * (top[ru] - hh)
-            top[ru] = hh
-            w[rv] += sizeE[size[rv]] * (top[rv] - hh)
-            top[rv] = hh
-            if size[ru] < size[rv]:
+            su = rec[ru, 2]
+            sv = rec[rv, 2]
+            rec[ru, 0] += sizeE[int(su)] * (rec[ru, 1] - hh)
+            rec[ru, 1] = hh
+            rec[rv, 0] += sizeE[int(sv)] * (rec[rv, 1] - hh)
+            rec[rv, 1] = hh
+            if su < sv:
                 a, b = ru, rv
             else:
                 a, b = rv, ru
             parent[a] = b
-            w[a] = w[a] - w[b]
-            size[b] += size[a]
+            rec[a, 0] = rec[a, 0] - rec[b, 0]
+            rec[b, 2] = su + sv
             rv = b
     ii = start
     for _ in range(n_added):
         g = lin[order[ii]]
         ii += step
         if parent[g] == g:
-            w[g] += sizeE[size[g]] * top[g]
+            rec[g, 0] += sizeE[int(rec[g, 2])] * rec[g, 1]
     ii = start
     for _ in range(n_added):
         v = order[ii]
         ii += step
         g = lin[v]
-        r = _find(parent, w, stack, g)
-        val = w[g] if r == g else w[g] + w[r]
+        r = _find(parent, rec, stack, g)
+        val = rec[g, 0] if r == g else rec[g, 0] + rec[r, 0]
         out[v] = sgn * val / hp
     # reset the touched cells for the next pass
     ii = start
@@ -122,8 +125,8 @@ def _tfce_pass(vals: np.ndarray, order: np.ndarray, start: int, step: int, sgn: 
 
 
 @numba.njit(cache=True, parallel=True)
-def _tfce_batch(maps: np.ndarray, orders: np.ndarray, lin: np.ndarray, offs: np.ndarray, n_grid: int,
-                H: float, E: float, two_sided: bool, out: np.ndarray) -> None:
+def _tfce_batch(maps: np.ndarray, powv: np.ndarray, orders: np.ndarray, lin: np.ndarray, offs: np.ndarray,
+                n_grid: int, H: float, E: float, two_sided: bool, out: np.ndarray) -> None:
     B, V = maps.shape
     hp = H + 1.0
     sizeE = np.empty(V + 1, np.float64)
@@ -131,16 +134,14 @@ def _tfce_batch(maps: np.ndarray, orders: np.ndarray, lin: np.ndarray, offs: np.
         sizeE[k] = float(k) ** E
     for b in numba.prange(B):
         parent = np.full(n_grid, -1, np.int32)
-        w = np.empty(n_grid, np.float64)
-        top = np.empty(n_grid, np.float64)
-        size = np.empty(n_grid, np.int32)
+        rec = np.empty((n_grid, 4), np.float64)
         stack = np.empty(V + 1, np.int32)
         for v in range(V):
             out[b, v] = 0.0
         # orders[b] sorts maps[b] increasingly: the positive part is visited from the end
-        _tfce_pass(maps[b], orders[b], V - 1, -1, 1.0, lin, offs, hp, sizeE, out[b], parent, w, top, size, stack)
+        _tfce_pass(maps[b], powv[b], orders[b], V - 1, -1, 1.0, lin, offs, hp, sizeE, out[b], parent, rec, stack)
         if two_sided:
-            _tfce_pass(maps[b], orders[b], 0, 1, -1.0, lin, offs, hp, sizeE, out[b], parent, w, top, size, stack)
+            _tfce_pass(maps[b], powv[b], orders[b], 0, 1, -1.0, lin, offs, hp, sizeE, out[b], parent, rec, stack)
 
 
 def tfce_vectors(maps: np.ndarray, grid: Grid, H: float = 2.0, E: float = 0.5,
@@ -159,8 +160,9 @@ def tfce_vectors(maps: np.ndarray, grid: Grid, H: float = 2.0, E: float = 0.5,
         m2 = m2.astype(np.float64)
     m2 = np.ascontiguousarray(m2)
     orders = np.argsort(m2, axis=1).astype(np.int32)
+    powv = np.abs(m2.astype(np.float64)) ** (float(H) + 1.0)
     out = np.empty(m2.shape, np.float64)
-    _tfce_batch(m2, orders, grid.lin, grid.offs, grid.size, float(H), float(E), bool(two_sided), out)
+    _tfce_batch(m2, powv, orders, grid.lin, grid.offs, grid.size, float(H), float(E), bool(two_sided), out)
     return out[0] if one else out
 
 
