@@ -10,7 +10,7 @@ import sys
 from .. import __version__
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("info", "fit", "simulate", "stats", "run", "demo")
+SUBCOMMANDS = ("info", "fit", "simulate", "stats", "run", "report", "demo")
 
 
 class CliError(Exception):

@@ -1,0 +1,22 @@
+"""``voxelkit report``: (re)write the HTML report of a finished ``voxelkit run`` output directory."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("report", parents=[parent], help="write the HTML report of a voxelkit run output folder")
+    p.add_argument("output_dir", help="a voxelkit run output directory (e.g. BIDS/derivatives/voxelkit)")
+    p.add_argument("--html", default=None, help="where to write the report (default OUTPUT_DIR/report.html)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from ..report import write_report  # noqa: PLC0415
+
+    path = write_report(Path(args.output_dir), Path(args.html) if args.html else None)
+    print(f"report: {path}")
+    return 0
