@@ -42,19 +42,22 @@ def brain_mask(shape: tuple[int, int, int]) -> np.ndarray:
     return (r2 < 1) & ~vent
 
 
-def noise(rng: np.random.Generator, n: int, shape: tuple[int, int, int], fwhm_vox: float, kind: str) -> np.ndarray:
+def noise(rng: np.random.Generator, n: int, shape: tuple[int, int, int], fwhm_vox: float, kind: str,
+          skew_sigma: float = 0.5) -> np.ndarray:
     sigma = fwhm_vox / np.sqrt(8 * np.log(2))
     out = np.empty((n, *shape))
     for i in range(n):
         g = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
         g /= g.std()
-        out[i] = g if kind == "gaussian" else np.exp(g) - np.exp(0.5)  # log-normal: mean 0, skewness ~6
+        # log-normal exp(s g) - exp(s^2/2): mean 0; skewness 1.75 for s = 0.5, 6.2 for s = 1
+        out[i] = g if kind == "gaussian" else np.exp(skew_sigma * g) - np.exp(skew_sigma ** 2 / 2)
     return out
 
 
 def one_rep(rng: np.random.Generator, n: int, mask: np.ndarray, fwhm: float, kind: str, n_perm: int,
-            alpha: float, two_sided: bool, connectivity: int, tail: str = "greater") -> dict[str, bool]:
-    y = noise(rng, n, mask.shape, fwhm, kind)[:, mask]
+            alpha: float, two_sided: bool, connectivity: int, tail: str = "greater",
+            skew_sigma: float = 0.5) -> dict[str, bool]:
+    y = noise(rng, n, mask.shape, fwhm, kind, skew_sigma)[:, mask]
     if tail == "less":  # test mean < 0: for right-skewed noise this is the tail where sign flipping is liberal
         y = -y
     mk = Masker(mask, np.eye(4))
@@ -81,8 +84,10 @@ def main() -> None:
     ap.add_argument("--fwhm", type=float, default=3.0, help="smoothness FWHM in voxels (default 3)")
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--two-sided", action="store_true")
-    ap.add_argument("--tail", choices=["greater", "less"], default="greater",
-                    help="one-sided alternative (skewed noise is right-skewed: 'less' shows the liberal tail)")
+    ap.add_argument("--tail", choices=["greater", "less"], nargs="+", default=["greater"],
+                    help="one-sided alternative(s) (skewed noise is right-skewed: 'less' is the liberal tail)")
+    ap.add_argument("--skew-sigma", type=float, default=0.5,
+                    help="log-normal sigma of the skewed noise (0.5: skewness 1.75; 1: skewness 6.2)")
     ap.add_argument("--connectivity", type=int, default=26, choices=(6, 18, 26))
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--report-every", type=int, default=50, help="print running rates every N repetitions")
@@ -96,22 +101,22 @@ def main() -> None:
     print(f"{'noise':9s} {'n':>3s} " + " ".join(f"{m:>11s}" for m in METHODS) + "   time", flush=True)
     results = {"settings": vars(args), "n_voxels": int(mask.sum()), "binomial_95": [lo / args.reps, hi / args.reps],
                "rates": {}}
-    for kind in args.noise:
-        for n in args.n:
-            rng = np.random.default_rng([args.seed, n, 0 if kind == "gaussian" else 1])
-            t0 = time.perf_counter()
-            hits = {m: 0 for m in METHODS}
-            for rep in range(1, args.reps + 1):
-                for m, e in one_rep(rng, n, mask, args.fwhm, kind, args.n_perm, args.alpha, args.two_sided,
-                                    args.connectivity, args.tail).items():
-                    hits[m] += e
-                if rep % args.report_every == 0 or rep == args.reps:
-                    rates = {m: hits[m] / rep for m in METHODS}
-                    results["rates"][f"{kind}_n{n}"] = {**rates, "reps": rep}
-                    done = "" if rep == args.reps else f" (partial: {rep} reps)"
-                    print(f"{kind:9s} {n:3d} " + " ".join(f"{rates[m]:11.3f}" for m in METHODS)
-                          + f"   {time.perf_counter() - t0:.0f} s{done}", flush=True)
-                    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    for kind, tail, n in [(k, t, n) for k in args.noise for t in args.tail for n in args.n]:
+        label = kind if tail == "greater" else f"{kind}-"
+        rng = np.random.default_rng([args.seed, n, 0 if kind == "gaussian" else 1, 0 if tail == "greater" else 1])
+        t0 = time.perf_counter()
+        hits = {m: 0 for m in METHODS}
+        for rep in range(1, args.reps + 1):
+            for m, e in one_rep(rng, n, mask, args.fwhm, kind, args.n_perm, args.alpha, args.two_sided,
+                                args.connectivity, tail, args.skew_sigma).items():
+                hits[m] += e
+            if rep % args.report_every == 0 or rep == args.reps:
+                rates = {m: hits[m] / rep for m in METHODS}
+                results["rates"][f"{kind}_{tail}_n{n}"] = {**rates, "reps": rep}
+                done = "" if rep == args.reps else f" (partial: {rep} reps)"
+                print(f"{label:9s} {n:3d} " + " ".join(f"{rates[m]:11.3f}" for m in METHODS)
+                      + f"   {time.perf_counter() - t0:.0f} s{done}", flush=True)
+                Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
