@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,6 +110,7 @@ class EngineConfig:
     connectivity: int = 26
     batch_size: int | None = None
     dtype: str = "auto"          # "auto" (float32 for one-sample/paired, float64 otherwise), "float32", "float64"
+    threads: int | None = None   # CPU threads over voxel blocks (None: the CPUs this process may use)
 
 
 @dataclass
@@ -160,8 +163,26 @@ def run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backe
         return _run(prep, perms, mask_valid, be, cfg, progress)
 
 
+def _n_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
          progress: Callable[[int], None] | None = None) -> EngineResult:
+    # CPU: the voxel blocks of a batch run in parallel threads (NumPy releases the GIL in matmul and
+    # reductions; BLAS itself is single-threaded here); the GPU takes all voxels at once.
+    n_threads = 1 if be.is_gpu else min(cfg.threads or _n_cpus(), 8)
+    if n_threads <= 1:
+        return _run_batches(prep, perms, mask_valid, be, cfg, progress, None)
+    with ThreadPoolExecutor(n_threads) as pool:
+        return _run_batches(prep, perms, mask_valid, be, cfg, progress, pool)
+
+
+def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
+                 progress: Callable[[int], None] | None, pool: ThreadPoolExecutor | None) -> EngineResult:
     xp = be.xp
     E = prep.E
     n, V = E.shape
@@ -217,29 +238,37 @@ def _run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Back
         rss = xp.maximum(1 - xp.sum(U * U, axis=1), eps)
         return num / xp.sqrt(rss * (prep.cvar / prep.df))
 
+    vblocks = chunks(V, vblock)
     for sl in chunks(N, B):
         b = sl.stop - sl.start
         G = be.asarray(_perm_rows(prep, perms, sl), dtype=dt)
-        bmax = None
-        sup: list[tuple] = []
         tb = np.empty((b, V), np.float32) if cfg.tfce else None
-        for vs in chunks(V, vblock):
+
+        def block(vs: slice, G=G, first=sl.start == 0, tb=tb):
+            """One voxel block of one batch: row maxima, exceedance counts, supra-threshold voxels."""
             sc = scores(G, vs)
-            if sl.start == 0:
+            if first:
                 sc[0] = obs_score_d[vs]
             st = xp.abs(sc) if cfg.two_sided else sc
             m = st.max(axis=1)
-            bmax = m if bmax is None else xp.maximum(bmax, m)
-            count_d[vs] += xp.sum(st >= thr_d[vs], axis=0)
+            count_d[vs] += xp.sum(st >= thr_d[vs], axis=0)   # disjoint slices: safe across threads
+            sup = None
             if cfg.cluster_t is not None:
                 # supra-threshold voxels of this block (sparse), signed t values
                 w = vs.stop - vs.start
                 idx = xp.flatnonzero(st > thr_score)
                 tv = to_t(sc.reshape(-1)[idx])
                 idx_h = be.to_host(idx)
-                sup.append((idx_h // w, idx_h % w + vs.start, be.to_host(tv)))
-            if cfg.tfce:
+                sup = (idx_h // w, idx_h % w + vs.start, be.to_host(tv))
+            if tb is not None:
                 tb[:, vs] = be.to_host(to_t(sc))
+            return m, sup
+
+        parts = list(pool.map(block, vblocks)) if pool is not None else [block(vs) for vs in vblocks]
+        bmax = parts[0][0]
+        for m, _ in parts[1:]:
+            bmax = xp.maximum(bmax, m)
+        sup = [p[1] for p in parts]
         h0_max[sl] = be.to_host(bmax)
         if cfg.cluster_t is not None:
             rows = np.concatenate([x[0] for x in sup])
