@@ -125,3 +125,21 @@ def test_glm_cli_design_tsv_and_atlas(pairs):
     A = [nib.load(p) for p in a]
     r = glm(A, {"pain": pain, "age": np.round(age, 1)}, [0, 1, 0], imgs_b=b, n_perm=50)
     np.testing.assert_allclose(r.image("t").get_fdata(), nib.load(str(out / "t.nii.gz")).get_fdata(), atol=1e-3)
+
+
+def test_one_and_two_sample_cli(pairs):
+    folder, a, b = pairs
+    rc = main(["stats", "one-sample", "--maps", *a, "--n-perm", "50", "--quiet", "-o", str(folder / "one")])
+    assert rc == 0
+    A = np.stack([nib.load(p).get_fdata() for p in a])
+    B = np.stack([nib.load(p).get_fdata() for p in b])
+    t1 = nib.load(str(folder / "one" / "t.nii.gz")).get_fdata()
+    np.testing.assert_allclose(t1, stats.ttest_1samp(A, 0).statistic, rtol=1e-4, atol=1e-4)
+    rc = main(["stats", "two-sample", "--a", *a, "--b", *b, "--n-perm", "50", "--quiet", "--two-sided",
+               "-o", str(folder / "two")])
+    assert rc == 0
+    t2 = nib.load(str(folder / "two" / "t.nii.gz")).get_fdata()
+    np.testing.assert_allclose(t2, stats.ttest_ind(A, B).statistic, rtol=1e-4, atol=1e-4)
+    meta = json.loads((folder / "two" / "stats.json").read_text())
+    assert meta["test"] == "two_sample" and meta["method"] == "permute" and meta["df"] == 12
+    assert "permutations" in load_null(folder / "two" / "null_distributions.npz")
