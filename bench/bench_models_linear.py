@@ -1,8 +1,7 @@
 """Speed of the linear reference models on the NumPy path (30,000 voxels x 28 frames, fit only) and of the whole
 ``voxelkit fit`` command on such an image.  Target (issue 3): >= 5 million voxels/s per model; CLI < 2 s.
 
-Run: ``python -m pytest bench/bench_models_linear.py --benchmark-enable -p no:cacheprovider``
-(pyproject's addopts has ``--benchmark-skip``; ``--benchmark-enable`` overrides it).
+Run: ``python -m pytest bench/bench_models_linear.py -p no:cacheprovider``
 """
 
 from __future__ import annotations

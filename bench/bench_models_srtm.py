@@ -1,8 +1,7 @@
 """Speed of basis-function SRTM and SRTM2 on the NumPy path (30,000 voxels x 28 frames, fit only, >= 100 basis
 functions).  Target (issue 3): >= 1 million voxels/s per model.
 
-Run: ``python -m pytest bench/bench_models_srtm.py --benchmark-enable -p no:cacheprovider -s``
-(pyproject's addopts has ``--benchmark-skip``; ``--benchmark-enable`` overrides it).
+Run: ``python -m pytest bench/bench_models_srtm.py -p no:cacheprovider -s``
 """
 
 from __future__ import annotations

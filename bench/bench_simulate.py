@@ -3,7 +3,7 @@
 
 The whole process is timed (interpreter start, imports, phantom, kinetics, noise, gzip writing).
 
-    python -m pytest bench/bench_simulate.py --benchmark-enable -p no:cacheprovider   # pytest-benchmark, 1 round
+    python -m pytest bench/bench_simulate.py -p no:cacheprovider   # pytest-benchmark, 1 round
     python bench/bench_simulate.py                   # one run per setting, a table
     python bench/bench_simulate.py --jobs 2          # only the 2-process run
 """
