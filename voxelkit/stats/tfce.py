@@ -52,30 +52,31 @@ def _find(parent: np.ndarray, rec: np.ndarray, stack: np.ndarray, u: int) -> int
 
 
 @numba.njit(cache=True)
-def _tfce_pass(vals: np.ndarray, powv: np.ndarray, order: np.ndarray, start: int, step: int, sgn: float,
-               lin: np.ndarray, offs: np.ndarray, hp: float, sizeE: np.ndarray, out: np.ndarray,
+def _tfce_pass(sv: np.ndarray, sp: np.ndarray, sg: np.ndarray, start: int, step: int, sgn: float,
+               offs: np.ndarray, hp: float, sizeE: np.ndarray, sout: np.ndarray,
                parent: np.ndarray, rec: np.ndarray, stack: np.ndarray) -> None:
-    """TFCE of the part of ``sgn * vals`` above 0, visiting voxels ``order[start], order[start+step], ...``
-    (decreasing ``sgn * vals``); writes ``sgn * TFCE`` into ``out`` for those voxels.
+    """TFCE of the part of ``sgn * vals`` above 0.  The inputs are in sorted (increasing value) order: ``sv``
+    values, ``sp = |sv|^(H+1)``, ``sg`` grid indices; voxels are visited at ``start, start+step, ...``
+    (decreasing ``sgn * sv``) and ``sgn * TFCE`` is written into ``sout`` (sorted order), so all per-voxel
+    reads and writes are sequential; only the forest on the grid is accessed at random.
 
     The forest lives on the zero-padded grid (``lin[v]`` = grid index of in-mask voxel v, neighbours at
     ``g + offs``), so no neighbour table is read; out-of-mask grid cells are never added.  ``rec[g]`` holds,
     in one cache line, the offset (non-root) or accumulated integral (root), ``level^(H+1)`` at the root's last
     change, and the root's size; ``powv = |vals|^(H+1)``; ``sizeE[k] = k^E``.
     """
-    V = vals.shape[0]
+    V = sv.shape[0]
     K = offs.shape[0]
     n_added = 0
     ii = start
     while 0 <= ii < V:
-        v = order[ii]
-        h = sgn * vals[v]
+        h = sgn * sv[ii]
         if not h > 0:
             break
+        hh = sp[ii]
+        g = sg[ii]
         ii += step
         n_added += 1
-        hh = powv[v]
-        g = lin[v]
         parent[g] = g
         rec[g, 0] = 0.0
         rec[g, 1] = hh
@@ -89,45 +90,44 @@ def _tfce_pass(vals: np.ndarray, powv: np.ndarray, order: np.ndarray, start: int
             if ru == rv:
                 continue
             # settle both components down to h (their extent was constant since their last change)
-            su = rec[ru, 2]
-            sv = rec[rv, 2]
-            rec[ru, 0] += sizeE[int(su)] * (rec[ru, 1] - hh)
+            szu = rec[ru, 2]
+            szv = rec[rv, 2]
+            rec[ru, 0] += sizeE[int(szu)] * (rec[ru, 1] - hh)
             rec[ru, 1] = hh
-            rec[rv, 0] += sizeE[int(sv)] * (rec[rv, 1] - hh)
+            rec[rv, 0] += sizeE[int(szv)] * (rec[rv, 1] - hh)
             rec[rv, 1] = hh
-            if su < sv:
+            if szu < szv:
                 a, b = ru, rv
             else:
                 a, b = rv, ru
             parent[a] = b
             rec[a, 0] = rec[a, 0] - rec[b, 0]
-            rec[b, 2] = su + sv
+            rec[b, 2] = szu + szv
             rv = b
     ii = start
     for _ in range(n_added):
-        g = lin[order[ii]]
+        g = sg[ii]
         ii += step
         if parent[g] == g:
             rec[g, 0] += sizeE[int(rec[g, 2])] * rec[g, 1]
     ii = start
     for _ in range(n_added):
-        v = order[ii]
-        ii += step
-        g = lin[v]
+        g = sg[ii]
         r = _find(parent, rec, stack, g)
         val = rec[g, 0] if r == g else rec[g, 0] + rec[r, 0]
-        out[v] = sgn * val / hp
+        sout[ii] = sgn * val / hp
+        ii += step
     # reset the touched cells for the next pass
     ii = start
     for _ in range(n_added):
-        parent[lin[order[ii]]] = -1
+        parent[sg[ii]] = -1
         ii += step
 
 
 @numba.njit(cache=True, parallel=True)
-def _tfce_batch(maps: np.ndarray, powv: np.ndarray, orders: np.ndarray, lin: np.ndarray, offs: np.ndarray,
-                n_grid: int, H: float, E: float, two_sided: bool, out: np.ndarray) -> None:
-    B, V = maps.shape
+def _tfce_batch(svals: np.ndarray, spow: np.ndarray, sgrid: np.ndarray, offs: np.ndarray,
+                n_grid: int, H: float, E: float, two_sided: bool, sout: np.ndarray) -> None:
+    B, V = svals.shape
     hp = H + 1.0
     sizeE = np.empty(V + 1, np.float64)
     for k in range(V + 1):
@@ -137,11 +137,11 @@ def _tfce_batch(maps: np.ndarray, powv: np.ndarray, orders: np.ndarray, lin: np.
         rec = np.empty((n_grid, 4), np.float64)
         stack = np.empty(V + 1, np.int32)
         for v in range(V):
-            out[b, v] = 0.0
-        # orders[b] sorts maps[b] increasingly: the positive part is visited from the end
-        _tfce_pass(maps[b], powv[b], orders[b], V - 1, -1, 1.0, lin, offs, hp, sizeE, out[b], parent, rec, stack)
+            sout[b, v] = 0.0
+        # rows are sorted increasingly: the positive part is visited from the end
+        _tfce_pass(svals[b], spow[b], sgrid[b], V - 1, -1, 1.0, offs, hp, sizeE, sout[b], parent, rec, stack)
         if two_sided:
-            _tfce_pass(maps[b], powv[b], orders[b], 0, 1, -1.0, lin, offs, hp, sizeE, out[b], parent, rec, stack)
+            _tfce_pass(svals[b], spow[b], sgrid[b], 0, 1, -1.0, offs, hp, sizeE, sout[b], parent, rec, stack)
 
 
 def tfce_vectors(maps: np.ndarray, grid: Grid, H: float = 2.0, E: float = 0.5,
@@ -151,7 +151,8 @@ def tfce_vectors(maps: np.ndarray, grid: Grid, H: float = 2.0, E: float = 0.5,
 
     ``grid`` comes from :func:`make_grid` (mask + connectivity).  Returns float64 of the shape of ``maps``.
     The voxel order is one NumPy argsort per map (much faster than sorting inside numba) that serves both
-    signs; the union-find runs in numba, maps in parallel.
+    signs; values, heights and grid indices are gathered in that order by NumPy so the numba union-find
+    (maps in parallel) reads them sequentially.
     """
     m = np.asarray(maps)
     one = m.ndim == 1
@@ -159,11 +160,15 @@ def tfce_vectors(maps: np.ndarray, grid: Grid, H: float = 2.0, E: float = 0.5,
     if m2.dtype not in (np.float32, np.float64):
         m2 = m2.astype(np.float64)
     m2 = np.ascontiguousarray(m2)
-    orders = np.argsort(m2, axis=1).astype(np.int32)
-    absv = np.abs(m2.astype(np.float64))
-    powv = absv * absv * absv if float(H) == 2.0 else absv ** (float(H) + 1.0)  # pow is slow; H = 2: cube
+    orders = np.argsort(m2, axis=1)
+    svals = np.take_along_axis(m2, orders, axis=1)
+    absv = np.abs(svals.astype(np.float64))
+    spow = absv * absv * absv if float(H) == 2.0 else absv ** (float(H) + 1.0)  # pow is slow; H = 2: cube
+    sgrid = grid.lin[orders]
+    sout = np.empty(m2.shape, np.float64)
+    _tfce_batch(svals, spow, sgrid, grid.offs, grid.size, float(H), float(E), bool(two_sided), sout)
     out = np.empty(m2.shape, np.float64)
-    _tfce_batch(m2, powv, orders, grid.lin, grid.offs, grid.size, float(H), float(E), bool(two_sided), out)
+    np.put_along_axis(out, orders, sout, axis=1)
     return out[0] if one else out
 
 
