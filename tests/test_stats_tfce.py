@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from voxelkit.stats.neighbors import offsets
-from voxelkit.stats.tfce import make_grid, tfce_numeric, tfce_reference, tfce_signed, tfce_volume
+from voxelkit.stats.tfce import make_grid, tfce_max, tfce_numeric, tfce_reference, tfce_signed, tfce_volume
 
 
 def _vol(seed=0, shape=(10, 11, 9), sigma=1.5):
@@ -63,3 +63,39 @@ def test_neighbor_offsets():
     assert [len(offsets(c)) for c in (6, 18, 26)] == [6, 18, 26]
     with pytest.raises(ValueError, match="connectivity"):
         offsets(8)
+
+
+@pytest.mark.parametrize("conn", [6, 26])
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_tfce_max_equals_max_of_signed_maps(conn, two_sided):
+    """The max-only kernel of the permutation null (radix sort, no per-voxel offsets) equals the max |TFCE| of
+    the per-voxel exact maps, for float32 rows (radix-sorted) and float64 rows (NumPy-sorted), with ties."""
+    mask = np.ones((10, 11, 9), bool)
+    mask[:, 5, :] = False
+    rows = np.stack([_vol(s)[mask] for s in range(5)] + [np.round(_vol(9)[mask], 1), np.zeros(mask.sum())])
+    grid = make_grid(mask, conn)
+    ref = np.abs(tfce_signed(rows, grid, two_sided=two_sided)).max(axis=1)
+    for dt in (np.float32, np.float64):
+        r = rows.astype(dt)
+        want = np.abs(tfce_signed(r, grid, two_sided=two_sided)).max(axis=1)
+        np.testing.assert_allclose(tfce_max(r, grid, two_sided=two_sided), want, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(tfce_max(rows, grid, two_sided=two_sided), ref, rtol=1e-12, atol=0)
+    # one map; other exponents
+    np.testing.assert_allclose(tfce_max(rows[0], grid, H=1.5, E=0.8, two_sided=two_sided),
+                               np.abs(tfce_signed(rows[0], grid, H=1.5, E=0.8, two_sided=two_sided)).max(),
+                               rtol=1e-12)
+
+
+def test_tfce_threads_bit_identical():
+    """Rows split over threads give the same bits as one thread, for the maps and the max-only kernel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    mask = np.ones((10, 11, 9), bool)
+    rows = np.stack([_vol(s)[mask] for s in range(9)]).astype(np.float32)
+    grid = make_grid(mask, 26)
+    m1 = tfce_max(rows, grid, two_sided=True)
+    s1 = tfce_signed(rows, grid, two_sided=True)
+    with ThreadPoolExecutor(3) as pool:
+        for nt in (2, 3):
+            assert np.array_equal(tfce_max(rows, grid, two_sided=True, pool=pool, n_threads=nt), m1)
+            assert np.array_equal(tfce_signed(rows, grid, two_sided=True, pool=pool, n_threads=nt), s1)

@@ -178,11 +178,12 @@ def _run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Back
     if n_threads <= 1:
         return _run_batches(prep, perms, mask_valid, be, cfg, progress, None)
     with ThreadPoolExecutor(n_threads) as pool:
-        return _run_batches(prep, perms, mask_valid, be, cfg, progress, pool)
+        return _run_batches(prep, perms, mask_valid, be, cfg, progress, pool, n_threads)
 
 
 def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
-                 progress: Callable[[int], None] | None, pool: ThreadPoolExecutor | None) -> EngineResult:
+                 progress: Callable[[int], None] | None, pool: ThreadPoolExecutor | None,
+                 n_threads: int = 1) -> EngineResult:
     xp = be.xp
     E = prep.E
     n, V = E.shape
@@ -220,7 +221,7 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
     h0_tfce = np.zeros(N) if cfg.tfce else None
     a_d = be.asarray(prep.a, dtype=dt)
     if cfg.tfce:  # numba is imported only when TFCE is asked for (import cost ~0.5 s)
-        from .tfce import make_grid, tfce_signed  # noqa: PLC0415
+        from .tfce import make_grid, tfce_max, tfce_signed  # noqa: PLC0415
 
         nbr = make_grid(mask_valid, cfg.connectivity)
     if cfg.cluster_t is not None:
@@ -289,8 +290,8 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
             h0_ext[sl], h0_mass[sl] = batch_cluster_max(rows, vox, tv, cfg.cluster_t, b, mask_valid,
                                                         cfg.connectivity)
         if cfg.tfce:
-            tf = tfce_signed(tb, nbr, cfg.tfce_H, cfg.tfce_E, cfg.two_sided)
-            h0_tfce[sl] = np.abs(tf).max(axis=1) if tf.shape[1] else 0.0
+            # max-only exact TFCE (radix sort + union-find in numba, rows split over the threads)
+            h0_tfce[sl] = tfce_max(tb, nbr, cfg.tfce_H, cfg.tfce_E, cfg.two_sided, pool, n_threads)
         if progress is not None:
             progress(b)
 
