@@ -8,6 +8,7 @@ in **minutes**; rate constants (k2', k2, theta3) in **1/min**.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -270,6 +271,36 @@ def frame_weights(scheme: str | np.ndarray | None, frames: FrameTiming, referenc
     if not (w > 0).any():
         raise InputError("weights are all zero")
     return w
+
+
+def running_integrals(xp: Any, ct: Any, coefs: tuple[np.ndarray, ...]) -> Iterator[tuple[int, Any]]:
+    """Yield ``(j, I_j)`` for every frame of a block ``ct`` (frames x voxels, float64): ``I_j`` (voxels,) is each
+    voxel's running integral at frame j (minutes x activity), by the recurrence of :func:`model_integration`
+    and ``kernels/*.cu`` (same order of operations).  ``I_j`` is a buffer reused for the next frame."""
+    a, b, cm, c0, cp = coefs
+    n_needed, n = ct.shape
+    local = bool(np.any(cm[:n_needed]) or np.any(c0[:n_needed]) or np.any(cp[:n_needed]))
+    run = xp.zeros(n, dtype=xp.float64)
+    t = xp.empty(n, dtype=xp.float64)
+    integ = xp.empty(n, dtype=xp.float64) if local else run
+    for j in range(n_needed):
+        cj = ct[j]
+        if j > 0 and a[j] != 0.0:
+            xp.multiply(ct[j - 1], a[j], out=t)
+            run += t
+        if b[j] != 0.0:
+            xp.multiply(cj, b[j], out=t)
+            run += t
+        if local:
+            xp.multiply(cj, c0[j], out=integ)
+            integ += run
+            if j > 0 and cm[j] != 0.0:
+                xp.multiply(ct[j - 1], cm[j], out=t)
+                integ += t
+            if j + 1 < n_needed and cp[j] != 0.0:
+                xp.multiply(ct[j + 1], cp[j], out=t)
+                integ += t
+        yield j, integ
 
 
 class ReferenceModel:

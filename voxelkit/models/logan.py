@@ -27,7 +27,7 @@ import numpy as np
 from ..backend import Backend
 from ..frames import FrameTiming
 from ..io import InputError
-from .base import Prepared, ReferenceModel, model_integration, needed_frames
+from .base import Prepared, ReferenceModel, model_integration, needed_frames, running_integrals
 from .status import Status
 
 
@@ -136,34 +136,15 @@ def logan_sums_xp(xp: Any, ct: Any, prep: Prepared) -> tuple[Any, ...]:
 
     A loop over frames vectorized over voxels, with the running-integral recurrence of ``kernels/logan.cu``.
     Returns ``sx, sy, sxx, sxy, syy`` (n,) and ``positive`` (activity > 0 in every used frame)."""
-    a, b, cm, c0, cp = prep.extra["coefs"]
     ref_term, w, used = prep.extra["ref_term"], prep.weights, prep.used
-    n_needed, n = ct.shape
-    local = bool(np.any(cm[:n_needed]) or np.any(c0[:n_needed]) or np.any(cp[:n_needed]))
-    run = xp.zeros(n, dtype=xp.float64)
+    n = ct.shape[1]
     sx, sy, sxx, sxy, syy = (xp.zeros(n, dtype=xp.float64) for _ in range(5))
     positive = xp.ones(n, dtype=bool)
     t = xp.empty(n, dtype=xp.float64)
     x = xp.empty(n, dtype=xp.float64)
     y = xp.empty(n, dtype=xp.float64)
-    integ = xp.empty(n, dtype=xp.float64) if local else run
-    for j in range(n_needed):
+    for j, integ in running_integrals(xp, ct, prep.extra["coefs"]):
         cj = ct[j]
-        if j > 0 and a[j] != 0.0:
-            xp.multiply(ct[j - 1], a[j], out=t)
-            run += t
-        if b[j] != 0.0:
-            xp.multiply(cj, b[j], out=t)
-            run += t
-        if local:
-            xp.multiply(cj, c0[j], out=integ)
-            integ += run
-            if j > 0 and cm[j] != 0.0:
-                xp.multiply(ct[j - 1], cm[j], out=t)
-                integ += t
-            if j + 1 < n_needed and cp[j] != 0.0:
-                xp.multiply(ct[j + 1], cp[j], out=t)
-                integ += t
         if not used[j]:
             continue
         pos = cj > 0

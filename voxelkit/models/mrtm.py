@@ -40,7 +40,7 @@ import numpy as np
 from ..backend import Backend
 from ..frames import FrameTiming
 from ..io import InputError
-from .base import Prepared, ReferenceModel, needed_frames
+from .base import Prepared, ReferenceModel, needed_frames, running_integrals
 from .status import Status
 
 #: Relative tolerance under which the voxel's ``int Ct`` column counts as lying in the span of the shared
@@ -92,38 +92,21 @@ def mrtm_sums_xp(xp: Any, ct: Any, co: dict[str, Any]) -> tuple[Any, ...]:
     ``co`` holds host scalars per frame: ``a``, ``b``, ``cm``, ``c0``, ``cp`` (:func:`model_integration`),
     ``w`` (weights), ``used`` (bool), ``xs`` (p, F) shared columns, ``v`` (n_needed, 2p) the vectors giving
     the linear terms (see :func:`_shared_design`)."""
-    n_needed, n = ct.shape
-    a, b, cm, c0, cp = (co[k] for k in ("a", "b", "cm", "c0", "cp"))
+    n = ct.shape[1]
     w, used, xs = co["w"], co["used"], co["xs"]
     p = xs.shape[0]
-    local = bool(np.any(cm[:n_needed]) or np.any(c0[:n_needed]) or np.any(cp[:n_needed]))
     zeros = lambda: xp.zeros(n, dtype=xp.float64)  # noqa: E731
-    run, sii, siy, syy = zeros(), zeros(), zeros(), zeros()
+    sii, siy, syy = zeros(), zeros(), zeros()
     # the linear terms X_s'W y and X_s'W I are linear in the TAC: one einsum (no BLAS: OpenBLAS threads are
     # slow for such thin products on a busy machine)
-    lin = xp.einsum("fk,fn->kn", co["v"][:n_needed], ct)
+    lin = xp.einsum("fk,fn->kn", co["v"][:ct.shape[0]], ct)
     sy = [lin[k] for k in range(p)]
     sx = [lin[p + k] for k in range(p)]
     t = xp.empty(n, dtype=xp.float64)
     u = xp.empty(n, dtype=xp.float64)
-    integ = xp.empty(n, dtype=xp.float64) if local else run
-    for j in range(n_needed):
+    coefs = tuple(co[k] for k in ("a", "b", "cm", "c0", "cp"))
+    for j, integ in running_integrals(xp, ct, coefs):
         cj = ct[j]
-        if j > 0 and a[j] != 0.0:
-            xp.multiply(ct[j - 1], a[j], out=t)
-            run += t
-        if b[j] != 0.0:
-            xp.multiply(cj, b[j], out=t)
-            run += t
-        if local:
-            xp.multiply(cj, c0[j], out=integ)
-            integ += run
-            if j > 0 and cm[j] != 0.0:
-                xp.multiply(ct[j - 1], cm[j], out=t)
-                integ += t
-            if j + 1 < n_needed and cp[j] != 0.0:
-                xp.multiply(ct[j + 1], cp[j], out=t)
-                integ += t
         if not used[j] or w[j] == 0.0:
             continue
         xp.multiply(integ, w[j], out=t)  # w I

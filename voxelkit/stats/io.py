@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..io import ImageLike, InputError, Masker, check_same_space, image_name, load_image
+from ..io import ImageLike, InputError, Masker, check_same_space, image_name, load_image, load_mask
 
 log = logging.getLogger("voxelkit")
 
@@ -46,17 +46,8 @@ def load_maps(images: Sequence[ImageLike], mask: ImageLike | None = None,
         if not m.any():
             raise InputError(f"the {what}s have no voxel that is finite in all maps and non-zero in one")
     else:
-        mimg = load_image(mask)
         mname = image_name(mask)
-        check_same_space(ref, mimg, ref_name, mname)
-        md = np.asarray(mimg.dataobj)
-        if md.ndim == 4 and md.shape[3] == 1:
-            md = md[..., 0]
-        if md.ndim != 3:
-            raise InputError(f"{mname}: mask must be 3-D, got shape {md.shape}")
-        m = np.isfinite(md) & (md != 0)
-        if not m.any():
-            raise InputError(f"{mname}: mask is empty (no non-zero voxel)")
+        m = load_mask(mask, ref, ref_name)
         if not (m & support).any():
             raise InputError(f"{mname}: mask does not overlap the data (all {what}s are zero or NaN inside it)")
     masker = Masker(m, np.asarray(ref.affine, np.float64), getattr(ref, "header", None))
