@@ -82,9 +82,9 @@ def test_run_writes_layout_and_reuses_fits(study: Path, tmp_path: Path):
     res3 = run_study(_cfg(study, out), progress=False)
     assert (res3.fitted, res3.reused) == (1, 2 * N_SUBJECTS - 1)
 
-    # other model settings: refit everything
-    res4 = run_study(_cfg(study, out, model_options={"integration": "frame_average"}), progress=False)
-    assert res4.fitted == 2 * N_SUBJECTS
+    # other model settings: refit everything (two scans at a time), same subjects
+    res4 = run_study(_cfg(study, out, model_options={"integration": "frame_average"}, jobs=2), progress=False)
+    assert res4.fitted == 2 * N_SUBJECTS and res4.subjects == res.subjects
 
 
 def test_planted_effect_found(study: Path, tmp_path: Path):

@@ -26,6 +26,7 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
                    help="bp_nd: condition difference of BPND; activation: of baseline - challenge BPND")
     g.add_argument("--smoothing-fwhm", type=float, default=None, metavar="MM", help="smoothing before statistics")
     g.add_argument("--covariates", nargs="+", default=None, help="participants.tsv columns (nuisance)")
+    g.add_argument("--jobs", type=int, default=None, help="scans fitted in parallel (threads; default 1)")
     g.add_argument("--on-missing", choices=("drop", "stop"), default=None,
                    help="subjects lacking a condition: report and drop (default) or stop")
     i = p.add_argument_group("inference")
@@ -42,8 +43,8 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
 def study_overrides(args: argparse.Namespace) -> dict:
     opts = {}
     for key in ("conditions", "ref_mask", "brain_mask", "atlas", "atlas_labels", "model", "contrast",
-                "smoothing_fwhm", "covariates", "on_missing", "n_perm", "cluster_p", "tfce", "two_sided", "seed",
-                "report", "device"):
+                "smoothing_fwhm", "covariates", "on_missing", "jobs", "n_perm", "cluster_p", "tfce", "two_sided",
+                "seed", "report", "device"):
         val = getattr(args, key, None)
         if val is not None:
             opts[key] = val

@@ -372,9 +372,19 @@ def run_study(cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
     t0 = time.perf_counter()
     todo = [pairing.scans[(s, c)] for s in pairing.subjects for c in cfg.conditions]
     fitted = reused = 0
-    bar = _progress(todo, "fitting scans", progress)
-    for scan in bar:
-        f, r = _fit_scan(scan, cfg, out, sums, brain, (labels, names))
+
+    def fit_one(scan: Scan) -> tuple[int, int]:
+        return _fit_scan(scan, cfg, out, sums, brain, (labels, names))
+
+    if cfg.jobs > 1 and len(todo) > 1:
+        # threads: NumPy's array work and zlib release the GIL; each scan writes only its own files
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
+            counts = list(_progress(pool.map(fit_one, todo), "fitting scans", progress, total=len(todo)))
+    else:
+        counts = [fit_one(scan) for scan in _progress(todo, "fitting scans", progress)]
+    for f, r in counts:
         fitted += f
         reused += r
     timings["fit"] = time.perf_counter() - t0
@@ -465,12 +475,12 @@ def run_group_stats(cfg: StudyConfig, maps_a: list[np.ndarray], maps_b: list[np.
     return res
 
 
-def _progress(items: list, desc: str, enabled: bool):
+def _progress(items, desc: str, enabled: bool, total: int | None = None):
     if not enabled:
         return items
     from tqdm import tqdm  # noqa: PLC0415
 
-    return tqdm(items, desc=desc, unit="scan", file=sys.stderr, leave=False)
+    return tqdm(items, desc=desc, unit="scan", file=sys.stderr, leave=False, total=total)
 
 
 def _versions() -> dict[str, str]:
