@@ -156,6 +156,8 @@ def permutation_test(Y: np.ndarray, masker: Masker, design: Design, *, n_perm: i
         statistic is a monotone function of a short sum; float64 for GLMs).
     atlas, atlas_lookup : label image in the same space and an ``index name`` table for the cluster table.
     """
+    if tfce:
+        _engine.start_tfce_warmup()
     n = Y.shape[0]
     if n < MIN_SUBJECTS:
         raise InputError(f"{n} maps: at least {MIN_SUBJECTS} are needed (with n = 4 there are only 2^4 = 16 sign "
@@ -272,10 +274,18 @@ def permutation_test(Y: np.ndarray, masker: Masker, design: Design, *, n_perm: i
     return PermutationResult(maps, masker, null, clusters, settings, analysed=valid)
 
 
+def _load_maps(images: Sequence[ImageLike], mask: ImageLike | None,
+               kwargs: Mapping[str, Any]) -> tuple[np.ndarray, Masker, list[str]]:
+    """:func:`load_maps`, with the TFCE kernels loading in the background meanwhile when TFCE is asked for."""
+    if kwargs.get("tfce"):
+        _engine.start_tfce_warmup()
+    return load_maps(images, mask)
+
+
 def one_sample(imgs: Sequence[ImageLike], *, mask: ImageLike | None = None, **kwargs: Any) -> PermutationResult:
     """One-sample test of mean > 0 (or != 0 with ``two_sided=True``) by sign flipping.
     Keyword arguments as :func:`permutation_test`."""
-    Y, masker, names = load_maps(imgs, mask)
+    Y, masker, names = _load_maps(imgs, mask, kwargs)
     return permutation_test(Y, masker, one_sample_design(len(names)), inputs=names, **kwargs)
 
 
@@ -285,7 +295,7 @@ def paired(a_imgs: Sequence[ImageLike], b_imgs: Sequence[ImageLike], *, mask: Im
     Keyword arguments as :func:`permutation_test`."""
     if len(a_imgs) != len(b_imgs):
         raise InputError(f"pairs incomplete: {len(a_imgs)} A maps but {len(b_imgs)} B maps")
-    Y, masker, names = load_maps(list(a_imgs) + list(b_imgs), mask)
+    Y, masker, names = _load_maps(list(a_imgs) + list(b_imgs), mask, kwargs)
     n = len(a_imgs)
     D = Y[:n] - Y[n:]
     return permutation_test(D, masker, one_sample_design(n, kind="paired"),
@@ -295,7 +305,7 @@ def paired(a_imgs: Sequence[ImageLike], b_imgs: Sequence[ImageLike], *, mask: Im
 def two_sample(a_imgs: Sequence[ImageLike], b_imgs: Sequence[ImageLike], *, mask: ImageLike | None = None,
                **kwargs: Any) -> PermutationResult:
     """Two-sample test of mean(A) > mean(B) by permuting the group labels."""
-    Y, masker, names = load_maps(list(a_imgs) + list(b_imgs), mask)
+    Y, masker, names = _load_maps(list(a_imgs) + list(b_imgs), mask, kwargs)
     return permutation_test(Y, masker, two_sample_design(len(a_imgs), len(b_imgs)), inputs=names, **kwargs)
 
 
@@ -333,10 +343,10 @@ def glm(imgs: Sequence[ImageLike], covariates: Mapping[str, Sequence[float]] | n
     if imgs_b is not None:
         if len(imgs_b) != len(imgs):
             raise InputError(f"pairs incomplete: {len(imgs)} maps but {len(imgs_b)} second maps")
-        Y, masker, inames = load_maps(list(imgs) + list(imgs_b), mask)
+        Y, masker, inames = _load_maps(list(imgs) + list(imgs_b), mask, kwargs)
         n = len(imgs)
         Y = Y[:n] - Y[n:]
         inames = [f"{a} - {b}" for a, b in zip(inames[:n], inames[n:], strict=True)]
     else:
-        Y, masker, inames = load_maps(imgs, mask)
+        Y, masker, inames = _load_maps(imgs, mask, kwargs)
     return permutation_test(Y, masker, design, inputs=inames, **kwargs)

@@ -21,8 +21,10 @@ Memory is bounded by ``batch_size x n_voxels`` working values.  The same code ru
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -163,6 +165,40 @@ def run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backe
         return _run(prep, perms, mask_valid, be, cfg, progress)
 
 
+_warmup: threading.Thread | None = None
+
+
+def start_tfce_warmup() -> None:
+    """Import numba and load the TFCE kernels from its cache in a background thread (once per process), so
+    that this ~0.5 s (mostly numba's target set-up, which also loads SciPy's BLAS) overlaps reading the maps
+    instead of delaying the first batch.  The engine's own calls wait for it (numba's compile lock); a failure
+    here is only logged at debug level, the real call reports it."""
+    global _warmup
+    if _warmup is not None:
+        return
+
+    def load() -> None:
+        # numba's set-up creates ~100k long-lived objects: the cyclic garbage collector is paused meanwhile and
+        # they are then frozen (gc.freeze: excluded from later collections, which otherwise traverse them again
+        # and again -- ~0.1 s during loading and ~0.3 s in the collections at interpreter exit).  Objects freed
+        # by reference counting are unaffected; only cycles unreachable at that moment would stay allocated.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            from .tfce import warm_up  # noqa: PLC0415
+
+            warm_up()
+        except Exception:  # pragma: no cover - reported by the engine's own call
+            log.debug("voxelkit stats: TFCE warm-up failed", exc_info=True)
+        finally:
+            gc.freeze()
+            if was_enabled:
+                gc.enable()
+
+    _warmup = threading.Thread(target=load, name="voxelkit-tfce-warmup")
+    _warmup.start()
+
+
 def _n_cpus() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -243,10 +279,12 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
         return num / xp.sqrt(rss * (prep.cvar / prep.df))
 
     vblocks = chunks(V, vblock)
+    # the batch's t maps for TFCE, allocated once (a fresh B x V array per batch costs page faults)
+    tb_all = np.empty((min(B, N), V), np.float32) if cfg.tfce else None
     for sl in chunks(N, B):
         b = sl.stop - sl.start
         G = be.asarray(_perm_rows(prep, perms, sl), dtype=dt)
-        tb = np.empty((b, V), np.float32) if cfg.tfce else None
+        tb = tb_all[:b] if tb_all is not None else None
 
         def block(vs: slice, G=G, first=sl.start == 0, tb=tb):
             """One voxel block of one batch: row maxima, exceedance counts, supra-threshold voxels."""

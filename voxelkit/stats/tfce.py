@@ -23,6 +23,7 @@ integration) are slow references for tests.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -337,18 +338,13 @@ def _radix_sort(vals: np.ndarray, lin: np.ndarray, kbuf: np.ndarray, pbuf: np.nd
 
 
 @numba.njit(cache=True, nogil=True)
-def _max_rows_f32(maps: np.ndarray, lin: np.ndarray, offs: np.ndarray, n_grid: int, H: float,
-                  sizeE: np.ndarray, two_sided: bool, out: np.ndarray, r0: int, r1: int) -> None:
-    """Max |TFCE| of float32 rows ``r0:r1`` (radix-sorted here; one sort serves both signs)."""
+def _max_rows_f32(maps: np.ndarray, lin: np.ndarray, offs: np.ndarray, H: float, sizeE: np.ndarray,
+                  two_sided: bool, out: np.ndarray, r0: int, r1: int, kbuf: np.ndarray, pbuf: np.ndarray,
+                  cnt: np.ndarray, sv: np.ndarray, sg: np.ndarray, parent: np.ndarray, best: np.ndarray,
+                  nb: np.ndarray) -> None:
+    """Max |TFCE| of float32 rows ``r0:r1`` (radix-sorted here; one sort serves both signs).  The work arrays
+    come from :func:`_workspace` (``parent`` all zero on entry and on return)."""
     V = maps.shape[1]
-    kbuf = np.empty((2, V), np.uint32)
-    pbuf = np.empty((2, V), lin.dtype)
-    cnt = np.empty((3, 2048), np.int64)
-    sv = np.empty(V, np.float32)
-    sg = np.empty(V, lin.dtype)
-    parent = np.zeros(n_grid, lin.dtype)
-    best = np.empty(n_grid, np.float64)
-    nb = np.empty(offs.shape[0], lin.dtype)
     for r in range(r0, r1):
         m = 0.0
         if V:
@@ -360,13 +356,11 @@ def _max_rows_f32(maps: np.ndarray, lin: np.ndarray, offs: np.ndarray, n_grid: i
 
 
 @numba.njit(cache=True, nogil=True)
-def _max_rows_sorted(svals: np.ndarray, sgrid: np.ndarray, offs: np.ndarray, n_grid: int, H: float,
-                     sizeE: np.ndarray, two_sided: bool, out: np.ndarray, r0: int, r1: int) -> None:
+def _max_rows_sorted(svals: np.ndarray, sgrid: np.ndarray, offs: np.ndarray, H: float, sizeE: np.ndarray,
+                     two_sided: bool, out: np.ndarray, r0: int, r1: int, parent: np.ndarray, best: np.ndarray,
+                     nb: np.ndarray) -> None:
     """Max |TFCE| of rows ``r0:r1`` already sorted (any float dtype)."""
     V = svals.shape[1]
-    parent = np.zeros(n_grid, sgrid.dtype)
-    best = np.empty(n_grid, np.float64)
-    nb = np.empty(offs.shape[0], sgrid.dtype)
     for r in range(r0, r1):
         m = 0.0
         if V:
@@ -374,6 +368,24 @@ def _max_rows_sorted(svals: np.ndarray, sgrid: np.ndarray, offs: np.ndarray, n_g
             if two_sided:
                 m = max(m, _max_pass(svals[r], sgrid[r], 0, 1, -1.0, offs, H, sizeE, parent, best, nb))
         out[r] = m / (H + 1.0)
+
+
+_tls = threading.local()
+
+
+def _workspace(V: int, grid: Grid) -> tuple[np.ndarray, ...]:
+    """This thread's work arrays of the max-only kernel, kept between calls: fresh multi-megabyte arrays per
+    call cost page faults (zeroing) comparable to the union-find itself.  ``parent`` is left all zero by
+    every kernel call."""
+    it = grid.lin.dtype
+    key = (V, grid.size, it.str, grid.offs.shape[0])
+    ws = getattr(_tls, "ws", None)
+    if ws is None or ws[0] != key:
+        ws = (key, (np.empty((2, V), np.uint32), np.empty((2, V), it), np.empty((3, 2048), np.int64),
+                    np.empty(V, np.float32), np.empty(V, it), np.zeros(grid.size, it), np.empty(grid.size),
+                    np.empty(grid.offs.shape[0], it)))
+        _tls.ws = ws
+    return ws[1]
 
 
 def tfce_max(maps: np.ndarray, grid: Grid, H: float = 2.0, E: float = 0.5, two_sided: bool = False,
@@ -394,16 +406,27 @@ def tfce_max(maps: np.ndarray, grid: Grid, H: float = 2.0, E: float = 0.5, two_s
     sizeE = _size_pow(V, float(E))
     if m2.dtype == np.float32:
         m2 = np.ascontiguousarray(m2)
-        _map_rows(lambda r0, r1: _max_rows_f32(m2, grid.lin, grid.offs, grid.size, float(H), sizeE,
-                                               bool(two_sided), out, r0, r1), B, pool, n_threads)
+        _map_rows(lambda r0, r1: _max_rows_f32(m2, grid.lin, grid.offs, float(H), sizeE, bool(two_sided), out,
+                                               r0, r1, *_workspace(V, grid)), B, pool, n_threads)
     else:
         m2 = np.ascontiguousarray(m2, np.float64)
         orders = np.argsort(m2, axis=1)
         svals = np.take_along_axis(m2, orders, axis=1)
         sgrid = grid.lin[orders]
-        _map_rows(lambda r0, r1: _max_rows_sorted(svals, sgrid, grid.offs, grid.size, float(H), sizeE,
-                                                  bool(two_sided), out, r0, r1), B, pool, n_threads)
+        _map_rows(lambda r0, r1: _max_rows_sorted(svals, sgrid, grid.offs, float(H), sizeE, bool(two_sided),
+                                                  out, r0, r1, *_workspace(V, grid)[5:]), B, pool, n_threads)
     return out[0] if one else out
+
+
+def warm_up() -> None:
+    """Load the compiled kernels (numba's on-disk cache) with the argument types the engine uses: float32 null
+    maps, float64 observed map, int32 grid.  Run in a background thread while the maps are read
+    (:func:`voxelkit.stats.engine.start_tfce_warmup`); loading takes ~0.5 s (numba's target set-up)."""
+    mask = np.ones((3, 3, 3), bool)
+    grid = make_grid(mask, 6)
+    x = np.linspace(-1.0, 1.0, 27)
+    tfce_max(x[None, :].astype(np.float32), grid, two_sided=True)
+    tfce_vectors(x, grid, two_sided=True)
 
 
 @dataclass(frozen=True)
