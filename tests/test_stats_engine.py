@@ -214,3 +214,37 @@ def test_min_p_is_one_over_n_perm_and_identity_counted():
     assert r.null["h0_max_cluster_extent"][0] == max(c["size_voxels"] for c in r.clusters if c["sign"])
     assert r.maps["logp_fwe_voxel"].max() == pytest.approx(-np.log10((r.null["h0_max_t"] >= r.null[
         "h0_max_t"][0] * (1 - 1e-9)).mean()), rel=1e-5)
+
+
+def test_tfce_null_same_with_one_or_more_threads():
+    """The TFCE null and map do not depend on the thread count, bit for bit (rows are independent; the float32
+    t maps themselves depend on the batch shape, so the batch size is fixed per comparison)."""
+    from voxelkit.backend import get_backend
+    from voxelkit.stats import engine
+
+    rng = np.random.default_rng(11)
+    d = _smooth(rng, 10, effect=0.5).reshape(10, -1)
+    design = one_sample_design(10)
+    prep = engine.prepare(d, design)
+    from voxelkit.stats.design import make_permutation_set
+
+    perms = make_permutation_set(design, 40, 3)
+    mask = np.ones(SHAPE, bool)
+    for bs in (None, 7):
+        res = [engine.run(prep, perms, mask, get_backend("cpu"),
+                          engine.EngineConfig(two_sided=True, tfce=True, threads=nt, batch_size=bs))
+               for nt in (1, 2, 3)]
+        for r in res[1:]:
+            assert np.array_equal(r.h0_max_tfce, res[0].h0_max_tfce)
+            assert np.array_equal(r.tfce, res[0].tfce)
+
+
+def test_tfce_warmup_keeps_gc_state():
+    import gc
+
+    from voxelkit.stats import engine
+
+    before = gc.isenabled()
+    engine.start_tfce_warmup()
+    engine._warmup.join()
+    assert gc.isenabled() == before
