@@ -16,8 +16,14 @@ as eTFCE (Chen, Weeda, Nichols and Goeman, 2026).
 Only positive values contribute; for a two-sided test call it on ``t`` and on ``-t`` (positive and negative
 parts are enhanced separately, as in FSL and nilearn) -- see :func:`tfce_signed`.
 
+The permutation null needs only each map's maximum: :func:`tfce_max` radix-sorts the float32 map inside numba
+(one sort serves both signs) and runs a lighter union-find that keeps, per component, only the largest value of
+its voxels (no per-voxel offsets, no final pass); rows are independent and split over threads (the kernels
+release the GIL), so results do not depend on the thread count.
+
 The compiled path uses numba (``cache=True``, so the compilation cost of a few seconds is paid once per
-installation).  :func:`tfce_reference` (exact, plain NumPy/SciPy) and :func:`tfce_numeric` (fine-step numerical
+installation; with a read-only installation numba caches in ``~/.cache/numba`` or ``$NUMBA_CACHE_DIR``).
+:func:`tfce_reference` (exact, plain NumPy/SciPy) and :func:`tfce_numeric` (fine-step numerical
 integration) are slow references for tests.
 """
 
