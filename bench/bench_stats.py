@@ -6,7 +6,7 @@ settings (the issue's): voxel max-T with 10,000 permutations; cluster extent/mas
 with 200.  nilearn uses 6-connectivity for clusters and TFCE, so voxelkit is run with ``--connectivity 6`` too
 (the 26-connectivity default is timed separately).  Process start-up and imports are included on both sides.
 
-    python -m pytest bench/bench_stats.py --benchmark-enable -p no:cacheprovider   # pytest-benchmark, 1 round
+    python -m pytest bench/bench_stats.py -p no:cacheprovider                      # pytest-benchmark, 1 round
     python bench/bench_stats.py                                                     # one run each, a table
     python bench/bench_stats.py --only maxt                                         # one setting
 

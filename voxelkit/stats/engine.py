@@ -21,7 +21,6 @@ Memory is bounded by ``batch_size x n_voxels`` working values.  The same code ru
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import threading
@@ -178,22 +177,14 @@ def start_tfce_warmup() -> None:
         return
 
     def load() -> None:
-        # numba's set-up creates ~100k long-lived objects: the cyclic garbage collector is paused meanwhile and
-        # they are then frozen (gc.freeze: excluded from later collections, which otherwise traverse them again
-        # and again -- ~0.1 s during loading and ~0.3 s in the collections at interpreter exit).  Objects freed
-        # by reference counting are unaffected; only cycles unreachable at that moment would stay allocated.
-        was_enabled = gc.isenabled()
-        gc.disable()
+        # The garbage collector is left alone: pausing or freezing it here would change the whole process
+        # (library users' long-running sessions included), for ~0.4 s of a one-off start-up.
         try:
             from .tfce import warm_up  # noqa: PLC0415
 
             warm_up()
         except Exception:  # pragma: no cover - reported by the engine's own call
             log.debug("voxelkit stats: TFCE warm-up failed", exc_info=True)
-        finally:
-            gc.freeze()
-            if was_enabled:
-                gc.enable()
 
     _warmup = threading.Thread(target=load, name="voxelkit-tfce-warmup")
     _warmup.start()
