@@ -273,6 +273,48 @@ def frame_weights(scheme: str | np.ndarray | None, frames: FrameTiming, referenc
     return w
 
 
+def parse_k2prime(value: Any, *, allow_median: bool = False) -> float | str | None:
+    """A k2' option (1/min) as given from Python or the command line: None, a positive number, a numeric string,
+    or (with ``allow_median``) ``"median"``, returned as ``"median"``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if allow_median and value.lower() == "median":
+            return "median"
+        try:
+            value = float(value)
+        except ValueError:
+            alt = " or 'median'" if allow_median else ""
+            raise InputError(f"k2prime must be a rate in 1/min{alt}, got {value!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise InputError(f"k2prime must be a positive rate in 1/min, got {value}")
+    return float(value)
+
+
+def median_k2prime(fit: ModelFit, tacs: np.ndarray, weights: np.ndarray, bp_quantile: float, source: str,
+                   names: list[str] | None, no_fit: str) -> tuple[float, dict[str, Any]]:
+    """Median k2' (1/min) over the TACs that ``fit`` fitted well with high BPND: status ok with a positive k2',
+    BPND at or above the ``bp_quantile`` of those, and relative residual wrss / sum(w Ct^2) (``weights`` (F,)
+    over the fitted frames) at or below the candidates' median.  ``no_fit`` is the error when no TAC is ok."""
+    ok = (fit.status == Status.OK) & np.isfinite(fit.k2prime) & (fit.k2prime > 0)
+    if not ok.any():
+        raise InputError(no_fit)
+    bp = fit.bp_nd.astype(float)
+    cut = float(np.quantile(bp[ok], bp_quantile))
+    cand = ok & (bp >= cut)
+    idx = np.flatnonzero(cand)  # residuals of the candidates only (memory)
+    c = np.asarray(tacs[idx], dtype=float)[:, fit.used_frames]
+    ssq = (c * c) @ weights[fit.used_frames]
+    rel = np.where(ssq > 0, fit.wrss[idx].astype(float) / np.where(ssq > 0, ssq, 1.0), np.inf)
+    cand[idx[rel > np.median(rel)]] = False
+    info: dict[str, Any] = {"k2prime_source": source, "k2prime_bp_quantile": bp_quantile,
+                            "k2prime_bp_threshold": cut, "k2prime_n_used": int(cand.sum()),
+                            "k2prime_n_ok": int(ok.sum())}
+    if names is not None:
+        info["k2prime_regions"] = [names[i] for i in np.flatnonzero(cand)]
+    return float(np.median(fit.k2prime[cand].astype(float))), info
+
+
 def running_integrals(xp: Any, ct: Any, coefs: tuple[np.ndarray, ...]) -> Iterator[tuple[int, Any]]:
     """Yield ``(j, I_j)`` for every frame of a block ``ct`` (frames x voxels, float64): ``I_j`` (voxels,) is each
     voxel's running integral at frame j (minutes x activity), by the recurrence of :func:`model_integration`

@@ -26,8 +26,7 @@ import numpy as np
 
 from ..backend import Backend
 from ..frames import FrameTiming
-from ..io import InputError
-from .base import Prepared, ReferenceModel, model_integration, needed_frames, running_integrals
+from .base import Prepared, ReferenceModel, model_integration, needed_frames, parse_k2prime, running_integrals
 from .status import Status
 
 
@@ -49,13 +48,7 @@ class Logan(ReferenceModel):
     def __init__(self, *, tstar: float = 0.0, k2prime: float | None = None, end: float | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(k2prime, str):
-            try:
-                k2prime = float(k2prime)
-            except ValueError:
-                raise InputError(f"logan: k2prime must be a rate in 1/min, got {k2prime!r}") from None
-        if k2prime is not None and not (np.isfinite(k2prime) and k2prime > 0):
-            raise InputError(f"k2prime must be a positive rate in 1/min, got {k2prime}")
+        k2prime = parse_k2prime(k2prime)
         self.tstar = float(tstar or 0.0)
         self.k2prime = None if k2prime is None else float(k2prime)
         self.end = end

@@ -40,7 +40,7 @@ import numpy as np
 from ..backend import Backend
 from ..frames import FrameTiming
 from ..io import InputError
-from .base import Prepared, ReferenceModel, needed_frames, running_integrals
+from .base import Prepared, ReferenceModel, median_k2prime, needed_frames, parse_k2prime, running_integrals
 from .status import Status
 
 #: Relative tolerance under which the voxel's ``int Ct`` column counts as lying in the span of the shared
@@ -331,16 +331,7 @@ class MRTM2(_MRTMBase):
                              "--k2prime-mask IMG) or its TAC (k2prime_tac)")
         if len(given) > 1:
             raise InputError(f"mrtm2: give only one source of k2', got {', '.join(given)}")
-        if isinstance(k2prime, str):
-            if k2prime.lower() != "median":
-                try:
-                    k2prime = float(k2prime)
-                except ValueError:
-                    raise InputError(f"k2prime must be a rate in 1/min or 'median', got {k2prime!r}") from None
-            else:
-                k2prime = "median"
-        if isinstance(k2prime, int | float | np.floating) and not (np.isfinite(k2prime) and k2prime > 0):
-            raise InputError(f"k2prime must be a positive rate in 1/min, got {k2prime}")
+        k2prime = parse_k2prime(k2prime, allow_median=True)
         if not 0.0 <= float(k2prime_bp_quantile) < 1.0:
             raise InputError(f"k2prime_bp_quantile must be in [0, 1), got {k2prime_bp_quantile}")
         self.k2prime = k2prime if isinstance(k2prime, str) or k2prime is None else float(k2prime)
@@ -409,29 +400,10 @@ class MRTM2(_MRTMBase):
     def _k2prime_median(self, tacs: np.ndarray, prep: Prepared,
                         names: list[str] | None) -> tuple[float, dict[str, Any]]:
         f = self._mrtm().fit(tacs, prep.reference, prep.frames, keep_inputs=False)
-        ok = (f.status == Status.OK) & np.isfinite(f.k2prime) & (f.k2prime > 0)
-        if not ok.any():
-            raise InputError("mrtm2: no TAC gives a usable MRTM fit, so k2prime='median' has nothing to take the "
-                             "median of; give k2prime or a high-binding region")
-        bp = f.bp_nd.astype(float)
-        cut = float(np.quantile(bp[ok], self.k2prime_bp_quantile))
-        cand = ok & (bp >= cut)
-        # relative residual: wrss / sum(w Ct^2) over the fitted frames
-        used = prep.used
-        c = np.asarray(tacs, dtype=float)[:, used]
-        c = np.where(np.isfinite(c), c, 0.0)  # such TACs are not candidates (status nonfinite_input)
-        ssq = (c * c) @ prep.weights[used]
-        rel = np.where(ssq > 0, f.wrss.astype(float) / np.where(ssq > 0, ssq, 1.0), np.inf)
-        cand &= rel <= np.median(rel[cand])
-        k2p = float(np.median(f.k2prime[cand].astype(float)))
-        info: dict[str, Any] = {
-            "k2prime_source": "median of MRTM k2' over well-fitted high-BPND TACs",
-            "k2prime_bp_quantile": self.k2prime_bp_quantile, "k2prime_bp_threshold": cut,
-            "k2prime_n_used": int(cand.sum()), "k2prime_n_ok": int(ok.sum()),
-        }
-        if names is not None:
-            info["k2prime_regions"] = [names[i] for i in np.flatnonzero(cand)]
-        return k2p, info
+        return median_k2prime(f, tacs, prep.weights, self.k2prime_bp_quantile,
+                              "median of MRTM k2' over well-fitted high-BPND TACs", names,
+                              "mrtm2: no TAC gives a usable MRTM fit, so k2prime='median' has nothing to take the "
+                              "median of; give k2prime or a high-binding region")
 
     def _shared_columns(self, reference: np.ndarray, integ: np.ndarray, prep: Prepared) -> list[np.ndarray]:
         return [integ @ reference + reference / prep.extra["k2prime_used"]]

@@ -68,7 +68,7 @@ import numpy as np
 from ..backend import Backend, chunks
 from ..frames import FrameTiming
 from ..io import InputError
-from .base import ModelFit, Prepared, ReferenceModel
+from .base import ModelFit, Prepared, ReferenceModel, median_k2prime, parse_k2prime
 from .status import Status
 
 #: default highest BPND the default grid must reach
@@ -216,15 +216,9 @@ class _BasisModel(ReferenceModel):
             raise InputError(f"{self.name}: option integration={kwargs['integration']!r} does not apply (SRTM "
                              "convolves the reference exactly; see input_model)")
         super().__init__(**kwargs)
-        if isinstance(k2prime, str) and k2prime.lower() == "median":
+        k2prime = parse_k2prime(k2prime, allow_median=True)
+        if k2prime == "median":
             k2prime = None  # SRTM estimates k2' per TAC; the grid then uses its wide default
-        elif isinstance(k2prime, str):
-            try:
-                k2prime = float(k2prime)
-            except ValueError:
-                raise InputError(f"k2prime must be a rate in 1/min, got {k2prime!r}") from None
-        if k2prime is not None and not (np.isfinite(k2prime) and k2prime > 0):
-            raise InputError(f"k2prime must be a positive rate in 1/min, got {k2prime}")
         if int(n_basis) < 5:
             raise InputError(f"n_basis must be at least 5, got {n_basis}")
         if not (np.isfinite(bp_max) and bp_max > 0):
@@ -396,14 +390,9 @@ class SRTM2(_BasisModel):
     def __init__(self, *, k2prime: float | str | None = None, k2prime_mask: np.ndarray | None = None,
                  k2prime_region: np.ndarray | None = None, k2prime_bp_quantile: float = 0.9,
                  **kwargs: Any) -> None:
-        if isinstance(k2prime, str):
-            if k2prime.lower() == "median":
-                k2prime = None
-            else:
-                try:
-                    k2prime = float(k2prime)
-                except ValueError:
-                    raise InputError(f"k2prime must be a rate in 1/min or 'median', got {k2prime!r}") from None
+        k2prime = parse_k2prime(k2prime, allow_median=True)
+        if k2prime == "median":
+            k2prime = None
         super().__init__(k2prime=k2prime, **kwargs)
         if k2prime_region is not None:
             if k2prime_mask is not None:
@@ -459,25 +448,10 @@ class SRTM2(_BasisModel):
                          "k2prime_region_n": int(rows.shape[0]), "k2prime_region_bp_nd": float(f.bp_nd[0]),
                          "k2prime_region_r1": float(f.r1[0])}
         f = srtm.fit(tacs, reference, frames, keep_inputs=False)
-        ok = (f.status == Status.OK) & np.isfinite(f.k2prime) & (f.k2prime > 0)
-        if not ok.any():
-            raise InputError("srtm2: no TAC gives a usable SRTM fit, so k2' cannot be estimated; give k2prime "
-                             "or a high-binding region")
-        bp = f.bp_nd.astype(float)
-        cut = float(np.quantile(bp[ok], self.k2prime_bp_quantile))
-        cand = ok & (bp >= cut)
-        idx = np.flatnonzero(cand)  # relative residual wrss / sum(w Ct^2) of the candidates only (memory)
-        c = np.asarray(tacs[idx], dtype=float)[:, f.used_frames]
-        ssq = (c * c) @ srtm._prepare(reference, frames).weights[f.used_frames]
-        rel = np.where(ssq > 0, f.wrss[idx].astype(float) / np.where(ssq > 0, ssq, 1.0), np.inf)
-        cand[idx[rel > np.median(rel)]] = False
-        k2p = float(np.median(f.k2prime[cand].astype(float)))
-        info: dict[str, Any] = {"k2prime_source": "median of SRTM k2' over well-fitted high-BPND TACs",
-                                "k2prime_bp_quantile": self.k2prime_bp_quantile, "k2prime_bp_threshold": cut,
-                                "k2prime_n_used": int(cand.sum()), "k2prime_n_ok": int(ok.sum())}
-        if names is not None:
-            info["k2prime_regions"] = [names[i] for i in np.flatnonzero(cand)]
-        return k2p, info
+        return median_k2prime(f, tacs, srtm._prepare(reference, frames).weights, self.k2prime_bp_quantile,
+                              "median of SRTM k2' over well-fitted high-BPND TACs", names,
+                              "srtm2: no TAC gives a usable SRTM fit, so k2' cannot be estimated; give k2prime "
+                              "or a high-binding region")
 
     def _prepare(self, reference: np.ndarray, frames: FrameTiming) -> Prepared:
         prep = ReferenceModel._prepare(self, reference, frames)
