@@ -204,29 +204,42 @@ class TACTable:
         return self.columns[name]
 
 
-def read_tac_table(path: str | Path) -> TACTable:
-    """Read a TSV with ``frame_start`` and ``frame_end`` (seconds) and one column per region."""
+def read_tsv(path: str | Path, rows_desc: str = "row") -> dict[str, list[str]]:
+    """A tab-separated table as {column: values (stripped strings)} in header order; blank lines are skipped.
+    Errors name the file (and the line whose field count differs from the header)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     with path.open(newline="") as fh:
         rows = [r for r in csv.reader(fh, delimiter="\t") if r and any(c.strip() for c in r)]
     if len(rows) < 2:
-        raise InputError(f"{path}: needs a header and at least one frame row")
+        raise InputError(f"{path}: needs a header and at least one {rows_desc}")
     header = [h.strip() for h in rows[0]]
-    for need in ("frame_start", "frame_end"):
-        if need not in header:
-            raise InputError(f"{path}: missing column {need!r} (BIDS-PET derivatives TAC table); "
-                             f"columns are {', '.join(header)}")
-    data: dict[str, list[float]] = {h: [] for h in header}
+    cols: dict[str, list[str]] = {h: [] for h in header}
     for lineno, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise InputError(f"{path}: line {lineno} has {len(row)} fields, header has {len(header)}")
         for h, v in zip(header, row, strict=True):
+            cols[h].append(v.strip())
+    return cols
+
+
+def read_tac_table(path: str | Path) -> TACTable:
+    """Read a TSV with ``frame_start`` and ``frame_end`` (seconds) and one column per region."""
+    path = Path(path)
+    cols = read_tsv(path, "frame row")
+    for need in ("frame_start", "frame_end"):
+        if need not in cols:
+            raise InputError(f"{path}: missing column {need!r} (BIDS-PET derivatives TAC table); "
+                             f"columns are {', '.join(cols)}")
+    data: dict[str, list[float]] = {h: [] for h in cols}
+    for k in range(len(cols["frame_start"])):  # row by row, so the first bad cell is the one reported
+        for h, vals in cols.items():
+            v = vals[k]
             try:
-                data[h].append(float(v) if v.strip().lower() not in ("n/a", "na", "nan", "") else np.nan)
+                data[h].append(float(v) if v.lower() not in ("n/a", "na", "nan", "") else np.nan)
             except ValueError as exc:
-                raise InputError(f"{path}: line {lineno}, column {h!r}: {v!r} is not a number") from exc
+                raise InputError(f"{path}: line {k + 2}, column {h!r}: {v!r} is not a number") from exc
     arrays = {h: np.asarray(v, dtype=float) for h, v in data.items()}
     frames = FrameTiming.from_start_end(arrays.pop("frame_start"), arrays.pop("frame_end"), source=str(path))
     return TACTable(frames, arrays, str(path))

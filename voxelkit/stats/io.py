@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..io import ImageLike, InputError, Masker, check_same_space, image_name, load_image, load_mask
+from ..io import ImageLike, InputError, Masker, check_same_space, image_name, load_image, load_mask, read_tsv
 
 log = logging.getLogger("voxelkit")
 
@@ -60,22 +59,10 @@ def read_design_tsv(path: str | Path, map_column: str = "map",
     to the table's folder), optional second map column (then each row's data are map - map_b), and numeric
     covariate columns (``n/a`` is an error: a row with a missing value cannot be modelled)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh, delimiter="\t") if r and any(c.strip() for c in r)]
-    if len(rows) < 2:
-        raise InputError(f"{path}: needs a header and at least one row")
-    header = [h.strip() for h in rows[0]]
+    cols = read_tsv(path)
     for col in (map_column, map_column_b):
-        if col is not None and col not in header:
-            raise InputError(f"{path}: no column {col!r}; columns are {', '.join(header)}")
-    cols: dict[str, list[str]] = {h: [] for h in header}
-    for lineno, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise InputError(f"{path}: line {lineno} has {len(row)} fields, header has {len(header)}")
-        for h, v in zip(header, row, strict=True):
-            cols[h].append(v.strip())
+        if col is not None and col not in cols:
+            raise InputError(f"{path}: no column {col!r}; columns are {', '.join(cols)}")
 
     def resolve(v: str) -> Path:
         p = Path(v)
