@@ -247,14 +247,9 @@ def _read_atlas(cfg: StudyConfig, like: Any) -> tuple[np.ndarray | None, dict[in
     labels = np.asarray(img.dataobj).astype(np.int32)
     names: dict[int, str] = {}
     if cfg.atlas_labels is not None:
-        import csv  # noqa: PLC0415
+        from ..stats.io import read_lookup  # noqa: PLC0415
 
-        with Path(cfg.atlas_labels).open(newline="") as fh:
-            rows = list(csv.reader(fh, delimiter="\t"))
-        start = 1 if rows and not rows[0][0].strip().lstrip("-").isdigit() else 0
-        for r in rows[start:]:
-            if len(r) >= 2 and r[0].strip().lstrip("-").isdigit():
-                names[int(r[0])] = r[1].strip()
+        names = read_lookup(cfg.atlas_labels)
     for lab in np.unique(labels):
         if lab > 0 and int(lab) not in names:
             names[int(lab)] = f"label_{int(lab)}"
