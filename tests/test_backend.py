@@ -78,8 +78,8 @@ def test_cli_info_and_gpu_error(tmp_path):
     tsv.write_text("frame_start\tframe_end\tR\tA\n" + "".join(f"{60 * i}\t{60 * i + 60}\t{1 + i}\t{2 + i}\n"
                                                             for i in range(8)))
     env_code = "import sys; sys.modules['cupy'] = None; from voxelkit.cli import main; sys.exit(main())"
-    err = subprocess.run([sys.executable, "-c", env_code, "fit-tacs", str(tsv), "--ref", "R", "--device", "gpu"],
-                         capture_output=True, text=True, timeout=120)
+    err = subprocess.run([sys.executable, "-c", env_code, "fit-tacs", str(tsv), "--ref", "R", "--tstar", "2",
+                          "--device", "gpu"], capture_output=True, text=True, timeout=120)
     assert err.returncode == 2 and "Traceback" not in err.stderr
     assert "device 'gpu' requested but no usable GPU: cupy is not importable" in err.stderr
 

@@ -77,19 +77,20 @@ def test_fit_mrtm2_with_k2prime_mask_reaches_sidecar(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case, match", [
     ("frames", "frame count mismatch"),
     ("empty_ref", "empty"),
-    ("affine", "affine mismatch"),
+    ("affine", "does not overlap the PET field of view"),  # another grid that overlaps is resampled (conform)
     ("nan_ref", "non-finite"),
     ("mrtm2_no_k2p", "needs k2'"),
 ])
 def test_fit_errors_name_the_file(tmp_path: Path, capsys, case: str, match: str) -> None:
-    p = write_study(tmp_path, n_frames_json=10 if case == "frames" else None, nan_ref=case == "nan_ref")
+    p = write_study(tmp_path, n_frames_json=20 if case == "frames" else None, nan_ref=case == "nan_ref")
     ref = p["ref"]
     if case == "empty_ref":
         ref = tmp_path / "empty.nii.gz"
         nib.save(nib.Nifti1Image(np.zeros((6, 5, 4), np.uint8), np.diag([2.0, 2.0, 2.0, 1.0])), ref)
     if case == "affine":
         ref = tmp_path / "shifted.nii.gz"
-        nib.save(nib.Nifti1Image(np.ones((6, 5, 4), np.uint8), np.diag([3.0, 2.0, 2.0, 1.0])), ref)
+        nib.save(nib.Nifti1Image(np.ones((6, 5, 4), np.uint8), nib.affines.from_matvec(np.diag([3.0, 2.0, 2.0]),
+                                                                                      [500.0, 0.0, 0.0])), ref)
     model = "mrtm2" if case == "mrtm2_no_k2p" else "mrtm"
     rc = main(["fit", str(p["pet"]), "--ref-mask", str(ref), "-o", str(tmp_path / "x"), "--model", model,
                "--device", "cpu", "-q"])
@@ -147,10 +148,12 @@ def test_fit_tacs_nan_reference_names_the_file(tmp_path: Path, capsys) -> None:
 
 
 def test_fit_beside_the_input_and_k2prime_median(tmp_path: Path) -> None:
-    """Writing into the input's folder is fine (inputs are never overwritten); MRTM2 with k2' = median of MRTM."""
+    """Writing into the input's folder needs --overwrite (the folder is not empty) and never touches the inputs;
+    MRTM2 with k2' = median of MRTM."""
     p = write_study(tmp_path)
     rc = main(["fit", str(p["pet"]), "--ref-mask", str(p["ref"]), "--mask", str(p["brain"]), "-o", str(tmp_path),
-               "--model", "mrtm2", "--k2prime", "median", "--integration", "frame_average", "--device", "cpu", "-q"])
+               "--model", "mrtm2", "--k2prime", "median", "--integration", "frame_average", "--device", "cpu", "-q",
+               "--overwrite"])
     assert rc == 0 and p["pet"].exists()
     meta = json.loads((tmp_path / "fit.json").read_text())
     assert meta["Info"]["k2prime_source"].startswith("median")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,8 @@ import numpy as np
 
 from .frames import FrameTiming
 from .io import (
+    DEFAULT_MASK_THRESHOLD,
+    MIN_REFERENCE_VOXELS,
     DynamicPET,
     ImageLike,
     InputError,
@@ -20,15 +23,22 @@ from .io import (
 )
 from .models import ModelFit, get_model
 
+log = logging.getLogger("voxelkit")
+
 #: Models that take a k2' region (``k2prime_region`` for fit_tacs, ``k2prime_mask`` for fit).
-K2PRIME_REGION_MODELS = ("mrtm2", "srtm2")
+K2PRIME_REGION_MODELS = ("mrtm2", "srtm2", "lpntpet2")
 
 
-def region_mean_tac(pet: DynamicPET, data: np.ndarray, mask: Any, what: str) -> tuple[np.ndarray, np.ndarray, str]:
+def region_mean_tac(pet: DynamicPET, data: np.ndarray, mask: Any, what: str, *,
+                    mask_threshold: float | None = None,
+                    info: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Mean TAC over the finite voxels of a mask image (checked against the PET's space), the 3-D mask and a
-    description.  Raises :class:`InputError` naming the mask file when nothing usable is inside."""
+    description.  Fractional masks: voxels ``>= mask_threshold`` (default 0.5; see
+    :func:`voxelkit.io.mask_from_values`).  ``info`` (if given) receives the rule and voxel counts.
+    Raises :class:`InputError` naming the mask file when nothing usable is inside."""
     where = str(mask) if isinstance(mask, str | Path) else f"{what} image"
-    m = load_mask(mask, pet.image, pet.name, what=what)
+    desc: dict[str, Any] = {}
+    m = load_mask(mask, pet.image, pet.name, what=what, threshold=mask_threshold, info=desc)
     tac = data[m].astype(np.float64)
     finite_rows = np.isfinite(tac).all(axis=1)
     if not finite_rows.any():
@@ -36,14 +46,28 @@ def region_mean_tac(pet: DynamicPET, data: np.ndarray, mask: Any, what: str) -> 
     tac = tac[finite_rows].mean(axis=0)
     if not (tac > 0).any():
         raise InputError(f"{where}: the {what} has no positive activity in {pet.name}")
+    desc["n_used"] = int(finite_rows.sum())
+    if info is not None:
+        info.update(desc)
     return tac, m, f"mean of {int(finite_rows.sum())} voxels in {where}"
 
 
-def reference_tac(pet: DynamicPET, data: np.ndarray, reference: Any) -> tuple[np.ndarray, str]:
-    """The reference TAC: the mean over a reference mask image, or a given TAC (one value per frame)."""
+def reference_tac(pet: DynamicPET, data: np.ndarray, reference: Any, *, mask_threshold: float | None = None,
+                  info: dict[str, Any] | None = None) -> tuple[np.ndarray, str]:
+    """The reference TAC: the mean over a reference mask image (fractional masks: voxels ``>= mask_threshold``,
+    default 0.5), or a given TAC (one value per frame).  A region of fewer than
+    :data:`voxelkit.io.MIN_REFERENCE_VOXELS` voxels gets a warning.  ``info`` receives the mask's rule and
+    voxel count (``n_voxels``, ``rule``, ``threshold``, ``file``)."""
     if isinstance(reference, str | Path) or hasattr(reference, "affine"):
-        tac, _, desc = region_mean_tac(pet, data, reference, "reference region mask")
-        return tac, desc
+        desc: dict[str, Any] = {}
+        tac, _, text = region_mean_tac(pet, data, reference, "reference region mask", mask_threshold=mask_threshold,
+                                       info=desc)
+        if desc["n_used"] < MIN_REFERENCE_VOXELS:
+            log.warning("WARNING: the reference region %s has only %d voxels (fewer than %d): its mean TAC is "
+                        "noisy and every BPND depends on it", desc["file"], desc["n_used"], MIN_REFERENCE_VOXELS)
+        if info is not None:
+            info.update(desc)
+        return tac, text
     tac = np.asarray(reference, dtype=float).reshape(-1)
     pet.frames.check_count(tac.size, "the reference TAC")
     if not np.isfinite(tac).all():
@@ -70,24 +94,42 @@ def fit(pet: ImageLike | DynamicPET, reference: Any, model: str = "logan", mask:
     mask : brain mask; default all voxels whose signal is finite and non-zero in some frame.
     k2prime_mask : (MRTM2, SRTM2) mask image of a high-binding region: k2' (1/min) from a fit of its mean TAC
         (MRTM2: MRTM fit of the mean over all its finite voxels; SRTM2: of its voxels inside the brain mask).
+    mask_threshold : fractional (0-1) masks (reference, brain, k2' region): voxels ``>= mask_threshold`` are
+        inside (default 0.5); binary/integer masks: every non-zero voxel.  Voxel counts go to ``fit.info``.
     options : model options (``tstar`` minutes, ``k2prime`` 1/min or ``"median"``, ``window`` (start, end)
-        minutes, ``weights``, ``integration``...).
+        minutes, ``k2prime_window`` (start, end) minutes, ``weights``, ``integration``...; see
+        :mod:`voxelkit.models.options`).
+
+    ``fit.info`` records the reference (``reference``, ``reference_mask``: rule and voxel count), the brain
+    mask, the k2' estimate (``k2prime``, ``k2prime_source``), the injection offset and the PET file;
+    ``fit.qc()`` summarises how many voxels failed.
     """
     k2p_mask_img = options.pop("k2prime_mask", None)
+    mask_threshold = options.pop("mask_threshold", None)
     _check_k2prime_region(model, k2p_mask_img is not None, "k2prime_mask (--k2prime-mask)")
     dpet = load_pet(pet, frames=frames)
     data = dpet.data()
-    ref_tac, ref_desc = reference_tac(dpet, data, reference)
+    ref_info: dict[str, Any] = {}
+    ref_tac, ref_desc = reference_tac(dpet, data, reference, mask_threshold=mask_threshold, info=ref_info)
+    extra_info: dict[str, Any] = {}
+    if ref_info:
+        extra_info["reference_mask"] = ref_info
     if mask is None:
         m = np.isfinite(data).all(axis=3) & (np.abs(np.nan_to_num(data)).sum(axis=3) > 0)
         if not m.any():
             raise InputError(f"{dpet.name}: no voxel with finite, non-zero signal")
+        extra_info["brain_mask"] = {"rule": "finite, non-zero signal in some frame", "n_voxels": int(m.sum())}
     else:
-        m = load_mask(mask, dpet.image, dpet.name, what="brain mask")
+        bm: dict[str, Any] = {}
+        m = load_mask(mask, dpet.image, dpet.name, what="brain mask", threshold=mask_threshold, info=bm)
+        extra_info["brain_mask"] = bm
     masker = Masker(m, dpet.affine)
     tacs = masker.transform(data)
     if k2p_mask_img is not None:
-        k2p_tac, k2p_mask3d, k2p_desc = region_mean_tac(dpet, data, k2p_mask_img, "k2' region mask")
+        km: dict[str, Any] = {}
+        k2p_tac, k2p_mask3d, k2p_desc = region_mean_tac(dpet, data, k2p_mask_img, "k2' region mask",
+                                                        mask_threshold=mask_threshold, info=km)
+        extra_info["k2prime_mask"] = km
         if model.lower() == "mrtm2":
             options.update(k2prime_tac=k2p_tac, k2prime_name=k2p_desc)
         else:
@@ -97,7 +139,9 @@ def fit(pet: ImageLike | DynamicPET, reference: Any, model: str = "logan", mask:
             options["k2prime_mask"] = sel
     mdl = get_model(model, device=device, **options)
     result = mdl.fit(tacs, ref_tac, dpet.frames, masker=masker)
-    result.info.update(reference=ref_desc, pet=dpet.name)
+    result.info.update(reference=ref_desc, pet=dpet.name, injection_offset_s=dpet.frames.injection_offset_s,
+                       mask_threshold=DEFAULT_MASK_THRESHOLD if mask_threshold is None else float(mask_threshold),
+                       **extra_info)
     return result
 
 
@@ -140,4 +184,6 @@ def fit_tacs(tacs: str | Path | TACTable, ref: str | np.ndarray, model: str = "l
     elif k2p_region is not None:
         options["k2prime_mask" if model.lower() != "mrtm2" else "k2prime_region"] = np.asarray(k2p_region, bool)
     mdl = get_model(model, device=device, **options)
-    return mdl.fit(arr, ref_tac, table.frames, names=list(regions))
+    result = mdl.fit(arr, ref_tac, table.frames, names=list(regions))
+    result.info.update(tacs=table.source)
+    return result

@@ -1,16 +1,36 @@
 """Frame timing of dynamic PET scans.
 
-Times are stored in **seconds** from injection, as BIDS-PET does (``FrameTimesStart``, ``FrameDuration``).
+Times are stored in **seconds from injection**.  BIDS-PET gives ``FrameTimesStart`` relative to ``TimeZero``;
+:meth:`FrameTiming.from_bids_dict` subtracts ``InjectionStart`` (seconds relative to ``TimeZero``, default 0) and
+records it as :attr:`FrameTiming.injection_offset_s`.  A frame that starts before the injection is an error
+(remove pre-injection frames from the image and the sidecar, or correct ``InjectionStart``).
 Kinetic models work in **minutes**: use :attr:`FrameTiming.mid_min` and friends.
+
+Timing read from a file is checked for plausibility (:meth:`FrameTiming.check_plausible`): a whole scan shorter
+than 5 minutes or a frame shorter than 1 s means the times are not in seconds (minutes?); a scan longer than a
+day means milliseconds.
+
+Windows (:meth:`FrameTiming.window_mask`): a frame belongs to the window ``[start, end)`` that holds its
+**mid-time**, for every schedule, so windows that tile the scan (0-45, 45-90 min) use every frame exactly once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("voxelkit")
+
+#: A whole scan shorter than this (seconds) is implausible: frame times in minutes?
+MIN_SCAN_SECONDS = 300.0
+#: A frame shorter than this (seconds) is implausible: frame times in minutes?
+MIN_FRAME_SECONDS = 1.0
+#: A scan longer than this (seconds, one day) is implausible: frame times in milliseconds?
+MAX_SCAN_SECONDS = 86400.0
 
 
 class FrameError(ValueError):
@@ -19,11 +39,15 @@ class FrameError(ValueError):
 
 @dataclass(frozen=True)
 class FrameTiming:
-    """Start and duration of each frame, in seconds from injection."""
+    """Start and duration of each frame, in seconds from injection.
+
+    ``injection_offset_s``: the ``InjectionStart`` (seconds after ``TimeZero``) subtracted from the file's frame
+    times (0 when the file had none, or for timing given directly)."""
 
     start: np.ndarray
     duration: np.ndarray
     source: str = "<frames>"
+    injection_offset_s: float = 0.0
 
     def __post_init__(self) -> None:
         start = np.asarray(self.start, dtype=float).reshape(-1)
@@ -49,7 +73,9 @@ class FrameTiming:
         return cls.from_bids_dict(meta, source=str(path))
 
     @classmethod
-    def from_bids_dict(cls, meta: dict, source: str = "<sidecar>") -> FrameTiming:
+    def from_bids_dict(cls, meta: dict, source: str = "<sidecar>", check: bool = True) -> FrameTiming:
+        """Frame timing from a BIDS-PET sidecar dict: ``FrameTimesStart`` minus ``InjectionStart`` (seconds
+        relative to ``TimeZero``; 0 if absent), ``FrameDuration``.  ``check``: :meth:`check_plausible`."""
         missing = [k for k in ("FrameTimesStart", "FrameDuration") if k not in meta]
         if missing:
             raise FrameError(f"{source}: missing BIDS field(s) {', '.join(missing)}")
@@ -59,7 +85,31 @@ class FrameTiming:
                 f"{source}: FrameTimesStart ({np.size(start)} values) and FrameDuration "
                 f"({np.size(dur)} values) must be lists of equal length"
             )
-        return cls(np.asarray(start, float), np.asarray(dur, float), source)
+        try:
+            start_a, dur_a = np.asarray(start, float), np.asarray(dur, float)
+        except (TypeError, ValueError):
+            raise FrameError(f"{source}: FrameTimesStart and FrameDuration must be numbers (seconds)") from None
+        inj = meta.get("InjectionStart", 0) or 0
+        if isinstance(inj, bool) or not isinstance(inj, int | float) or not np.isfinite(inj):
+            raise FrameError(f"{source}: InjectionStart must be a number of seconds relative to TimeZero, "
+                             f"got {inj!r}")
+        inj = float(inj)
+        if inj != 0.0:
+            before = np.flatnonzero(start_a < inj - 1e-6)
+            if before.size:
+                raise FrameError(
+                    f"{source}: frame(s) {before.tolist()} (0-based) start before the injection (FrameTimesStart "
+                    f"{start_a[before[0]]:g} s < InjectionStart {inj:g} s, relative to TimeZero): remove the "
+                    "pre-injection frames from the image and the sidecar, or correct InjectionStart")
+            log.info("%s: frame times shifted by InjectionStart = %g s (models use time from injection)",
+                     source, inj)
+        elif start_a.size and start_a[0] < -1e-6:
+            raise FrameError(f"{source}: frame 0 starts at {start_a[0]:g} s, before TimeZero, and there is no "
+                             "InjectionStart: frame times must be seconds from injection (give InjectionStart)")
+        fr = cls(start_a - inj, dur_a, source, injection_offset_s=inj)
+        if check:
+            fr.check_plausible()
+        return fr
 
     @classmethod
     def uniform(cls, n_frames: int, duration_s: float, first_start_s: float = 0.0) -> FrameTiming:
@@ -90,6 +140,27 @@ class FrameTiming:
                 i = int(np.argmax(overlap)) + 1
                 raise FrameError(f"{src}: frame {i} starts at {s[i]} s, before frame {i - 1} ends at "
                                  f"{s[i - 1] + d[i - 1]} s (frames overlap)")
+
+    def check_plausible(self) -> None:
+        """Raise :class:`FrameError` if the timing cannot be seconds: the whole scan lasts under
+        :data:`MIN_SCAN_SECONDS` or a frame under :data:`MIN_FRAME_SECONDS` (times in minutes?), or the scan
+        lasts over :data:`MAX_SCAN_SECONDS` (times in milliseconds?).  Called for timing read from files."""
+        src = self.source
+        total = float(self.end[-1])
+        if total > MAX_SCAN_SECONDS:
+            raise FrameError(f"{src}: the scan ends {total:g} s ({total / 3600:.1f} h) after injection, longer than "
+                             "a day: frame times look like milliseconds; BIDS-PET frame times and durations are "
+                             "seconds")
+        if total < MIN_SCAN_SECONDS:
+            raise FrameError(f"{src}: the scan ends {total:g} s after injection, under "
+                             f"{MIN_SCAN_SECONDS / 60:g} minutes: frame times look like minutes; BIDS-PET frame "
+                             "times and durations are seconds (multiply by 60)")
+        short = np.flatnonzero(self.duration < MIN_FRAME_SECONDS)
+        if short.size:
+            i = int(short[0])
+            raise FrameError(f"{src}: frame {i} (0-based) lasts {self.duration[i]:g} s, under "
+                             f"{MIN_FRAME_SECONDS:g} s: frame times look like minutes; BIDS-PET frame times and "
+                             "durations are seconds")
 
     def check_count(self, n_frames: int, what: str) -> None:
         """Raise if ``what`` (for example an image path) has ``n_frames`` frames but the timing has not."""
@@ -130,18 +201,52 @@ class FrameTiming:
 
     def select(self, index) -> FrameTiming:
         """A timing with only the frames ``index`` (boolean mask or integer indices)."""
-        return FrameTiming(self.start[index], self.duration[index], self.source)
+        return FrameTiming(self.start[index], self.duration[index], self.source, self.injection_offset_s)
 
     def to_bids_dict(self) -> dict:
         return {"FrameTimesStart": self.start.tolist(), "FrameDuration": self.duration.tolist()}
 
     def window_mask(self, start_min: float | None, end_min: float | None) -> np.ndarray:
-        """Frames lying wholly inside ``[start_min, end_min]`` minutes (None = open end)."""
+        """Frames whose **mid-time** lies in ``[start_min, end_min)`` minutes (None = open end).
+
+        The same rule for every schedule: windows that tile the scan (0-45, 45-90) use each frame exactly once
+        (a mid-time on a bound belongs to the later window; the scan's last frame belongs to a window ending at
+        or after the scan's end).  See :meth:`window_straddlers` for frames that cross a bound."""
+        mid = self.mid_min
         keep = np.ones(self.n_frames, dtype=bool)
         if start_min is not None:
-            keep &= self.start_min >= start_min - 1e-9
+            keep &= mid >= start_min - 1e-9
         if end_min is not None:
-            keep &= self.end_min <= end_min + 1e-9
+            keep &= mid < end_min - 1e-9
+        return keep
+
+    def window_straddlers(self, start_min: float | None, end_min: float | None) -> list[int]:
+        """Indices of frames that cross a bound of the window ``[start_min, end_min]`` (minutes): they start
+        before the bound and end after it, so part of them lies on the other side."""
+        out: set[int] = set()
+        for bound in (start_min, end_min):
+            if bound is None:
+                continue
+            cross = (self.start_min < bound - 1e-9) & (self.end_min > bound + 1e-9)
+            out.update(int(i) for i in np.flatnonzero(cross))
+        return sorted(out)
+
+    def describe_window(self, start_min: float | None, end_min: float | None, what: str = "window") -> np.ndarray:
+        """:meth:`window_mask`, logging the frames the window uses (info) and warning about frames that cross
+        a bound (they are assigned by their mid-time)."""
+        keep = self.window_mask(start_min, end_min)
+        idx = np.flatnonzero(keep)
+        lo = "0" if start_min is None else f"{start_min:g}"
+        hi = "end" if end_min is None else f"{end_min:g}"
+        if idx.size:
+            log.info("%s %s-%s min: frames %d-%d (%d frames, %.4g-%.4g min; rule: frame mid-time in [start, end))",
+                     what, lo, hi, idx[0], idx[-1], idx.size, self.start_min[idx[0]], self.end_min[idx[-1]])
+        else:
+            log.info("%s %s-%s min: no frame has its mid-time inside", what, lo, hi)
+        for i in self.window_straddlers(start_min, end_min):
+            log.warning("%s: frame %d (%.4g-%.4g min) crosses a bound of the %s %s-%s min; it is %s by its "
+                        "mid-time %.4g min", self.source, i, self.start_min[i], self.end_min[i], what, lo, hi,
+                        "used" if keep[i] else "not used", self.mid_min[i])
         return keep
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,13 @@ import numpy as np
 from .frames import FrameTiming
 
 ImageLike = str | Path | nib.spatialimages.SpatialImage
+
+log = logging.getLogger("voxelkit")
+
+#: Default threshold of fractional (probabilistic, 0-1) masks: voxels with a value >= this are inside.
+DEFAULT_MASK_THRESHOLD = 0.5
+#: A reference region with fewer voxels than this gets a warning (its mean TAC is noisy).
+MIN_REFERENCE_VOXELS = 20
 
 
 class InputError(ValueError):
@@ -35,15 +44,46 @@ def load_image(img: ImageLike) -> nib.spatialimages.SpatialImage:
     """A nibabel image from a path or an image (nilearn's "Niimg-like", without the import cost)."""
     if isinstance(img, str | Path):
         path = Path(img)
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
+        check_input_file(path, "image")
+        if path.name.lower().endswith(".v"):  # ECAT7: nibabel.load does not open it (frames: voxelkit.ecat)
+            from .ecat import load_ecat  # noqa: PLC0415 - ecat imports io
+
+            return load_ecat(path)
         try:
             return nib.load(str(path))
+        except PermissionError:
+            raise InputError(f"{path}: cannot read image: permission denied") from None
         except Exception as exc:
-            raise InputError(f"{path}: cannot read image ({exc})") from exc
+            raise InputError(f"{path}: cannot read image ({_one_line(exc)})") from None
     if hasattr(img, "affine") and hasattr(img, "shape"):
         return img
     raise InputError(f"expected an image path or a nibabel image, got {type(img).__name__}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def check_input_file(path: str | Path, what: str = "file") -> Path:
+    """Raise :class:`InputError` unless ``path`` is an existing file (not a directory)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; expected the {what} file")
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    return path
+
+
+def image_data(img: nib.spatialimages.SpatialImage, name: str, dtype: Any = None) -> np.ndarray:
+    """The voxel data of ``img`` (read now: nibabel loads lazily); a truncated or unreadable file is an
+    :class:`InputError` naming ``name``."""
+    try:
+        return np.asarray(img.dataobj, dtype=dtype) if dtype is not None else np.asarray(img.dataobj)
+    except PermissionError:
+        raise InputError(f"{name}: cannot read image data: permission denied") from None
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise InputError(f"{name}: cannot read image data (truncated or corrupt file? {_one_line(exc)})") from None
 
 
 def sidecar_path(img_path: str | Path) -> Path:
@@ -63,9 +103,11 @@ def check_same_space(ref: nib.spatialimages.SpatialImage, other: nib.spatialimag
         raise InputError(f"shape mismatch: {other_name} has shape {tuple(other.shape[:3])} but "
                          f"{ref_name} has {tuple(ref.shape[:3])}")
     if not np.allclose(ref.affine, other.affine, atol=atol):
-        raise InputError(f"affine mismatch between {other_name} and {ref_name}:\n"
-                         f"{other_name}:\n{np.array2string(other.affine, precision=4)}\n"
-                         f"{ref_name}:\n{np.array2string(ref.affine, precision=4)}")
+        diff = float(np.abs(np.asarray(ref.affine) - np.asarray(other.affine)).max())
+        log.debug("affine of %s:\n%s", other_name, np.array2string(np.asarray(other.affine), precision=4))
+        log.debug("affine of %s:\n%s", ref_name, np.array2string(np.asarray(ref.affine), precision=4))
+        raise InputError(f"affine mismatch between {other_name} and {ref_name} (largest difference {diff:.4g}; "
+                         "the affines are printed with --verbose): the images are not on the same grid")
 
 
 @dataclass
@@ -85,7 +127,8 @@ class DynamicPET:
         return self.image.affine
 
     def data(self) -> np.ndarray:
-        return np.asarray(self.image.dataobj, dtype=np.float32)
+        """The 4-D data, float32 (read now; a truncated file is an :class:`InputError` naming it)."""
+        return image_data(self.image, self.name, np.float32)
 
 
 def load_pet(pet: ImageLike | DynamicPET, frames: FrameTiming | None = None,
@@ -106,28 +149,80 @@ def load_pet(pet: ImageLike | DynamicPET, frames: FrameTiming | None = None,
             if not isinstance(pet, str | Path):
                 raise InputError(f"{name}: frame timing needed (pass frames=FrameTiming(...) or a sidecar)")
             sidecar = sidecar_path(pet)
-            if not Path(sidecar).exists():
+            if not Path(sidecar).exists() and Path(pet).name.lower().endswith(".v"):
+                from .ecat import ecat_frames  # noqa: PLC0415 - ECAT7: frame times from the subheaders
+
+                sidecar = None
+                frames = ecat_frames(pet)
+            elif not Path(sidecar).exists():
                 raise InputError(f"{name}: no frame timing: BIDS sidecar {sidecar} not found "
                                  "(give frame times explicitly)")
-        frames = FrameTiming.from_bids_json(sidecar)
+        if frames is None:
+            frames = FrameTiming.from_bids_json(sidecar)
     frames.check_count(int(img.shape[3]), name)
     return DynamicPET(img, frames, name)
 
 
+def mask_from_values(data: np.ndarray, name: str, what: str = "mask",
+                     threshold: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The boolean mask of a 3-D array by the one mask rule, and a description.
+
+    - **fractional** masks (float values in [0, 1], some strictly between 0 and 1: probabilistic or
+      interpolated masks): voxels with a value ``>= threshold`` (default :data:`DEFAULT_MASK_THRESHOLD`, 0.5);
+    - **binary / integer** masks (every finite value a whole number): every non-zero voxel (the threshold does
+      not apply);
+    - other values (fractions outside [0, 1]) are an :class:`InputError`.  NaN counts as outside.
+    """
+    thr = DEFAULT_MASK_THRESHOLD if threshold is None else float(threshold)
+    if not 0.0 < thr <= 1.0:
+        raise InputError(f"mask_threshold (--mask-threshold) must be in (0, 1], got {threshold}")
+    finite = np.isfinite(data)
+    vals = np.asarray(data[finite], dtype=np.float64)
+    whole = bool(np.all(vals == np.round(vals)))
+    if whole:
+        m = finite & (np.nan_to_num(data) != 0)
+        info = {"rule": "non-zero", "threshold": None}
+    else:
+        if vals.min() < 0 or vals.max() > 1:
+            raise InputError(f"{name}: {what} has fractional values outside [0, 1] ({vals.min():.4g} to "
+                             f"{vals.max():.4g}): give a binary/integer mask or probabilities in [0, 1]")
+        m = finite & (np.nan_to_num(data) >= thr - 1e-7)
+        info = {"rule": f"fractional, >= {thr:g}", "threshold": thr,
+                "n_nonzero": int((finite & (np.nan_to_num(data) > 0)).sum())}
+    info["n_voxels"] = int(m.sum())
+    info["file"] = name
+    return m, info
+
+
 def load_mask(mask: ImageLike, like: nib.spatialimages.SpatialImage, like_name: str,
-              what: str = "mask") -> np.ndarray:
-    """A boolean 3-D mask from an image, checked against the space of ``like``."""
+              what: str = "mask", threshold: float | None = None,
+              info: dict[str, Any] | None = None) -> np.ndarray:
+    """A boolean 3-D mask from an image, checked against the space of ``like``, by the rule of
+    :func:`mask_from_values` (fractional masks: ``>= threshold``, default 0.5; binary/integer: non-zero).
+    The voxel count and rule are logged and, if ``info`` is given, stored in it."""
     img = load_image(mask)
     name = image_name(mask)
-    check_same_space(like, img, like_name, name)
-    data = np.asarray(img.dataobj)
+    if tuple(img.shape[:3]) == tuple(like.shape[:3]) and np.allclose(img.affine, like.affine, atol=1e-3):
+        data = image_data(img, name)
+    else:  # another voxel order (reoriented) or another grid (nearest neighbour); refused outside the FOV
+        from .conform import conform_to  # noqa: PLC0415 - conform imports io
+
+        data, _ = conform_to(mask, like, "mask", name)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{name}: {what} must be 3-D, got shape {data.shape}")
-    m = np.isfinite(data) & (data != 0)
+    m, desc = mask_from_values(data, name, what, threshold)
     if not m.any():
-        raise InputError(f"{name}: {what} is empty (no non-zero voxel)")
+        extra = f" at or above {desc['threshold']:g}" if desc["threshold"] is not None else " non-zero"
+        raise InputError(f"{name}: {what} is empty (no voxel{extra})")
+    if desc["threshold"] is not None:
+        log.info("%s %s: %d voxels (fractional mask: %d voxels > 0, %d at or above the threshold %g)", what,
+                 name, desc["n_voxels"], desc["n_nonzero"], desc["n_voxels"], desc["threshold"])
+    else:
+        log.info("%s %s: %d voxels (non-zero)", what, name, desc["n_voxels"])
+    if info is not None:
+        info.update(desc)
     return m
 
 
@@ -207,14 +302,22 @@ class TACTable:
 def read_tsv(path: str | Path, rows_desc: str = "row") -> dict[str, list[str]]:
     """A tab-separated table as {column: values (stripped strings)} in header order; blank lines are skipped.
     Errors name the file (and the line whose field count differs from the header)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh, delimiter="\t") if r and any(c.strip() for c in r)]
+    path = check_input_file(path, "table")
+    try:
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.reader(fh, delimiter="\t") if r and any(c.strip() for c in r)]
+    except PermissionError:
+        raise InputError(f"{path}: cannot read the table: permission denied") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read the table ({_one_line(exc)})") from None
     if len(rows) < 2:
         raise InputError(f"{path}: needs a header and at least one {rows_desc}")
     header = [h.strip() for h in rows[0]]
+    seen: set[str] = set()
+    dups = [h for h in header if h in seen or seen.add(h)]  # type: ignore[func-returns-value]
+    if dups:
+        raise InputError(f"{path}: duplicate column name(s) {', '.join(sorted(set(dups)))} in the header; "
+                         "every column needs its own name")
     cols: dict[str, list[str]] = {h: [] for h in header}
     for lineno, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
@@ -242,6 +345,7 @@ def read_tac_table(path: str | Path) -> TACTable:
                 raise InputError(f"{path}: line {k + 2}, column {h!r}: {v!r} is not a number") from exc
     arrays = {h: np.asarray(v, dtype=float) for h, v in data.items()}
     frames = FrameTiming.from_start_end(arrays.pop("frame_start"), arrays.pop("frame_end"), source=str(path))
+    frames.check_plausible()
     return TACTable(frames, arrays, str(path))
 
 

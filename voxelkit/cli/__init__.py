@@ -10,7 +10,7 @@ import sys
 from .. import __version__
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("info", "fit", "simulate", "stats", "run", "report", "demo")
+SUBCOMMANDS = ("info", "fit", "batch", "simulate", "stats", "run", "report", "demo")
 
 
 class CliError(Exception):
@@ -62,9 +62,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (CliError, BackendError, FrameError, InputError, FileNotFoundError, FileExistsError) as exc:
-        print(f"voxelkit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"voxelkit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"voxelkit {args.command}: interrupted (Ctrl-C); nothing more was written", file=sys.stderr)
+        return 130
+    except (CliError, BackendError, FrameError, InputError, ValueError) as exc:
+        return _error_line(args.command, str(exc))
+    except OSError as exc:  # PermissionError, IsADirectoryError, FileExistsError, disk full, ...
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return _error_line(args.command, f"{where}{exc.strerror or exc}")
+
+
+def _error_line(command: str, text: str) -> int:
+    """Print ``text`` as one line (a multi-line message's details go to the debug log) and return 2."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or ["unknown error"]
+    if len(lines) > 1:
+        logging.getLogger("voxelkit").debug("details:\n%s", text)
+    print(f"voxelkit {command}: error: {' '.join(lines) if len(lines) <= 2 else lines[0]}", file=sys.stderr)
+    return 2

@@ -1,95 +1,59 @@
-"""``voxelkit fit`` (4-D image -> parametric maps) and ``voxelkit fit-tacs`` (TAC table -> one row per region)."""
+"""``voxelkit fit`` (4-D image -> parametric maps) and ``voxelkit fit-tacs`` (TAC table -> one row per region).
+
+Model options come from the one table in :mod:`voxelkit.models.options` (shared with ``voxelkit run`` and the
+study file).  Outputs of ``fit`` go through :class:`voxelkit.outputs.OutputFolder`: a non-empty folder is refused
+without ``--overwrite``; with it, exactly the files the previous voxelkit command recorded in the folder's
+manifest are removed (never an input).  ``fit-tacs -o`` never replaces its input table.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("voxelkit")
 
-#: CLI option -> model keyword, with a converter.  Only options the user gave are passed on.
-MODEL_OPTIONS: dict[str, str] = {
-    "tstar": "tstar",
-    "k2prime": "k2prime",
-    "end": "end",
-    "window": "window",
-    "weights": "weights",
-    "integration": "integration",
-    "theta3_range": "theta3_range",
-    "n_basis": "n_basis",
-    "bp_max": "bp_max",
-    "half_life": "half_life_min",
-    "k2prime_region": "k2prime_region",
-    "k2prime_mask": "k2prime_mask",
-}
 
-
-def _k2prime_arg(text: str) -> float | str:
-    """``--k2prime``: a rate in 1/min, or ``median``."""
-    if text.strip().lower() == "median":
-        return "median"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a rate in 1/min or 'median', got {text!r}") from None
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser, command: str = "fit") -> None:
+    """``--model`` and the model options of ``command`` (see :mod:`voxelkit.models.options`)."""
     from ..models import MODELS  # noqa: PLC0415
-    from ..models.base import MODEL_INTEGRATION_SCHEMES, WEIGHT_SCHEMES  # noqa: PLC0415
+    from ..models.options import add_model_arguments  # noqa: PLC0415
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="logan", choices=sorted(MODELS), help="kinetic model (default: logan)")
-    g.add_argument("--tstar", type=float, default=None, metavar="MIN",
-                   help="Logan: frames starting at or after t* (minutes) enter the regression")
-    g.add_argument("--k2prime", type=_k2prime_arg, default=None, metavar="K",
-                   help="reference-region efflux rate k2' (1/min); mrtm2 also 'median' (median MRTM k2' over "
-                        "well-fitted high-BPND voxels/regions)")
-    g.add_argument("--end", type=float, default=None, metavar="MIN",
-                   help="Logan: ignore frames ending after this time (minutes)")
-    g.add_argument("--window", type=float, nargs=2, default=None, metavar=("START", "END"),
-                   help="fit only frames inside [START, END] minutes (integrals still start at injection)")
-    g.add_argument("--weights", default=None,
-                   help="frame weights: " + ", ".join(WEIGHT_SCHEMES) + ", or (fit-tacs) a column name")
-    g.add_argument("--half-life", type=float, default=None, metavar="MIN",
-                   help="radionuclide half-life for decay-uncorrected weights (minutes; default C-11, 20.364)")
-    g.add_argument("--integration", default=None, choices=MODEL_INTEGRATION_SCHEMES,
-                   help="running-integral rule (default trapezoid from a zero at injection, as kinfitr; "
-                        "frame_average is exact for frame-average data on uneven schedules)")
-    g.add_argument("--theta3-range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="SRTM/SRTM2: basis-function theta3 grid range (1/min); default from k2' and --bp-max")
-    g.add_argument("--n-basis", type=int, default=None, metavar="N",
-                   help="SRTM/SRTM2: number of basis functions (log-spaced theta3)")
-    g.add_argument("--bp-max", type=float, default=None, metavar="BP",
-                   help="SRTM/SRTM2: highest BPND the default theta3 grid must reach")
+    add_model_arguments(g, command)
 
 
-def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts = {}
-    for attr, key in MODEL_OPTIONS.items():
-        val = getattr(args, attr, None)
-        if val is not None:
-            opts[key] = tuple(val) if isinstance(val, list) else val
-    return opts
+def model_options(args: argparse.Namespace, command: str = "fit") -> dict[str, Any]:
+    """The model options given on the command line, checked against ``--model``."""
+    from ..models.options import collect_model_options  # noqa: PLC0415
+
+    return collect_model_options(args, command, model=getattr(args, "model", None))
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("fit", parents=[parent], help="fit a kinetic model to every voxel of a 4-D PET image",
                        description="Fit a reference-tissue model voxelwise and write parametric maps "
-                                   "(NIfTI + JSON sidecars) to OUTDIR.")
+                                   "(NIfTI + JSON sidecars) to OUTDIR. OUTDIR must be empty or new; "
+                                   "--overwrite replaces what an earlier voxelkit command wrote there (its "
+                                   "manifest), never an input. When most voxels fail, a warning on stderr says "
+                                   "why (exit 0; --strict: exit 2).")
     p.add_argument("pet", help="4-D PET image; frame times from its BIDS JSON sidecar unless --frames-json")
     p.add_argument("--ref-mask", required=True, help="reference region mask (mean TAC used)")
     p.add_argument("--mask", default=None, help="brain mask (default: voxels with finite, non-zero signal)")
     p.add_argument("--frames-json", default=None, help="BIDS JSON with FrameTimesStart/FrameDuration (seconds)")
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory (empty or new)")
     p.add_argument("--prefix", default="", help="prefix of output file names")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output maps")
-    add_model_options(p)
-    p.add_argument("--k2prime-mask", default=None, metavar="IMG",
-                   help="mrtm2/srtm2: mask image of a high-binding region; k2' from a fit of its mean TAC")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what an earlier voxelkit command wrote in OUTDIR (never an input)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop with exit 2 (nothing written) when most voxels fail (see fit.qc())")
+    add_model_options(p, "fit")
     p.set_defaults(func=run_fit)
 
     q = sub.add_parser("fit-tacs", parents=[parent], help="fit a kinetic model to regional TACs (TSV)",
@@ -98,11 +62,10 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     q.add_argument("tacs", help="TAC table (TSV)")
     q.add_argument("--ref", required=True, metavar="COLUMN", help="reference region column")
     q.add_argument("--regions", nargs="+", default=None, help="region columns to fit (default: all others)")
-    q.add_argument("-o", "--output", default=None, metavar="OUT.tsv", help="output TSV (default: print)")
-    q.add_argument("--overwrite", action="store_true", help="replace an existing output TSV")
-    add_model_options(q)
-    q.add_argument("--k2prime-region", default=None, metavar="COLUMN",
-                   help="mrtm2/srtm2: column of a high-binding region; k2' from its fit")
+    q.add_argument("-o", "--output", default=None, metavar="OUT.tsv",
+                   help="output TSV (default: print); never the input table")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output TSV (not the input)")
+    add_model_options(q, "fit-tacs")
     q.set_defaults(func=run_fit_tacs)
 
 
@@ -119,22 +82,69 @@ def _planned_outputs(model: str, outdir: Path, prefix: str) -> list[Path]:
             + [outdir / f"{prefix}fit.json"])
 
 
+def _check_writable_dir(path: Path) -> None:
+    """Raise :class:`InputError` if files cannot be created in ``path`` (or, if it does not exist yet, in its
+    nearest existing parent).  A real write test: permission bits do not stop root."""
+    from ..io import InputError  # noqa: PLC0415
+
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"{path}: cannot create the output folder: {probe} is a file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".voxelkit-write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{path}: output folder is not writable ({exc.strerror or exc})") from None
+
+
+def check_output_folder(out: Path, overwrite: bool, planned: list[Path], inputs: list[Any]) -> None:
+    """The checks of :class:`voxelkit.outputs.OutputFolder`, made before a long fit and without removing
+    anything: an existing file, an unwritable folder, a non-empty folder without ``overwrite``, a planned
+    output that is an input."""
+    from ..io import InputError  # noqa: PLC0415
+    from ..outputs import LOCK_NAME, MANIFEST_NAME, check_not_input  # noqa: PLC0415
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: output path is an existing file, not a folder")
+    _check_writable_dir(out)
+    if out.is_dir() and not overwrite:
+        entries = [e for e in out.iterdir() if e.name not in (MANIFEST_NAME, LOCK_NAME)]
+        if entries:
+            raise InputError(f"{out}: output folder is not empty ({len(entries)} entries); use --overwrite to "
+                             "replace what an earlier voxelkit command wrote there, or choose an empty folder")
+    for q in planned:
+        check_not_input(q, inputs)
+
+
 def run_fit(args: argparse.Namespace) -> int:
     from ..api import fit  # noqa: PLC0415
     from ..frames import FrameTiming  # noqa: PLC0415
+    from ..io import check_input_file, sidecar_path  # noqa: PLC0415
     from . import CliError  # noqa: PLC0415
 
+    opts = model_options(args, "fit")
+    for what, path in (("PET image", args.pet), ("reference mask", args.ref_mask), ("brain mask", args.mask),
+                       ("frames JSON", args.frames_json), ("k2' mask", opts.get("k2prime_mask"))):
+        if path is not None:
+            check_input_file(path, what)
     frames = FrameTiming.from_bids_json(args.frames_json) if args.frames_json else None
     out = Path(args.output)
-    if not args.overwrite:  # fail before the (possibly long) fit: the files this model would write
-        existing = [str(p) for p in _planned_outputs(args.model, out, args.prefix) if p.exists()]
-        if existing:
-            raise CliError(f"output exists: {', '.join(existing)} (use --overwrite or another --output/--prefix)")
+    inputs = [args.pet, args.frames_json or sidecar_path(args.pet), args.ref_mask, args.mask,
+              opts.get("k2prime_mask")]
+    inputs = [p for p in inputs if p is not None]
+    check_output_folder(out, args.overwrite, _planned_outputs(args.model, out, args.prefix), inputs)
     result = fit(args.pet, reference=args.ref_mask, model=args.model, mask=args.mask, frames=frames,
-                 device=args.device, **model_options(args))
-    if out.resolve() == Path(args.pet).resolve().parent and not args.prefix:
-        log.info("writing maps beside the input image")
-    written = result.save(out, prefix=args.prefix, overwrite=args.overwrite)
+                 device=args.device, **opts)
+    qc = result.qc()
+    if qc["flagged"] and args.strict:
+        raise CliError(f"{args.pet}: {qc['message']} (--strict: nothing written)")
+    if out.resolve() == Path(args.pet).resolve().parent:
+        log.info("writing maps beside the input image (inputs are kept)")
+    written = result.save(out, prefix=args.prefix, overwrite=args.overwrite, inputs=inputs)
     counts = result.status_counts()
     log.info("%s: %d voxels in %.2f s on %s; status %s; wrote %d files to %s", args.model, result.n,
              result.seconds, result.backend, counts, len(written), out)
@@ -143,18 +153,33 @@ def run_fit(args: argparse.Namespace) -> int:
 
 def run_fit_tacs(args: argparse.Namespace) -> int:
     from ..api import fit_tacs  # noqa: PLC0415
-    from ..io import write_tsv  # noqa: PLC0415
+    from ..io import InputError, check_input_file, write_tsv  # noqa: PLC0415
+    from ..outputs import check_not_input  # noqa: PLC0415
     from . import CliError  # noqa: PLC0415
 
-    opts = model_options(args)
+    opts = model_options(args, "fit-tacs")
     weights = opts.pop("weights", None)
-    if args.output is not None and Path(args.output).exists() and not args.overwrite:
-        raise CliError(f"output exists: {args.output} (use --overwrite)")
+    check_input_file(args.tacs, "TAC table")
+    if args.output is not None:
+        target = Path(args.output)
+        check_not_input(target, [args.tacs], "output TSV")
+        if target.is_dir():
+            raise CliError(f"{target}: output is an existing folder; give a file name (OUT.tsv)")
+        if target.exists() and not args.overwrite:
+            raise CliError(f"output exists: {args.output} (use --overwrite)")
+        _check_writable_dir(target.parent)
     result = fit_tacs(args.tacs, ref=args.ref, model=args.model, regions=args.regions, weights=weights,
-                      device=args.device or "cpu", **opts)
-    text = write_tsv(result.rows(), args.output)
+                      device=args.device or os.environ.get("VOXELKIT_DEVICE") or "cpu", **opts)
     if args.output is None:
-        sys.stdout.write(text)
-    else:
-        log.info("wrote %d regions to %s", result.n, args.output)
+        sys.stdout.write(write_tsv(result.rows(), None))
+        return 0
+    text = write_tsv(result.rows(), None)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{target}: cannot write the output TSV ({exc.strerror or exc})") from None
+    log.info("wrote %d regions to %s", result.n, args.output)
     return 0

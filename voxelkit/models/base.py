@@ -7,8 +7,9 @@ in **minutes**; rate constants (k2', k2, theta3) in **1/min**.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +21,25 @@ from ..backend import Backend, chunks, get_backend
 from ..frames import INTEGRATION_SCHEMES, FrameTiming, integration_coefficients, integration_matrix
 from ..io import InputError, Masker, write_image, write_json
 from .status import Status
+
+log = logging.getLogger("voxelkit")
+
+#: Share of failed TACs (status != ok) above which a fit is flagged by :meth:`ModelFit.qc` (and warned about).
+QC_MAX_FAILED_SHARE = 0.5
+
+#: The likely cause of each failure status, for the QC message (option names as on the command line).
+LIKELY_CAUSE: dict[int, str] = {
+    int(Status.TOO_FEW_FRAMES): "too few frames in the fitted range: check --window / --tstar / --end",
+    int(Status.SINGULAR): "flat, zero or collinear TACs: voxels outside the brain (give --mask) or too few "
+                          "frames in the fitted range (check --window)",
+    int(Status.NONFINITE_INPUT): "NaN/inf in the TACs: check the image and the brain mask (--mask)",
+    int(Status.NONPOSITIVE): "zero or negative activity in fitted frames: t* too early (Logan includes frames "
+                             "before the tracer arrives: raise --tstar) or voxels outside the brain (give --mask)",
+    int(Status.GRID_EDGE): "best basis function at the edge of the theta3 grid: widen --theta3-range / raise "
+                           "--bp-max, and check that frame times are seconds",
+    int(Status.IMPLAUSIBLE): "implausible parameters (negative k2, R1 or BPND < -1): noisy TACs, a wrong "
+                             "reference region or a wrong frame schedule",
+}
 
 #: Weighting schemes accepted by every model (or pass an array of per-frame weights).  Activity-based schemes
 #: use the reference TAC (a large, low-noise region, as kinfitr advises) and are scaled to a maximum of 1.
@@ -97,6 +117,34 @@ class ModelFit:
         codes, counts = np.unique(self.status, return_counts=True)
         return {Status(int(c)).name.lower(): int(k) for c, k in zip(codes, counts, strict=True)}
 
+    def qc(self, max_failed_share: float = QC_MAX_FAILED_SHARE) -> dict[str, Any]:
+        """QC summary of the fit: ``n`` TACs, ``n_ok``, ``n_failed`` (status != ok, any cause), ``share``
+        (n_failed / n), ``flagged`` (share > ``max_failed_share``: most TACs failed, the scan should not enter a
+        group analysis unchecked), ``main_cause`` (the commonest failure status, or None), ``likely_cause`` and
+        a one-line ``message``."""
+        n = self.n
+        n_failed = self.n_failed
+        share = n_failed / n if n else 1.0
+        failed = self.status[self.status != Status.OK]
+        main = None
+        if failed.size:
+            codes, counts = np.unique(failed, return_counts=True)
+            main = int(codes[int(np.argmax(counts))])
+        flagged = bool(share > max_failed_share)
+        cause = LIKELY_CAUSE.get(main, "") if main is not None else ""
+        main_name = Status(main).name.lower() if main is not None else None
+        if flagged:
+            msg = (f"{self.model}: {n_failed} of {n} {self._what()} failed ({100 * share:.1f} %, mostly "
+                   f"{main_name}): likely cause: {cause}")
+        else:
+            msg = f"{self.model}: {n - n_failed} of {n} {self._what()} fitted ok ({100 * (1 - share):.1f} %)"
+        return {"n": n, "n_ok": n - n_failed, "n_failed": n_failed, "share": share, "flagged": flagged,
+                "max_failed_share": max_failed_share, "main_cause": main_name, "likely_cause": cause or None,
+                "status_counts": self.status_counts(), "message": msg}
+
+    def _what(self) -> str:
+        return "voxels" if self.masker is not None else "TACs"
+
     def fitted(self, index: int | np.ndarray | slice | str) -> np.ndarray:
         """Model-predicted TAC(s) for the given voxel/region index (or region name), over all frames."""
         if self.model_obj is None or self.inputs is None:
@@ -116,10 +164,14 @@ class ModelFit:
             "Parameters": list(self.params),
             "StatusCodes": Status.describe(),
             "StatusCounts": self.status_counts(),
+            "QC": self.qc(),
             "FrameTimesStart": self.frames.start.tolist(),
             "FrameDuration": self.frames.duration.tolist(),
+            "FrameTimesFrom": "injection",
+            "InjectionOffset": float(self.frames.injection_offset_s),
             "FramesUsed": np.flatnonzero(self.used_frames).tolist(),
-            "Units": {"time": "min", "rate constants": "1/min", "FrameTimesStart": "s", "FrameDuration": "s"},
+            "Units": {"time": "min", "rate constants": "1/min", "FrameTimesStart": "s", "FrameDuration": "s",
+                      "InjectionOffset": "s"},
             "Backend": self.backend,
             "FitSeconds": round(self.seconds, 4),
             "Software": {"voxelkit": __version__, "numpy": np.__version__},
@@ -134,23 +186,37 @@ class ModelFit:
         imgs["status"] = self.masker.to_image(self.status, fill=255, dtype=np.uint8)
         return imgs
 
-    def save(self, outdir: str | Path, prefix: str = "", overwrite: bool = False) -> list[Path]:
-        """Write ``<prefix><param>.nii.gz`` maps with JSON sidecars and ``<prefix>fit.json``.
+    def planned_outputs(self, prefix: str = "") -> list[str]:
+        """File names :meth:`save` writes: a map and a JSON per parameter and for ``status``, and ``fit.json``."""
+        names = [*self.params, "status"]
+        return ([f"{prefix}{k}.nii.gz" for k in names] + [f"{prefix}{k}.json" for k in names]
+                + [f"{prefix}fit.json"])
 
-        Refuses to overwrite existing files unless ``overwrite``."""
-        outdir = Path(outdir)
+    def save(self, outdir: str | Path, prefix: str = "", overwrite: bool = False,
+             inputs: Iterable[str | Path | None] = ()) -> list[Path]:
+        """Write ``<prefix><param>.nii.gz`` maps with JSON sidecars, ``<prefix>fit.json`` and the folder's
+        manifest (``voxelkit_manifest.json``) through :class:`voxelkit.outputs.OutputFolder`.
+
+        A non-empty ``outdir`` is refused unless ``overwrite``; with it, exactly the files an earlier voxelkit
+        command recorded in the manifest are removed first (so no stale map of another model stays), never one
+        of ``inputs`` (the files the fit read), and an output whose path is an input is refused."""
+        from ..outputs import OutputFolder  # noqa: PLC0415
+
         imgs = self.to_images()
-        targets = {k: outdir / f"{prefix}{k}.nii.gz" for k in imgs}
-        if not overwrite:
-            existing = [str(p) for p in targets.values() if p.exists()]
-            if existing:
-                raise FileExistsError(f"output exists (use overwrite): {', '.join(existing)}")
+        folder = OutputFolder(outdir, "fit", overwrite=overwrite, inputs=inputs)
+        folder.check_planned(folder.path / name for name in self.planned_outputs(prefix))
         meta = self.sidecar()
         written = []
-        for k, img in imgs.items():
-            written.append(write_image(img, targets[k]))
-            write_json({**meta, "Description": k}, outdir / f"{prefix}{k}.json")
-        written.append(write_json(meta, outdir / f"{prefix}fit.json"))
+        try:
+            for k, img in imgs.items():
+                written.append(write_image(img, folder.file(f"{prefix}{k}.nii.gz")))
+                written.append(write_json({**meta, "Description": k}, folder.file(f"{prefix}{k}.json")))
+            written.append(write_json(meta, folder.file(f"{prefix}fit.json")))
+        except OSError as exc:
+            raise InputError(f"{outdir}: cannot write the outputs ({exc.strerror or exc})") from None
+        finally:
+            if folder.written:
+                folder.write_manifest(model=self.model, prefix=prefix)
         return written
 
     def rows(self) -> list[dict[str, Any]]:
@@ -345,6 +411,21 @@ def running_integrals(xp: Any, ct: Any, coefs: tuple[np.ndarray, ...]) -> Iterat
         yield j, integ
 
 
+def check_window(window: Any, what: str = "window") -> tuple[float | None, float | None] | None:
+    """A ``(start, end)`` window in minutes (either may be None = open), checked; None stays None."""
+    if window is None:
+        return None
+    try:
+        win = tuple(None if v is None else float(v) for v in window)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be (start, end) in minutes, got {window!r}") from None
+    if len(win) != 2:
+        raise InputError(f"{what} must be (start, end) in minutes, got {window}")
+    if win[0] is not None and win[1] is not None and not win[0] < win[1]:
+        raise InputError(f"{what} start {win[0]} min must be before its end {win[1]} min")
+    return win  # type: ignore[return-value]
+
+
 class ReferenceModel:
     """Base class of reference-tissue models.
 
@@ -353,13 +434,14 @@ class ReferenceModel:
 
     Shared options
     --------------
-    window : ``(start, end)`` minutes (either may be None = open): only frames lying wholly inside enter
-        the regression.  Running integrals always start at injection and use **all** frames up to each
-        frame (not only the window's), so a window that does not start at 0 is valid for every
-        integral-based model (Logan, MRTM, MRTM2): the operational equations hold at every time, and the
-        window only selects which times are fitted.  This is what a bolus-plus-infusion study with a
-        baseline and a challenge phase needs (fit each phase separately); note that a BPND change inside
-        the scan violates the model's assumptions for the frames after it.
+    window : ``(start, end)`` minutes (either may be None = open): only frames whose **mid-time** lies in
+        ``[start, end)`` enter the regression (:meth:`~voxelkit.frames.FrameTiming.window_mask`; the frames
+        used are logged, a frame crossing a bound is warned about).  Running integrals always start at
+        injection and use **all** frames up to each frame (not only the window's), so a window that does not
+        start at 0 is valid for every integral-based model (Logan, MRTM, MRTM2): the operational equations
+        hold at every time, and the window only selects which times are fitted.  This is what a
+        bolus-plus-infusion study with a baseline and a challenge phase needs (fit each phase separately);
+        note that a BPND change inside the scan violates the model's assumptions for the frames after it.
     weights : a scheme of :data:`WEIGHT_SCHEMES`, None (= ``none``) or one weight per frame.  Frames outside
         the window get weight 0.
     half_life_min : radionuclide half-life (minutes) for the decay-uncorrected weighting schemes
@@ -377,13 +459,7 @@ class ReferenceModel:
                  weights: str | np.ndarray | None = "none", device: str | Backend | None = None,
                  chunk_voxels: int = 131072, integration: str = "trapezoid",
                  half_life_min: float | None = C11_HALF_LIFE_MIN) -> None:
-        if window is not None:
-            window = tuple(None if v is None else float(v) for v in window)
-            if len(window) != 2:
-                raise InputError(f"window must be (start, end) in minutes, got {window}")
-            if window[0] is not None and window[1] is not None and not window[0] < window[1]:
-                raise InputError(f"window start {window[0]} min must be before its end {window[1]} min")
-        self.window = window
+        self.window = check_window(window, "window")
         if isinstance(weights, str) and weights not in WEIGHT_SCHEMES:
             raise InputError(f"unknown weighting scheme {weights!r}: choose one of {', '.join(WEIGHT_SCHEMES)} "
                              "or give one weight per frame")
@@ -407,10 +483,17 @@ class ReferenceModel:
             out["half_life_min"] = self.half_life_min
         return out
 
+    #: Inner models (the k2' pass of MRTM2/SRTM2) set this: no window log, no QC warning.
+    quiet: bool = False
+
     def used_frames(self, frames: FrameTiming) -> np.ndarray:
         if self.window is None:
             return np.ones(frames.n_frames, dtype=bool)
         return frames.window_mask(*self.window)
+
+    def _log_window(self, frames: FrameTiming) -> None:
+        if self.window is not None and not self.quiet:
+            frames.describe_window(*self.window, what=f"{self.name} window")
 
     def _prepare(self, reference: np.ndarray, frames: FrameTiming) -> Prepared:
         used = self.used_frames(frames)
@@ -441,6 +524,7 @@ class ReferenceModel:
             raise InputError(f"reference TAC has non-finite values at frames {bad.tolist()}")
         if not (reference > 0).any():
             raise InputError("reference TAC is zero or negative everywhere (empty reference region?)")
+        self._log_window(frames)
         prep = self._prepare(reference, frames)
         if int(prep.used.sum()) < self.n_regressors + 1:
             raise InputError(f"{self.name}: only {int(prep.used.sum())} frames in the fitted range, need at "
@@ -459,6 +543,10 @@ class ReferenceModel:
                        masker=masker, names=names, info=self._info(prep),
                        model_obj=self, inputs=(tacs, reference) if keep_inputs else None)
         fit.seconds = time.perf_counter() - t0
+        if not self.quiet:
+            qc = fit.qc()
+            if qc["flagged"]:
+                log.warning("WARNING: %s", qc["message"])
         return fit
 
     def _info(self, prep: Prepared) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..backend import Backend
 from ..frames import FrameTiming
+from ..io import InputError
 from .base import Prepared, ReferenceModel, model_integration, needed_frames, parse_k2prime, running_integrals
 from .status import Status
 
@@ -35,7 +36,10 @@ class Logan(ReferenceModel):
 
     Parameters
     ----------
-    tstar : minutes; frames starting at or after t* enter the regression (default 0: all frames).
+    tstar : minutes; frames starting at or after t* enter the regression.  **Required**: there is no
+        default, because the Logan plot is linear only after the tracer has equilibrated (typically 20-40 min for
+        [11C] tracers), and t* = 0 includes the frame at injection whose zero activity fails every voxel
+        (status ``nonpositive``).  ``tstar=0`` is accepted when given explicitly.
     k2prime : reference-region efflux rate, 1/min (None: drop the ``Cr/k2'`` term).
     end : minutes; frames ending after it are not used (None: to the end of the scan).
     window, weights, device, chunk_voxels, integration : see :class:`ReferenceModel`.
@@ -45,11 +49,20 @@ class Logan(ReferenceModel):
     param_names = ("bp_nd", "dvr", "intercept", "wrss")
     n_regressors = 2
 
-    def __init__(self, *, tstar: float = 0.0, k2prime: float | None = None, end: float | None = None,
+    def __init__(self, *, tstar: float | None = None, k2prime: float | None = None, end: float | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if tstar is None:
+            raise InputError("logan needs --tstar MIN (tstar, minutes): the frames from t* on, where the Logan "
+                             "plot is linear, enter the regression (typically 20-40 min for [11C] tracers); "
+                             "there is no safe default")
         k2prime = parse_k2prime(k2prime)
-        self.tstar = float(tstar or 0.0)
+        try:
+            self.tstar = float(tstar)
+        except (TypeError, ValueError):
+            raise InputError(f"logan: tstar must be a number of minutes, got {tstar!r}") from None
+        if not (np.isfinite(self.tstar) and self.tstar >= 0):
+            raise InputError(f"logan: tstar must be >= 0 minutes, got {tstar!r}")
         self.k2prime = None if k2prime is None else float(k2prime)
         self.end = end
 

@@ -33,6 +33,7 @@ Status: NaN/inf in a TAC -> ``nonfinite_input``; ``int Ct`` (numerically) in the
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,18 @@ import numpy as np
 from ..backend import Backend
 from ..frames import FrameTiming
 from ..io import InputError
-from .base import Prepared, ReferenceModel, median_k2prime, needed_frames, parse_k2prime, running_integrals
+from .base import (
+    Prepared,
+    ReferenceModel,
+    check_window,
+    median_k2prime,
+    needed_frames,
+    parse_k2prime,
+    running_integrals,
+)
 from .status import Status
+
+log = logging.getLogger("voxelkit")
 
 #: Relative tolerance under which the voxel's ``int Ct`` column counts as lying in the span of the shared
 #: columns (``singular``): residual sum of squares of ``int Ct`` <= RTOL x its total sum of squares.
@@ -304,9 +315,14 @@ class MRTM2(_MRTMBase):
     k2prime_tac : a TAC (F,) of a high-binding region: k2' from its MRTM fit.
     k2prime_name : description of where ``k2prime_region``/``k2prime_tac`` came from (for ``fit.info``).
 
-    Which source was used, its value and details go to ``fit.info`` (``k2prime_source``, ``k2prime``...), and
-    from there to the JSON sidecar.  The MRTM fit of the k2' source uses the same window, weights and
-    integration rule.
+    k2prime_window : ``(start, end)`` minutes: the frames (mid-time rule) the MRTM fit of the k2' source uses.
+        Default None: **all frames of the scan**, also when ``window`` restricts the MRTM2 fit itself: k2'
+        belongs to the scan (a per-window k2' from a short early window is biased), so every window of a scan
+        uses the same k2'.
+
+    Which source was used, its value, the frames it came from (``k2prime_window_min``, None = all frames) and
+    details go to ``fit.info`` (``k2prime_source``, ``k2prime``...), and from there to the JSON sidecar.  The
+    MRTM fit of the k2' source uses the same weights and integration rule.
     """
 
     name = "mrtm2"
@@ -316,8 +332,9 @@ class MRTM2(_MRTMBase):
     def __init__(self, *, k2prime: float | str | None = None, k2prime_region: np.ndarray | None = None,
                  k2prime_tac: np.ndarray | None = None, k2prime_name: str | None = None,
                  k2prime_bp_quantile: float = 0.9, k2prime_mask: np.ndarray | None = None,
-                 **kwargs: Any) -> None:
+                 k2prime_window: tuple[float | None, float | None] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.k2prime_window = check_window(k2prime_window, "k2prime_window")
         if k2prime_mask is not None:  # the name SRTM2 uses
             if k2prime_region is not None:
                 raise InputError("mrtm2: give k2prime_region or k2prime_mask, not both")
@@ -335,6 +352,9 @@ class MRTM2(_MRTMBase):
         if not 0.0 <= float(k2prime_bp_quantile) < 1.0:
             raise InputError(f"k2prime_bp_quantile must be in [0, 1), got {k2prime_bp_quantile}")
         self.k2prime = k2prime if isinstance(k2prime, str) or k2prime is None else float(k2prime)
+        if self.k2prime_window is not None and isinstance(self.k2prime, float):
+            raise InputError("mrtm2: k2prime_window (--k2prime-window) only applies when k2' is estimated "
+                             "(k2prime='median' or a k2' region), not with a given k2prime")
         self.k2prime_region = None if k2prime_region is None else np.asarray(k2prime_region)
         if self.k2prime_region is not None and self.k2prime_region.dtype != bool:
             raise InputError("k2prime_region must be a boolean mask over the TACs (use k2prime_tac for a TAC)")
@@ -350,11 +370,16 @@ class MRTM2(_MRTMBase):
             out["k2prime_region"] = self.k2prime_name
         if self.k2prime == "median":
             out["k2prime_bp_quantile"] = self.k2prime_bp_quantile
+        if not isinstance(self.k2prime, float):
+            out["k2prime_window"] = list(self.k2prime_window) if self.k2prime_window else None
         return out
 
     def _mrtm(self) -> MRTM:
-        return MRTM(window=self.window, weights=self.weights, device=self.device, chunk_voxels=self.chunk_voxels,
-                    integration=self.integration, half_life_min=self.half_life_min)
+        """The MRTM that estimates k2': over ``k2prime_window`` (default all frames), not the fit's window."""
+        m = MRTM(window=self.k2prime_window, weights=self.weights, device=self.device,
+                 chunk_voxels=self.chunk_voxels, integration=self.integration, half_life_min=self.half_life_min)
+        m.quiet = True
+        return m
 
     def _k2prime_from_tac(self, tac: np.ndarray, prep: Prepared, what: str) -> tuple[float, dict[str, Any]]:
         f = self._mrtm().fit(tac[None, :], prep.reference, prep.frames, keep_inputs=False)
@@ -393,14 +418,23 @@ class MRTM2(_MRTMBase):
             k2p, extra = self._k2prime_median(tacs, prep, names)
             info.update(extra)
         info["k2prime"] = k2p
+        if info["k2prime_source"] != "given":
+            info["k2prime_window_min"] = list(self.k2prime_window) if self.k2prime_window else None
+            if self.k2prime_window is not None and not self.quiet:
+                prep.frames.describe_window(*self.k2prime_window, what="mrtm2 k2' window")
+            log.info("mrtm2: k2' = %.5g/min (%s, from %s)", k2p, info["k2prime_source"],
+                     "all frames" if self.k2prime_window is None else
+                     f"frames in {self.k2prime_window[0]}-{self.k2prime_window[1]} min")
         prep.extra["k2prime_used"] = k2p
         prep.extra["info"] = info
         self._build(prep)
 
     def _k2prime_median(self, tacs: np.ndarray, prep: Prepared,
                         names: list[str] | None) -> tuple[float, dict[str, Any]]:
-        f = self._mrtm().fit(tacs, prep.reference, prep.frames, keep_inputs=False)
-        return median_k2prime(f, tacs, prep.weights, self.k2prime_bp_quantile,
+        mrtm = self._mrtm()
+        f = mrtm.fit(tacs, prep.reference, prep.frames, keep_inputs=False)
+        weights = mrtm._prepare(prep.reference, prep.frames).weights
+        return median_k2prime(f, tacs, weights, self.k2prime_bp_quantile,
                               "median of MRTM k2' over well-fitted high-BPND TACs", names,
                               "mrtm2: no TAC gives a usable MRTM fit, so k2prime='median' has nothing to take the "
                               "median of; give k2prime or a high-binding region")

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from typing import Any
 
 import numpy as np
@@ -68,8 +69,10 @@ import numpy as np
 from ..backend import Backend, chunks
 from ..frames import FrameTiming
 from ..io import InputError
-from .base import ModelFit, Prepared, ReferenceModel, median_k2prime, parse_k2prime
+from .base import ModelFit, Prepared, ReferenceModel, check_window, median_k2prime, parse_k2prime
 from .status import Status
+
+log = logging.getLogger("voxelkit")
 
 #: default highest BPND the default grid must reach
 DEFAULT_BP_MAX = 5.0
@@ -375,6 +378,9 @@ class SRTM2(_BasisModel):
     k2prime_mask : boolean mask over the TAC rows (a high-binding region): k2' = k2/R1 of an SRTM fit of the
         mean of its finite TACs.  ``k2prime_region`` is accepted as another name (as MRTM2 calls it).
     k2prime_bp_quantile : see ``k2prime`` (default 0.9).
+    k2prime_window : ``(start, end)`` minutes: the frames (mid-time rule) the SRTM pass that estimates k2' uses.
+        Default None: **all frames of the scan**, also when ``window`` restricts the SRTM2 fit itself (k2'
+        belongs to the scan; every window of a scan then uses the same k2').
     theta3_range, n_basis, bp_max, refine, input_model : the k2a grid (1/min) and basis, as for :class:`SRTM`
         (the default grid uses the k2' in use).
     window, weights, device, chunk_voxels, half_life_min : see :class:`~voxelkit.models.base.ReferenceModel`.
@@ -389,11 +395,15 @@ class SRTM2(_BasisModel):
 
     def __init__(self, *, k2prime: float | str | None = None, k2prime_mask: np.ndarray | None = None,
                  k2prime_region: np.ndarray | None = None, k2prime_bp_quantile: float = 0.9,
-                 **kwargs: Any) -> None:
+                 k2prime_window: tuple[float | None, float | None] | None = None, **kwargs: Any) -> None:
         k2prime = parse_k2prime(k2prime, allow_median=True)
         if k2prime == "median":
             k2prime = None
         super().__init__(k2prime=k2prime, **kwargs)
+        self.k2prime_window = check_window(k2prime_window, "k2prime_window")
+        if self.k2prime_window is not None and self.k2prime is not None:
+            raise InputError("srtm2: k2prime_window (--k2prime-window) only applies when k2' is estimated "
+                             "(k2prime='median' or a k2' region), not with a given k2prime")
         if k2prime_region is not None:
             if k2prime_mask is not None:
                 raise InputError("srtm2: give k2prime_mask or k2prime_region, not both")
@@ -417,14 +427,19 @@ class SRTM2(_BasisModel):
                                   "region mask" if self.k2prime_mask is not None else "median")
         if self.k2prime is None and self.k2prime_mask is None:
             out["k2prime_bp_quantile"] = self.k2prime_bp_quantile
+        if self.k2prime is None:
+            out["k2prime_window"] = list(self.k2prime_window) if self.k2prime_window else None
         return out
 
     def first_pass(self) -> SRTM:
-        """The SRTM used to estimate k2' (same grid options, weights, window, device)."""
-        return SRTM(theta3_range=self.theta3_range, n_basis=self.n_basis, bp_max=self.bp_max,
-                    refine=self.refine, input_model=self.input_model, window=self.window, weights=self.weights,
-                    device=self.device, chunk_voxels=self.chunk_voxels, integration=self.integration,
-                    half_life_min=self.half_life_min)
+        """The SRTM used to estimate k2' (same grid options, weights, device) over ``k2prime_window``
+        (default all frames), not over the fit's ``window``."""
+        m = SRTM(theta3_range=self.theta3_range, n_basis=self.n_basis, bp_max=self.bp_max,
+                 refine=self.refine, input_model=self.input_model, window=self.k2prime_window, weights=self.weights,
+                 device=self.device, chunk_voxels=self.chunk_voxels, integration=self.integration,
+                 half_life_min=self.half_life_min)
+        m.quiet = True
+        return m
 
     def estimate_k2prime(self, tacs: np.ndarray, reference: np.ndarray, frames: FrameTiming,
                          names: list[str] | None = None) -> tuple[float, dict[str, Any]]:
@@ -462,6 +477,12 @@ class SRTM2(_BasisModel):
     def _prepare_tacs(self, tacs: np.ndarray, prep: Prepared, names: list[str] | None) -> None:
         if "z32" not in prep.extra:
             k2p, info = self.estimate_k2prime(tacs, prep.reference, prep.frames, names)
+            info["k2prime_window_min"] = list(self.k2prime_window) if self.k2prime_window else None
+            if self.k2prime_window is not None and not self.quiet:
+                prep.frames.describe_window(*self.k2prime_window, what="srtm2 k2' window")
+            log.info("srtm2: k2' = %.5g/min (%s, from %s)", k2p, info["k2prime_source"],
+                     "all frames" if self.k2prime_window is None else
+                     f"frames in {self.k2prime_window[0]}-{self.k2prime_window[1]} min")
             self._build(prep, k2p, info)
 
     def _build(self, prep: Prepared, k2p: float, info: dict[str, Any]) -> None:
