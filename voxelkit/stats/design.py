@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +36,8 @@ class Design:
     method : ``"flip"`` (sign flipping, symmetric errors) or ``"permute"`` (exchangeable errors).
     names : regressor names (for the sidecar).
     kind : ``"one_sample"``, ``"paired"``, ``"two_sample"`` or ``"glm"``.
+    blocks : optional exchangeability block label per map (e.g. the subject of each session): permutations
+        within blocks, or whole-block sign flips (:mod:`voxelkit.stats.blocks`); None: all maps exchangeable.
     """
 
     matrix: np.ndarray
@@ -42,6 +45,7 @@ class Design:
     method: str = "permute"
     names: list[str] = field(default_factory=list)
     kind: str = "glm"
+    blocks: list | None = None
 
     def __post_init__(self) -> None:
         self.matrix = np.atleast_2d(np.asarray(self.matrix, np.float64))
@@ -172,11 +176,98 @@ def permutations(n: int, n_perm: int, rng: np.random.Generator) -> PermutationSe
     return PermutationSet("permute", False, orders=np.concatenate([ident[None], got]))
 
 
+def smallest_p(n: int, method: str, two_sided: bool, n_perm: int,
+               group_sizes: Sequence[int] | None = None) -> float:
+    """Smallest attainable p-value of a sign-flip (``method="flip"``) or permutation (``"permute"``) test of
+    ``n`` maps with ``n_perm`` permutations (counting the identity, as :func:`make_permutation_set`).
+
+    The test has ``D`` distinct rearrangements (``2^n`` sign flips; ``n!`` orders, or ``n! / prod(g!)`` label
+    assignments for a two-sample test with ``group_sizes`` g) and uses ``N = min(n_perm, all)`` of them.  The
+    identity's statistic is reached by ``k`` of the ``D`` (``k = 2`` for a two-sided sign-flip test, whose
+    all-flipped vector gives the same |t|, and for a two-sided two-sample test with equal groups; else 1), so the
+    smallest p is ``k / D`` for an exact test and ``max(1 / N, k / D)`` (its expected value) for a random subset.
+    Example: n = 5, two-sided sign flipping: 2 / 32 = 0.0625, so nothing can reach p < 0.05.
+    """
+    if method not in METHODS:
+        raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    if n < 1:
+        raise InputError(f"need at least one map, got n = {n}")
+    if n_perm < 1:
+        raise InputError(f"n_perm (--n-perm) must be >= 1, got {n_perm}")
+    if n > 170:
+        return float(min(1.0, 1.0 / n_perm))
+    k = 1
+    if method == "flip":
+        total = 2 ** n
+        k = 2 if two_sided else 1
+    else:
+        total = math.factorial(n)
+        if group_sizes is not None:
+            g = [int(x) for x in group_sizes]
+            if sum(g) != n or min(g) < 0:
+                raise InputError(f"group sizes {g} do not add up to n = {n}")
+            for x in g:
+                total //= math.factorial(x)
+            k = 2 if two_sided and len(g) == 2 and g[0] == g[1] else 1
+    p_all = k / total
+    return float(min(1.0, max(1.0 / n_perm, p_all)))
+
+
+def describe_test(method: str, two_sided: bool) -> str:
+    """``"two-sided sign flipping"`` and the like, for messages."""
+    return f"{'two' if two_sided else 'one'}-sided {'sign flipping' if method == 'flip' else 'permutation'}"
+
+
+def check_attainable(n: int, method: str, two_sided: bool, n_perm: int, group_sizes: Sequence[int] | None = None,
+                     alpha: float = 0.05) -> float:
+    """Raise :class:`InputError` when :func:`smallest_p` exceeds ``alpha`` (naming n, the sidedness and the
+    minimum p, and what to change); return the smallest p otherwise."""
+    p = smallest_p(n, method, two_sided, n_perm, group_sizes)
+    if p <= alpha:
+        return p
+    p_data = smallest_p(n, method, two_sided, 2 ** 62, group_sizes)
+    what = describe_test(method, two_sided)
+    if p_data > alpha:
+        hint = "use more maps" + (" or a one-sided test" if two_sided else "")
+        raise InputError(f"n = {n} maps, {what}: the smallest attainable p is {p_data:.4g} > {alpha:g}, so no "
+                         f"voxel can be significant; {hint}")
+    need = math.ceil(1.0 / alpha - 1e-9)
+    raise InputError(f"n_perm (--n-perm) = {n_perm} with n = {n} maps, {what}: the smallest attainable p is "
+                     f"{p:.4g} > {alpha:g}; use n_perm >= {need}")
+
+
+def check_settings(*, n_perm: int, cluster_p: float | None = None, cluster_t: float | None = None,
+                   tfce_H: float = 2.0, tfce_E: float = 0.5, seed: int | None = 0,
+                   batch_size: int | None = None) -> None:
+    """Validate inference settings; messages name the Python argument and the CLI flag (``n_perm (--n-perm)``)."""
+    def bad(api: str, flag: str, rule: str, value: object) -> InputError:
+        return InputError(f"{api} ({flag}) must be {rule}, got {value}")
+
+    if int(n_perm) != n_perm or n_perm < 1:
+        raise bad("n_perm", "--n-perm", ">= 1", n_perm)
+    if cluster_p is not None and not 0 < cluster_p < 1:
+        raise bad("cluster_p", "--cluster-p", "in (0, 1)", cluster_p)
+    if cluster_t is not None and not (math.isfinite(cluster_t) and cluster_t > 0):
+        raise bad("cluster_t", "--cluster-t", "a finite t > 0", cluster_t)
+    if not (math.isfinite(tfce_H) and tfce_H > 0):
+        raise bad("tfce_H", "--tfce-h", "> 0", tfce_H)
+    if not (math.isfinite(tfce_E) and tfce_E > 0):
+        raise bad("tfce_E", "--tfce-e", "> 0", tfce_E)
+    if seed is not None and (int(seed) != seed or seed < 0):
+        raise bad("seed", "--seed", "an integer >= 0", seed)
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise bad("batch_size", "--batch-size", ">= 1", batch_size)
+
+
 def make_permutation_set(design: Design, n_perm: int, seed: int | None) -> PermutationSet:
     """Sign flips or permutations for ``design`` (seeded; ``n_perm`` counts the identity)."""
     if n_perm < 1:
-        raise InputError(f"n_perm must be >= 1, got {n_perm}")
+        raise InputError(f"n_perm (--n-perm) must be >= 1, got {n_perm}")
     rng = np.random.default_rng(seed)
+    if getattr(design, "blocks", None) is not None:
+        from .blocks import block_permutation_set  # noqa: PLC0415
+
+        return block_permutation_set(design.method, design.blocks, n_perm, rng)
     if design.method == "flip":
         return sign_flips(design.n, n_perm, rng)
     return permutations(design.n, n_perm, rng)

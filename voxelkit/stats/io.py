@@ -53,33 +53,42 @@ def load_maps(images: Sequence[ImageLike], mask: ImageLike | None = None,
     return data[:, m].astype(np.float64), masker, names
 
 
-def read_design_tsv(path: str | Path, map_column: str = "map",
-                    map_column_b: str | None = None) -> tuple[list[Path], list[Path] | None, dict[str, np.ndarray]]:
+#: Design-table columns that label the rows (subjects) rather than hold covariates.
+ID_COLUMNS = ("participant_id", "subject")
+
+
+def read_design_table(path: str | Path, map_column: str = "map", map_column_b: str | None = None,
+                      ) -> tuple[list[Path], list[Path] | None, dict[str, list[str]], list[str]]:
     """Read a design table: one row per map, a column naming the map file (relative paths are taken relative
-    to the table's folder), optional second map column (then each row's data are map - map_b), and numeric
-    covariate columns (``n/a`` is an error: a row with a missing value cannot be modelled)."""
+    to the table's folder), an optional second map column (then each row's data are map - map_b), and covariate
+    columns, returned as strings for :func:`voxelkit.stats.covariates.code_covariates` (which codes numeric and
+    categorical columns and rejects ``n/a``).
+
+    Returns ``(maps, maps_b, columns, labels)``: ``columns`` maps every other column (in file order) to its
+    values; ``labels`` names each row for messages (the ``participant_id`` or ``subject`` column when there is
+    one, else ``line N (map file name)``).
+    """
     path = Path(path)
     cols = read_tsv(path)
     for col in (map_column, map_column_b):
         if col is not None and col not in cols:
             raise InputError(f"{path}: no column {col!r}; columns are {', '.join(cols)}")
+    if map_column_b is not None and map_column_b == map_column:
+        raise InputError(f"{path}: the map column and the second map column are both {map_column!r}")
 
     def resolve(v: str) -> Path:
         p = Path(v)
         return p if p.is_absolute() else path.parent / p
 
-    maps = [resolve(v) for v in cols.pop(map_column)]
+    raw_maps = cols.pop(map_column)
+    maps = [resolve(v) for v in raw_maps]
     maps_b = [resolve(v) for v in cols.pop(map_column_b)] if map_column_b else None
-    covs: dict[str, np.ndarray] = {}
-    for h, vals in cols.items():
-        try:
-            covs[h] = np.array([float(v) for v in vals])
-        except ValueError as exc:
-            raise InputError(f"{path}: column {h!r} is not numeric ({exc}); code categories as 0/1 columns "
-                             "or leave the column out with --covariates") from exc
-        if not np.all(np.isfinite(covs[h])):
-            raise InputError(f"{path}: column {h!r} has missing or non-finite values")
-    return maps, maps_b, covs
+    id_col = next((c for c in ID_COLUMNS if c in cols), None)
+    if id_col is not None:
+        labels = list(cols[id_col])
+    else:
+        labels = [f"line {i + 2} ({Path(v).name})" for i, v in enumerate(raw_maps)]
+    return maps, maps_b, cols, labels
 
 
 def read_lookup(path: str | Path) -> dict[int, str]:
