@@ -12,14 +12,25 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``demo`` (they override the study file)."""
     g = p.add_argument_group("study")
     g.add_argument("--conditions", nargs=2, metavar=("A", "B"), default=None,
-                   help="session labels of the two conditions; the contrast is A - B (default anakinra placebo)")
+                   help="the two conditions: session labels, or values of --condition-column; the contrast is A - B "
+                        "(default anakinra placebo)")
+    g.add_argument("--condition-column", default=None, metavar="COLUMN",
+                   help="sub-XX_sessions.tsv column holding each session's condition (e.g. drug); found by itself "
+                        "when the condition values occur in exactly one column")
+    g.add_argument("--filter", dest="filters", action="append", default=None, metavar="KEY=VALUE",
+                   help="use only PET files with this BIDS entity (repeat: --filter rec=acdyn --filter run=1; "
+                        "keys trc, rec, task, run, acq)")
+    g.add_argument("--input-derivatives", default=None, metavar="DIR",
+                   help="take the images from a derivatives dataset (PETPrep): *_space-SPACE_desc-preproc_pet.nii.gz")
+    g.add_argument("--space", default=None, help="template space of --input-derivatives (e.g. MNI152NLin2009cAsym)")
     g.add_argument("--ref-mask", default=None, help="reference region mask (e.g. occipital cortex)")
     g.add_argument("--mask", dest="brain_mask", default=None, help="brain mask")
     g.add_argument("--atlas", default=None, help="integer label atlas for region names and ROI tables")
     g.add_argument("--atlas-labels", default=None, help="TSV lookup of the atlas: index, name")
     g.add_argument("--model", default=None, help="kinetic model (default srtm)")
-    g.add_argument("--k2prime", type=float, default=None, metavar="K", help="k2' (1/min) for the model")
-    g.add_argument("--tstar", type=float, default=None, metavar="MIN", help="Logan t* (minutes)")
+    from ..models.options import add_model_arguments  # noqa: PLC0415
+
+    add_model_arguments(p.add_argument_group("model options (also [model_options] in the study file)"), "run")
     g.add_argument("--window", nargs=3, action="append", metavar=("NAME", "START", "END"), default=None,
                    help="a named time window in minutes (repeat: --window baseline 0 45 --window challenge 45 90)")
     g.add_argument("--contrast", choices=("bp_nd", "activation"), default=None,
@@ -29,6 +40,9 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jobs", type=int, default=None, help="scans fitted in parallel (threads; default 1)")
     g.add_argument("--on-missing", choices=("drop", "stop"), default=None,
                    help="subjects lacking a condition: report and drop (default) or stop")
+    g.add_argument("--keep-failed-scans", dest="keep_failed_scans", action="store_true", default=None,
+                   help="keep scans whose fit failed in most voxels in the group test (default: report them and "
+                        "leave their subjects out)")
     i = p.add_argument_group("inference")
     i.add_argument("--n-perm", type=int, default=None, help="permutations (default 5000)")
     i.add_argument("--cluster-p", type=float, default=None, help="cluster-forming threshold p (default 0.001)")
@@ -44,17 +58,19 @@ def study_overrides(args: argparse.Namespace) -> dict:
     opts = {}
     for key in ("conditions", "ref_mask", "brain_mask", "atlas", "atlas_labels", "model", "contrast",
                 "smoothing_fwhm", "covariates", "on_missing", "jobs", "n_perm", "cluster_p", "tfce", "two_sided",
-                "seed", "report", "device"):
+                "seed", "report", "device", "keep_failed_scans", "condition_column", "input_derivatives", "space"):
         val = getattr(args, key, None)
         if val is not None:
             opts[key] = val
-    model_options = {}
-    if getattr(args, "k2prime", None) is not None:
-        model_options["k2prime"] = args.k2prime
-    if getattr(args, "tstar", None) is not None:
-        model_options["tstar"] = args.tstar
+    from ..models.options import collect_model_options  # noqa: PLC0415
+
+    model_options = collect_model_options(args, "run")  # the one option table (voxelkit.models.options)
     if model_options:
         opts["model_options"] = model_options
+    if getattr(args, "filters", None):
+        from ..pipeline.bids import parse_filters  # noqa: PLC0415
+
+        opts["filters"] = parse_filters(args.filters)
     if getattr(args, "window", None):
         opts["windows"] = {name: (float(a), float(b)) for name, a, b in args.window}
     return opts
@@ -98,6 +114,16 @@ def print_summary(result) -> None:
     print(f"subjects: {len(result.subjects)} paired"
           + (f", dropped {len(result.dropped)}: {result.dropped}" if result.dropped else ""))
     print(f"fits: {result.fitted} fitted, {result.reused} reused; outputs in {result.output_dir}")
+    for f in getattr(result, "failed_scans", []):
+        print(f"FAILED SCAN: sub-{f['subject']} ses-{f['session']}" + (f" ({f['phase']})" if f.get("phase") else "")
+              + f": {f['n_failed']} of {f['n_voxels']} voxels failed, mostly {f['main_status']} (likely cause: "
+              f"{f['likely_cause']}); " + ("kept (--keep-failed-scans)" if f.get("kept") else
+                                         "subject left out of the group test (--keep-failed-scans keeps it)"))
+    k2 = getattr(result, "k2prime", {})
+    if k2:
+        vals = [v["value"] for v in k2.values()]
+        print(f"k2' estimated once per scan: {min(vals):.4g}-{max(vals):.4g}/min over {len(vals)} scans "
+              "(per scan in provenance.json)")
     sig = [r for r in result.roi_tests if r.get("p_fdr", 1) < 0.05]
     if result.roi_tests:
         print(f"ROI paired tests ({cfg.contrast}, {cfg.conditions[0]} - {cfg.conditions[1]}): "

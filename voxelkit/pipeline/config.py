@@ -11,7 +11,9 @@ Example study file (all keys optional except where the data cannot tell)::
     model = "srtm"
     smoothing_fwhm = 6.0                   # mm, before statistics
     contrast = "bp_nd"                     # or "activation" (baseline BPND - challenge BPND)
-    covariates = ["sex", "age"]            # participants.tsv columns (nuisance in the GLM)
+    covariates = ["sex", "age"]            # participants.tsv columns (nuisance in the GLM; mean-centred, so the
+                                           # tested effect is the mean difference at the average covariates)
+    keep_failed_scans = false              # true: keep scans whose fit failed in most voxels in the group test
 
     [model_options]
     k2prime = 0.1                          # 1/min
@@ -66,10 +68,18 @@ class StudyConfig:
     jobs: int = 1
     device: str | None = None
     report: bool = True
+    keep_failed_scans: bool = False  #: keep scans whose fit failed in most voxels in the group test
+    condition_column: str | None = None  #: sub-XX_sessions.tsv column holding the condition of each session
+    filters: dict[str, str] = field(default_factory=dict)  #: BIDS entities a PET file must have, e.g. {"rec": "acdyn"}
+    input_derivatives: Path | None = None  #: derivatives dataset (PETPrep) with *_space-<space>_desc-preproc_pet
+    space: str | None = None  #: template space of the preprocessed images, e.g. MNI152NLin2009cAsym
 
     def __post_init__(self) -> None:
         self.bids_dir = Path(self.bids_dir)
-        for name in ("output_dir", "ref_mask", "brain_mask", "atlas", "atlas_labels"):
+        from ..models.options import validate_model_options  # noqa: PLC0415
+
+        self.model_options = validate_model_options(self.model_options, self.model, "study settings [model_options]")
+        for name in ("output_dir", "ref_mask", "brain_mask", "atlas", "atlas_labels", "input_derivatives"):
             val = getattr(self, name)
             if val is not None:
                 setattr(self, name, Path(val))
@@ -129,9 +139,16 @@ def load_study_file(path: str | Path, **overrides: Any) -> StudyConfig:
     unknown = sorted(set(doc) - known)
     if unknown:
         raise InputError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    for key in ("bids_dir", "output_dir", "ref_mask", "brain_mask", "atlas", "atlas_labels"):
+    for key in ("bids_dir", "output_dir", "ref_mask", "brain_mask", "atlas", "atlas_labels", "input_derivatives"):
         if key in doc and doc[key] is not None and not Path(doc[key]).is_absolute():
             doc[key] = str(path.parent / doc[key])
+    from ..models.options import validate_model_options  # noqa: PLC0415
+
+    model = overrides.get("model") or doc.get("model") or "srtm"
+    file_opts = validate_model_options(doc.get("model_options"), model, f"{path} [model_options]",
+                                       base_dir=path.parent)
+    cli_opts = overrides.pop("model_options", None) or {}
+    doc["model_options"] = {**file_opts, **cli_opts}  # command-line options win, key by key
     doc.update({k: v for k, v in overrides.items() if v is not None})
     if "bids_dir" not in doc:
         raise InputError(f"{path}: bids_dir is required")

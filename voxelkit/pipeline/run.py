@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ import numpy as np
 
 from .. import __version__
 from ..backend import get_backend
-from ..frames import FrameTiming
+from ..conform import conform_to
+from ..conform import notes as conform_notes
 from ..io import DynamicPET, InputError, Masker, check_same_space, load_image, load_mask, write_json, write_tsv
 from ..models.status import Status
+from ..outputs import LOCK_NAME, MANIFEST_NAME, FolderLock, OutputFolder, read_manifest
 from . import layout
-from .bids import Pairing, Scan, find_derivative, find_scans, pair_scans, read_participants
+from .bids import Pairing, Scan, discover_scans, find_derivative, pair_scans, read_participants, scan_frames, scan_table
 from .config import StudyConfig
 
 log = logging.getLogger("voxelkit")
@@ -49,6 +52,8 @@ class StudyResult:
     roi_tests: list[dict[str, Any]] = field(default_factory=list)
     report: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    failed_scans: list[dict[str, Any]] = field(default_factory=list)  #: fits where most voxels failed
+    k2prime: dict[str, Any] = field(default_factory=dict)  #: per scan: the k2' estimated once (1/min)
 
 
 class _Checksums:
@@ -108,7 +113,7 @@ def _load_dynamic(scan: Scan) -> DynamicPET:
     img = load_image(scan.pet)
     if img.ndim != 4:
         raise InputError(f"{scan.pet}: expected a 4-D dynamic image, got shape {img.shape}")
-    frames = FrameTiming.from_bids_json(scan.sidecar)
+    frames = scan_frames(scan)
     frames.check_count(int(img.shape[3]), str(scan.pet))
     data = np.asarray(img.dataobj, dtype=np.float32)
     mem = nib.Nifti1Image(data, img.affine, img.header)
@@ -153,59 +158,193 @@ def _qc_record(result: Any, scan: Scan, phase: str | None, cfg: StudyConfig, ref
             "n_voxels": result.n, "fit_seconds": result.seconds, "backend": result.backend}
 
 
+def scan_failure(counts: dict[str, int], qc: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """None for a usable fit; else ``n_voxels``, ``n_failed``, ``share``, ``main_status`` and ``likely_cause`` of
+    a fit in which more than ``voxelkit.models.base.QC_MAX_FAILED_SHARE`` (one half) of the voxels are not ``ok``
+    (``counts``: status name -> voxel count, as ``ModelFit.status_counts()``; ``qc``: ``ModelFit.qc()``, whose
+    likely cause is used).  Such a scan is reported and its subject left out of the group test unless
+    ``keep_failed_scans``."""
+    from ..models.base import LIKELY_CAUSE, QC_MAX_FAILED_SHARE  # noqa: PLC0415
+
+    n = int(sum(counts.values()))
+    failed = n - int(counts.get("ok", 0))
+    if n == 0 or failed <= QC_MAX_FAILED_SHARE * n:
+        return None
+    main = max((k for k in counts if k != "ok"), key=lambda k: counts[k])
+    cause = qc.get("likely_cause") if isinstance(qc, dict) else None
+    if not cause:
+        cause = LIKELY_CAUSE.get(int(Status[main.upper()]), main) if main.upper() in Status.__members__ else main
+    return {"n_voxels": n, "n_failed": failed, "share": round(failed / n, 4), "main_status": main,
+            "likely_cause": str(cause)}
+
+
+def _fit_qc(result: Any) -> dict[str, Any] | None:
+    """The fit's QC summary (``ModelFit.qc()`` where the model provides one) as a JSON-ready dict."""
+    qc = getattr(result, "qc", None)
+    if not callable(qc):
+        return None
+    out = qc()
+    if hasattr(out, "as_dict"):
+        out = out.as_dict()
+    elif hasattr(out, "to_dict"):
+        out = out.to_dict()
+    return json.loads(json.dumps(out, default=str)) if isinstance(out, dict) else None
+
+
+def _describe_scan(subject: str, session: str, phase: str | None) -> str:
+    return f"sub-{subject} ses-{session}" + (f" ({phase} window)" if phase else "")
+
+
+def k2prime_estimated(cfg: StudyConfig) -> bool:
+    """Whether the model estimates k2' from the data (MRTM2/SRTM2 without a numeric ``k2prime``: ``"median"``,
+    or a k2' region mask)."""
+    if cfg.model.lower() not in ("mrtm2", "srtm2"):
+        return False
+    k = cfg.model_options.get("k2prime")
+    return not (isinstance(k, int | float) and not isinstance(k, bool))
+
+
+def _k2prime_record(info: dict[str, Any], cfg: StudyConfig) -> dict[str, Any] | None:
+    """The k2' (1/min) a fit estimated, from ``fit.info``, with where it came from (JSON-ready)."""
+    if info.get("k2prime") is None:
+        return None
+    kw = info["k2prime_window_min"] if "k2prime_window_min" in info else cfg.model_options.get("k2prime_window")
+    frames = (f"frames with mid-time in [{float(kw[0]):g}, {float(kw[1]):g}) min (k2prime_window)" if kw
+              else "all frames of the scan")
+    rec: dict[str, Any] = {"value": float(info["k2prime"]), "unit": "1/min",
+                           "source": str(info.get("k2prime_source", "")), "frames": frames,
+                           "k2prime_window_min": [float(kw[0]), float(kw[1])] if kw else None}
+    for k, v in info.items():
+        if k.startswith("k2prime_") and k != "k2prime_source" and isinstance(v, int | float | str | bool):
+            rec[k] = v
+    return rec
+
+
+@dataclass
+class _ScanFits:
+    """What fitting one scan gave: counts, the failed fits, and the scan's k2' (when estimated)."""
+
+    fitted: int = 0
+    reused: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    k2prime: dict[str, Any] | None = None
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _note_failure(res: _ScanFits, scan: Scan, phase: str | None, counts: dict[str, int],
+                  qc: dict[str, Any] | None) -> None:
+    bad = scan_failure(counts, qc)
+    if bad is None:
+        return
+    res.failures.append({"subject": scan.subject, "session": scan.session, "phase": phase, **bad})
+    log.warning("WARNING: %s: the fit failed in %d of %d voxels (%.0f %%), mostly %s; likely cause: %s",
+                _describe_scan(scan.subject, scan.session, phase), bad["n_failed"], bad["n_voxels"],
+                100 * bad["share"], bad["main_status"], bad["likely_cause"])
+
+
 def _fit_scan(scan: Scan, cfg: StudyConfig, out: Path, sums: _Checksums, brain: tuple[np.ndarray, Any] | None,
-              atlas: tuple[np.ndarray | None, dict[int, str]]) -> tuple[int, int]:
+              atlas: tuple[np.ndarray | None, dict[int, str]], folder: OutputFolder | None = None) -> _ScanFits:
     """Fit every phase of one scan unless a finished fit with the same inputs and settings exists.
-    Returns (fitted, reused) counts."""
+
+    With windows and an estimated k2' (MRTM2/SRTM2 ``k2prime="median"`` or a k2' mask), k2' is estimated once per
+    scan (by the first window's fit, from all frames or the model's ``k2prime_window``) and that value (1/min) is
+    used in every window."""
     from ..api import fit, reference_tac  # noqa: PLC0415
 
     inputs = {"pet": sums(scan.pet), "sidecar": sums(scan.sidecar), "ref_mask": sums(cfg.ref_mask),
               "brain_mask": sums(cfg.brain_mask)}
     settings = cfg.fit_settings()
+    res = _ScanFits()
     todo = []
     for phase in cfg.phases:
-        rec_path = layout.fit_record_path(out, scan.subject, scan.session, cfg.model, phase)
-        if rec_path.exists():
-            try:
-                rec = json.loads(rec_path.read_text())
-            except json.JSONDecodeError:
-                rec = {}
-            outputs_ok = all(Path(p).exists() for p in rec.get("outputs", []))
-            if rec.get("inputs") == inputs and rec.get("settings") == settings and outputs_ok:
-                continue
+        rec = _read_record(layout.fit_record_path(out, scan.subject, scan.session, cfg.model, phase))
+        if rec is not None and rec.get("inputs") == inputs and rec.get("settings") == settings \
+                and all(Path(p).exists() for p in rec.get("outputs", [])):
+            res.reused += 1
+            _note_failure(res, scan, phase, rec.get("status_counts", {}), rec.get("qc"))
+            if rec.get("k2prime"):
+                res.k2prime = rec["k2prime"]
+            continue
         todo.append(phase)
     if not todo:
-        return 0, len(cfg.phases)
+        return res
     dpet = _load_dynamic(scan)
-    ref_tac, ref_desc = reference_tac(dpet, dpet.data(), cfg.ref_mask)
+    ref_info: dict[str, Any] = {}
+    ref_tac, ref_desc = reference_tac(dpet, dpet.data(), cfg.ref_mask,
+                                      mask_threshold=cfg.model_options.get("mask_threshold"), info=ref_info)
     if brain is not None:
-        check_same_space(brain[1], dpet.image, str(cfg.brain_mask), scan.pet.name)
+        check_same_space(brain[1], dpet.image, str(brain[1].get_filename()), scan.pet.name)
     labels, names = atlas
+    brain_img = cfg.brain_mask
+    if brain is not None:
+        # the brain mask read (thresholded, on the PET grid) once per run at validation, not again for every fit
+        brain_img = nib.Nifti1Image(brain[0].astype(np.uint8), dpet.affine)
+        brain_img.set_filename(str(cfg.brain_mask))
+    estimated = k2prime_estimated(cfg)
+    # k2' belongs to the scan: with windows, the first window's fit estimates it (the model uses all frames, or
+    # k2prime_window, whatever the fit's window) and that value (1/min) is given to every other window
+    per_scan = res.k2prime if estimated and cfg.windows else None
+    sdir = layout.scan_dir(out, scan.subject, scan.session)
     for phase in todo:
         opts = dict(cfg.model_options)
         if phase is not None:
             opts["window"] = cfg.windows[phase]
-        result = fit(dpet, reference=ref_tac, model=cfg.model, mask=cfg.brain_mask, device=cfg.device, **opts)
+        if per_scan is not None:
+            for key in ("k2prime_mask", "k2prime_window"):
+                opts.pop(key, None)
+            opts["k2prime"] = per_scan["value"]
+        result = fit(dpet, reference=ref_tac, model=cfg.model, mask=brain_img, device=cfg.device, **opts)
+        k2rec = per_scan if per_scan is not None else (_k2prime_record(result.info, cfg) if estimated else None)
+        if estimated and cfg.windows and per_scan is None and k2rec is not None:
+            per_scan = k2rec
+            log.info("%s: k2' = %.5g/min (%s, %s), used in every window", _describe_scan(scan.subject,
+                     scan.session, None), k2rec["value"], k2rec["source"], k2rec["frames"])
         result.info.update(reference=ref_desc, pet=str(scan.pet), phase=phase)
-        sdir = layout.scan_dir(out, scan.subject, scan.session)
+        if ref_info:
+            result.info["reference_mask"] = ref_info
+        if k2rec is not None:
+            result.info.update(k2prime=k2rec["value"], k2prime_source=k2rec["source"],
+                               k2prime_frames=k2rec["frames"], k2prime_window_min=k2rec.get("k2prime_window_min"),
+                               k2prime_per_scan=True)
+            res.k2prime = k2rec
         written = []
         imgs = result.to_images()
         meta = result.sidecar()
         for param, img in imgs.items():
             path = layout.map_path(out, scan.subject, scan.session, cfg.model, param, phase)
+            side = path.with_name(path.name.replace(".nii.gz", ".json"))
+            if folder is not None:
+                folder.record(path)
+                folder.record(side)
             path.parent.mkdir(parents=True, exist_ok=True)
             nib.save(img, str(path))
-            write_json({**meta, "Description": param, "Sources": [str(scan.pet)]},
-                       path.with_name(path.name.replace(".nii.gz", ".json")))
+            write_json({**meta, "Description": param, "Sources": [str(scan.pet)]}, side)
             written.append(str(path))
-        write_json(_qc_record(result, scan, phase, cfg, ref_tac, ref_desc, labels, names),
-                   layout.qc_path(out, scan.subject, scan.session, cfg.model, phase))
+        counts = result.status_counts()
+        qc = _fit_qc(result)
+        qc_path = layout.qc_path(out, scan.subject, scan.session, cfg.model, phase)
+        rec_path = layout.fit_record_path(out, scan.subject, scan.session, cfg.model, phase)
+        if folder is not None:
+            folder.record(qc_path)
+            folder.record(rec_path)
+        write_json(_qc_record(result, scan, phase, cfg, ref_tac, ref_desc, labels, names), qc_path)
         # The record is written last: an interrupted fit is redone on the next run.
         write_json({"inputs": inputs, "settings": settings, "outputs": written, "voxelkit": __version__,
-                    "seconds": result.seconds, "status_counts": result.status_counts()},
-                   layout.fit_record_path(out, scan.subject, scan.session, cfg.model, phase))
+                    "seconds": result.seconds, "status_counts": counts, "k2prime": k2rec, "qc": qc,
+                    "failure": scan_failure(counts, qc)}, rec_path)
+        res.fitted += 1
+        _note_failure(res, scan, phase, counts, qc)
         log.debug("fitted %s (%s) in %.2f s into %s", scan.pet.name, phase or "whole scan", result.seconds, sdir)
-    return len(todo), len(cfg.phases) - len(todo)
+    return res
 
 
 def smooth_in_mask(vol: np.ndarray, mask: np.ndarray, affine: np.ndarray, fwhm_mm: float) -> np.ndarray:
@@ -242,9 +381,7 @@ def _scan_value_map(out: Path, cfg: StudyConfig, subject: str, session: str) -> 
 def _read_atlas(cfg: StudyConfig, like: Any) -> tuple[np.ndarray | None, dict[int, str]]:
     if cfg.atlas is None:
         return None, {}
-    img = load_image(cfg.atlas)
-    check_same_space(like, img, "the PET images", str(cfg.atlas))
-    labels = np.asarray(img.dataobj).astype(np.int32)
+    labels = conform_to(cfg.atlas, like, "labels", name=str(cfg.atlas))[0].astype(np.int32)
     names: dict[int, str] = {}
     if cfg.atlas_labels is not None:
         from ..stats.io import read_lookup  # noqa: PLC0415
@@ -257,31 +394,44 @@ def _read_atlas(cfg: StudyConfig, like: Any) -> tuple[np.ndarray | None, dict[in
 
 
 def _roi_tables(out: Path, cfg: StudyConfig, pairing: Pairing, labels: np.ndarray | None,
-                names: dict[int, str], brain: np.ndarray) -> list[dict[str, Any]]:
-    """Mean BPND per region, condition, phase and subject, and a paired test per region (BH-FDR)."""
+                names: dict[int, str], brain: np.ndarray, *, folder: OutputFolder | None = None,
+                scan_maps: dict[tuple[str, str], np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """Mean BPND per region, condition, phase and subject, and a paired test per region (BH-FDR).
+    ``scan_maps``: the per-scan contrast quantity already read (subject, condition) -> map, not read again."""
     if labels is None:
         return []
     from scipy import stats as sps  # noqa: PLC0415
 
     rows = []
     per_cond: dict[tuple[str, str], np.ndarray] = {}
-    ref = np.asarray(load_image(cfg.ref_mask).dataobj) != 0 if cfg.ref_mask is not None else np.zeros_like(brain)
+    ref = conform_to(cfg.ref_mask, nib.load(str(layout.map_path(out, pairing.subjects[0], cfg.conditions[0], cfg.model,
+                                                               "bp_nd", cfg.phases[0]))), "mask",
+                     name=str(cfg.ref_mask))[0] != 0 if cfg.ref_mask is not None else np.zeros_like(brain)
     # regions mostly inside the reference mask have BPND ~ 0 by construction: no test there
     region_ids = [k for k in sorted(names) if k > 0 and (labels == k).any() and (ref[labels == k]).mean() < 0.5]
     masks = {k: (labels == k) & brain for k in region_ids}
     for sub in pairing.subjects:
         for cond in cfg.conditions:
+            value_map = (scan_maps or {}).get((sub, cond))
             for phase in cfg.phases:
-                path = layout.map_path(out, sub, cond, cfg.model, "bp_nd", phase)
-                vol = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+                if value_map is not None and phase is None and cfg.contrast == "bp_nd":
+                    vol = value_map  # the whole-scan BPND map, read once for the contrasts
+                else:
+                    path = layout.map_path(out, sub, cond, cfg.model, "bp_nd", phase)
+                    vol = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
                 for k in region_ids:
                     v = vol[masks[k]]
                     v = v[np.isfinite(v)]
                     rows.append({"subject": sub, "condition": cond, "phase": phase or "n/a", "region": names[k],
                                  "value": float(v.mean()) if v.size else float("nan"), "n_voxels": int(v.size)})
-            vol = _scan_value_map(out, cfg, sub, cond)
-            per_cond[(sub, cond)] = np.array([np.nanmean(vol[masks[k]]) if masks[k].any() else np.nan
-                                              for k in region_ids])
+            vol = value_map if value_map is not None else _scan_value_map(out, cfg, sub, cond)
+            with warnings.catch_warnings():  # a region all NaN (a failed scan kept) gives NaN, said in the log
+                warnings.simplefilter("ignore", RuntimeWarning)
+                per_cond[(sub, cond)] = np.array([np.nanmean(vol[masks[k]]) if masks[k].any() else np.nan
+                                                  for k in region_ids])
+    if folder is not None:
+        folder.record(layout.roi_dir(out) / "roi_values.tsv")
+        folder.record(layout.roi_dir(out) / "roi_tests.tsv")
     write_tsv(rows, layout.roi_dir(out) / "roi_values.tsv")
     a = np.stack([per_cond[(s, cfg.conditions[0])] for s in pairing.subjects])
     b = np.stack([per_cond[(s, cfg.conditions[1])] for s in pairing.subjects])
@@ -289,101 +439,304 @@ def _roi_tables(out: Path, cfg: StudyConfig, pairing: Pairing, labels: np.ndarra
     with np.errstate(all="ignore"):
         t, p = sps.ttest_rel(a, b, axis=0, nan_policy="omit")
     t, p = np.asarray(t, float), np.asarray(p, float)
-    p_fdr = _bh(p)
+    p_fdr = _fdr(p)
     for j, k in enumerate(region_ids):
         ma, mb = float(np.nanmean(a[:, j])), float(np.nanmean(b[:, j]))
         tests.append({"region": names[k], "n": int(np.isfinite(a[:, j] - b[:, j]).sum()), "quantity": cfg.contrast,
                       f"mean_{cfg.conditions[0]}": ma, f"mean_{cfg.conditions[1]}": mb, "mean_diff": ma - mb,
-                      "pct_change": 100.0 * (ma - mb) / mb if mb else float("nan"),
+                      "pct_change": 100.0 * (ma - mb) / mb if abs(mb) >= 0.1 else float("nan"),  # n/a at BPND ~ 0
                       "t": float(t[j]), "p": float(p[j]), "p_fdr": float(p_fdr[j])})
     write_tsv(tests, layout.roi_dir(out) / "roi_tests.tsv")
     return tests
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (NaN stays NaN)."""
+def _fdr(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q over the finite p-values (NaN stays NaN)."""
+    from ..stats.inference import fdr_bh  # noqa: PLC0415
+
     p = np.asarray(p, dtype=float)
     out = np.full_like(p, np.nan)
     ok = np.isfinite(p)
-    if not ok.any():
-        return out
-    q = p[ok]
-    order = np.argsort(q)
-    ranked = q[order] * q.size / np.arange(1, q.size + 1)
-    adj = np.minimum.accumulate(ranked[::-1])[::-1]
-    res = np.empty_like(q)
-    res[order] = np.clip(adj, 0, 1)
-    out[ok] = res
+    if ok.any():
+        out[ok] = fdr_bh(p[ok])
     return out
 
 
-def _design_covariates(cfg: StudyConfig, subjects: list[str]) -> dict[str, np.ndarray]:
+def _code_covariates(cfg: StudyConfig, subjects: list[str]) -> Any:
+    """The covariates of ``subjects`` from ``participants.tsv``, coded by :func:`voxelkit.stats.code_covariates`
+    (numeric mean-centred, categorical effect-coded then centred); None without covariates."""
     if not cfg.covariates:
-        return {}
+        return None
+    from ..stats.covariates import code_covariates  # noqa: PLC0415
+
+    src = cfg.bids_dir / "participants.tsv"
     parts = read_participants(cfg.bids_dir)
-    covs = {}
-    for c in cfg.covariates:
-        vals = []
-        for s in subjects:
-            row = parts.get(s)
-            if row is None or c not in row:
-                raise InputError(f"{cfg.bids_dir / 'participants.tsv'}: no value of {c!r} for sub-{s}")
-            vals.append(row[c])
+    if not parts:
+        raise InputError(f"{src}: missing or empty, but covariates (--covariates {' '.join(cfg.covariates)}) are "
+                         "read from it")
+    return code_covariates(parts, cfg.covariates, subjects, str(src))
+
+
+def _check_readable(path: Path, what: str) -> None:
+    """One line for a path that is a directory, missing or unreadable (read one byte)."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, but {what} must be a file")
+    if not p.exists():
+        raise InputError(f"{p}: no such file ({what})")
+    try:
+        with p.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read {what} ({exc.strerror or exc})") from None
+
+
+def _min_subjects_message(n: int, pairing: Pairing, extra: str = "") -> str:
+    from ..stats.design import MIN_SUBJECTS  # noqa: PLC0415
+
+    dropped = f"; dropped: {'; '.join(f'sub-{k}: {v}' for k, v in pairing.dropped.items())}" if pairing.dropped \
+        else ""
+    return (f"{n} subject(s) with both conditions{extra}: at least {MIN_SUBJECTS} are needed for sign-flip "
+            f"inference (with 4 there are only 2^4 = 16 sign flips and no p below 0.0625){dropped}")
+
+
+def _check_group_size(cfg: StudyConfig, pairing: Pairing, extra: str = "") -> None:
+    """n >= MIN_SUBJECTS and a smallest attainable p <= 0.05 for the chosen sidedness and n_perm."""
+    from ..stats.design import MIN_SUBJECTS  # noqa: PLC0415
+
+    n = len(pairing.subjects)
+    if n < MIN_SUBJECTS:
+        raise InputError(_min_subjects_message(n, pairing, extra))
+    from ..stats.design import check_attainable  # noqa: PLC0415
+
+    try:
+        check_attainable(n, "flip", cfg.two_sided, cfg.n_perm)
+    except InputError as exc:
+        msg = str(exc).replace("a one-sided test", "a one-sided test (--one-sided)").replace("more maps",
+                                                                                               "more subjects")
+        raise InputError(f"{n} paired subjects{extra}: {msg}") from None
+
+
+@dataclass
+class _Plan:
+    """What validation before the first fit established (read once, used by the run)."""
+
+    first: Any  #: header-only image of the first scan (grid of every map)
+    brain: tuple[np.ndarray, Any] | None  #: brain mask (3-D bool) and its image
+    labels: np.ndarray | None
+    names: dict[int, str]
+    covariates: Any  #: CodedCovariates or None
+
+
+def validate_study(cfg: StudyConfig, pairing: Pairing) -> _Plan:
+    """Every cheap check, before the first fit: each scan's header and frame timing, windows, every mask against
+    every scan's grid (headers only), the model options, covariates for every subject, n >= MIN_SUBJECTS and the
+    smallest attainable p.  Raises :class:`InputError` (one line) on the first problem; reads no PET data."""
+    if len(pairing.subjects) < 2:
+        raise InputError(f"only {len(pairing.subjects)} subject(s) with both conditions: nothing to compare")
+    scans = [pairing.scans[(s, c)] for s in pairing.subjects for c in cfg.conditions]
+    headers = []
+    for scan in scans:
+        _check_readable(scan.pet, "a PET image")
+        _check_readable(scan.sidecar, "a PET sidecar")
+        img = load_image(scan.pet)  # header only: nibabel reads data lazily
+        if len(img.shape) != 4:
+            raise InputError(f"{scan.pet}: expected a 4-D dynamic image, got shape {img.shape}")
+        frames = scan_frames(scan)
+        frames.check_count(int(img.shape[3]), str(scan.pet))
+        for name, (a, b) in (cfg.windows or {}).items():
+            if not frames.window_mask(a, b).any():
+                raise InputError(f"{scan.sidecar}: window {name!r} ({a:g}-{b:g} min) holds no frame of this scan "
+                                 f"(frames {frames.start_min[0]:g}-{frames.end_min[-1]:g} min)")
+        headers.append((scan, img))
+    first = headers[0][1]
+    masks = [("--ref-mask", "the reference region mask", cfg.ref_mask), ("--mask", "the brain mask", cfg.brain_mask),
+             ("--atlas", "the atlas", cfg.atlas), ("--k2prime-mask", "the k2' region mask",
+                                                    cfg.model_options.get("k2prime_mask"))]
+    for scan, pimg in headers[1:]:
+        check_same_space(first, pimg, str(headers[0][0].pet), str(scan.pet))
+    for flag, what, path in masks:
+        if path is None:
+            continue
+        _check_readable(Path(path), f"{what} ({flag})")
+        # same grid, or reoriented / resampled by nearest neighbour (logged, in provenance); refused outside the FOV
+        conform_to(path, first, "labels" if flag == "--atlas" else "mask", name=str(path))
+    if cfg.atlas_labels is not None:
+        _check_readable(cfg.atlas_labels, "the atlas look-up table (--atlas-labels)")
+    threshold = cfg.model_options.get("mask_threshold")  # fractional masks: the same rule as the fits
+    load_mask(cfg.ref_mask, first, str(scans[0].pet), "reference region mask", threshold=threshold)
+    brain = (load_mask(cfg.brain_mask, first, str(scans[0].pet), "brain mask", threshold=threshold), first) \
+        if cfg.brain_mask is not None else None
+    labels, names = _read_atlas(cfg, first)
+    _check_model_options(cfg)
+    covariates = _code_covariates(cfg, pairing.subjects)
+    _check_group_size(cfg, pairing)
+    return _Plan(first, brain, labels, names, covariates)
+
+
+def _check_model_options(cfg: StudyConfig) -> None:
+    """Build the model for every phase (no data): bad or missing options fail here, not after fits."""
+    from ..models import get_model  # noqa: PLC0415
+
+    try:
+        from ..models.options import INPUT_OPTIONS  # noqa: PLC0415
+    except ImportError:  # pragma: no cover
+        INPUT_OPTIONS = ("mask_threshold", "k2prime_mask", "k2prime_region")  # noqa: N806
+    base = {k: v for k, v in cfg.model_options.items() if k not in INPUT_OPTIONS}
+    if cfg.model.lower() == "mrtm2" and "k2prime_mask" in cfg.model_options and base.get("k2prime") is None:
+        base["k2prime_tac"] = np.ones(2)  # stands for the region TAC api.fit derives from the mask
+    for phase in cfg.phases:
+        opts = dict(base)
+        if phase is not None:
+            opts["window"] = cfg.windows[phase]
         try:
-            covs[c] = np.asarray([float(v) for v in vals])
-        except ValueError:
-            levels = sorted(set(vals))
-            if len(levels) != 2:
-                raise InputError(f"covariate {c!r} is categorical with {len(levels)} levels; only two-level "
-                                 "categorical covariates are coded automatically") from None
-            covs[c] = np.asarray([1.0 if v == levels[1] else 0.0 for v in vals])
-    return covs
+            get_model(cfg.model, **opts)
+        except ValueError as exc:
+            raise InputError(f"model {cfg.model!r}: {exc}") from None
+
+
+def _check_not_foreign(out: Path) -> None:
+    """Refuse a folder that another tool made (its dataset_description.json's GeneratedBy names another tool), or
+    a non-empty folder without a voxelkit manifest.  Reads only."""
+    if not out.is_dir():
+        return
+    desc = out / "dataset_description.json"
+    if desc.is_file():
+        try:
+            doc = json.loads(desc.read_text())
+        except (OSError, json.JSONDecodeError):
+            doc = None
+        gen = doc.get("GeneratedBy") if isinstance(doc, dict) else None
+        tools = [str(g.get("Name")) for g in gen if isinstance(g, dict)] if isinstance(gen, list) else []
+        if not tools or tools[0] != "voxelkit":
+            who = f"made by {', '.join(tools)}" if tools else "not made by voxelkit"
+            raise InputError(f"{out}: a derivatives dataset {who} (see its dataset_description.json); voxelkit run "
+                             f"writes only into folders it created: choose another output folder, e.g. "
+                             f"{out.parent / 'voxelkit'}")
+    entries = [e.name for e in out.iterdir() if e.name not in (MANIFEST_NAME, LOCK_NAME)]
+    if entries and read_manifest(out) is None:
+        raise InputError(f"{out}: folder is not empty ({len(entries)} entries) and holds no voxelkit manifest "
+                         f"({MANIFEST_NAME}): voxelkit run writes only into an empty folder or its own earlier "
+                         "outputs; choose another output folder")
+
+
+def _input_paths(cfg: StudyConfig, pairing: Pairing) -> list[Path]:
+    paths: list[Path] = [p for s in pairing.scans.values() for p in (s.pet, s.sidecar)]
+    for p in (cfg.ref_mask, cfg.brain_mask, cfg.atlas, cfg.atlas_labels, cfg.model_options.get("k2prime_mask"),
+              cfg.bids_dir / "participants.tsv"):
+        if p is not None and Path(p).exists():
+            paths.append(Path(p))
+    return paths
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = exc.filename or "voxelkit run"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def run_study(cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
-    """Run the whole study; re-running with the same inputs and settings reuses finished per-scan fits."""
+    """Run the whole study; re-running with the same inputs and settings reuses finished per-scan fits.
+
+    Order: every cheap check first (:func:`validate_study`, nothing written), then the output folder is locked
+    (:class:`voxelkit.outputs.FolderLock`) for the whole run, per-scan fits (cached; a fit record is written last),
+    failed scans left out, contrasts, statistics, ROI tables, and last ``study.json`` and ``provenance.json``
+    beside the results they describe.  Operating-system errors (unreadable input, unwritable output) are one-line
+    :class:`InputError`; a KeyboardInterrupt releases the lock and leaves the run resumable."""
+    try:
+        return _run_study(cfg, progress)
+    except OSError as exc:
+        raise InputError(_os_error_line(exc)) from exc
+
+
+def _run_study(cfg: StudyConfig, progress: bool) -> StudyResult:
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
     out = _check_output_dir(cfg)
-    scans = find_scans(cfg.bids_dir)
+    _check_not_foreign(out)
+    scans = discover_scans(cfg)
     _discover_derivatives(cfg)
     pairing = pair_scans(scans, cfg.conditions, cfg.on_missing)
-    if len(pairing.subjects) < 2:
-        raise InputError(f"only {len(pairing.subjects)} subject(s) with both conditions: nothing to compare")
+    plan = validate_study(cfg, pairing)
     backend = get_backend(cfg.device)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json({"Name": "voxelkit outputs", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": "voxelkit", "Version": __version__}]}, out / "dataset_description.json")
-    write_json(cfg.to_dict(), out / "study.json")
-    sums = _Checksums()
+    folder = OutputFolder(out, "run", resumable=True, inputs=_input_paths(cfg, pairing))
+    with FolderLock(out, "voxelkit run"):
+        folder.write_manifest(complete=False)  # first: an interrupted run stays resumable
+        try:
+            result = _run_locked(cfg, pairing, plan, folder, backend, progress, t_start)
+        finally:
+            folder.write_manifest(complete=False)  # what exists so far (the final call below marks it complete)
+        folder.write_manifest(complete=True)
+    return result
 
-    first = load_image(pairing.scans[(pairing.subjects[0], cfg.conditions[0])].pet)
-    brain_img = load_image(cfg.brain_mask) if cfg.brain_mask is not None else None
-    brain = (load_mask(cfg.brain_mask, first, str(first.get_filename()), "brain mask"), brain_img) \
-        if cfg.brain_mask is not None else None
-    labels, names = _read_atlas(cfg, first)
+
+def _write_json_atomic(obj: dict[str, Any], path: Path, folder: OutputFolder) -> Path:
+    folder.record(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write_json(obj, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _run_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputFolder, backend: Any,
+                progress: bool, t_start: float) -> StudyResult:
+    import threading  # noqa: PLC0415
+
+    out = folder.path.resolve()
+    timings: dict[str, float] = {}
+    _write_json_atomic({"Name": "voxelkit outputs", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+                        "GeneratedBy": [{"Name": "voxelkit", "Version": __version__}]},
+                       out / "dataset_description.json", folder)
+    sums = _Checksums()
+    first, brain, labels, names = plan.first, plan.brain, plan.labels, plan.names
 
     # 1. per-scan fits (cached)
     t0 = time.perf_counter()
     todo = [pairing.scans[(s, c)] for s in pairing.subjects for c in cfg.conditions]
-    fitted = reused = 0
+    manifest_lock = threading.Lock()
 
-    def fit_one(scan: Scan) -> tuple[int, int]:
-        return _fit_scan(scan, cfg, out, sums, brain, (labels, names))
+    def fit_one(scan: Scan) -> _ScanFits:
+        res = _fit_scan(scan, cfg, out, sums, brain, (labels, names), folder)
+        with manifest_lock:
+            folder.write_manifest(complete=False)
+        return res
 
     if cfg.jobs > 1 and len(todo) > 1:
         # threads: NumPy's array work and zlib release the GIL; each scan writes only its own files
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
         with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-            counts = list(_progress(pool.map(fit_one, todo), "fitting scans", progress, total=len(todo)))
+            outcomes = list(_progress(pool.map(fit_one, todo), "fitting scans", progress, total=len(todo)))
     else:
-        counts = [fit_one(scan) for scan in _progress(todo, "fitting scans", progress)]
-    for f, r in counts:
-        fitted += f
-        reused += r
+        outcomes = [fit_one(scan) for scan in _progress(todo, "fitting scans", progress)]
+    fitted = sum(o.fitted for o in outcomes)
+    reused = sum(o.reused for o in outcomes)
+    k2prime = {f"sub-{scan.subject}_ses-{scan.session}": o.k2prime for scan, o in zip(todo, outcomes, strict=True)
+               if o.k2prime is not None}
     timings["fit"] = time.perf_counter() - t0
     log.info("per-scan fits: %d fitted, %d reused from %s", fitted, reused, out)
+
+    # failed scans: reported (above, per fit) and their subjects left out unless the user keeps them
+    failed = [f for o in outcomes for f in o.failures]
+    for f in failed:
+        f["kept"] = bool(cfg.keep_failed_scans)
+    covariates = plan.covariates
+    if failed and not cfg.keep_failed_scans:
+        bad: dict[str, list[str]] = {}
+        for f in failed:
+            bad.setdefault(f["subject"], []).append(
+                f"{_describe_scan(f['subject'], f['session'], f['phase'])}: {f['n_failed']} of {f['n_voxels']} "
+                f"voxels failed ({f['main_status']})")
+        dropped = dict(pairing.dropped)
+        for sub, why in bad.items():
+            dropped[sub] = "failed fit: " + "; ".join(why)
+        kept = [s for s in pairing.subjects if s not in bad]
+        pairing = Pairing(kept, {k: v for k, v in pairing.scans.items() if k[0] in kept}, dropped)
+        log.warning("WARNING: left out of the group test (most voxels failed; keep them with --keep-failed-scans "
+                    "or keep_failed_scans = true): %s", "; ".join(f"sub-{s}" for s in bad))
+        _check_group_size(cfg, pairing, extra=f" after leaving out {len(bad)} subject(s) with failed scans "
+                                                "(--keep-failed-scans keeps them)")
+        covariates = _code_covariates(cfg, pairing.subjects)
+    elif failed:
+        log.warning("WARNING: %d failed scan(s) kept in the group test (keep_failed_scans)", len(failed))
 
     # 2. contrast maps
     t0 = time.perf_counter()
@@ -394,56 +747,87 @@ def run_study(cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
         first_map = layout.map_path(out, pairing.subjects[0], cfg.conditions[0], cfg.model, "bp_nd", cfg.phases[0])
         brain_mask = np.isfinite(np.asarray(nib.load(str(first_map)).dataobj))
     maps_a, maps_b = [], []
+    scan_maps: dict[tuple[str, str], np.ndarray] = {}
     for sub in pairing.subjects:
-        va = smooth_in_mask(_scan_value_map(out, cfg, sub, cfg.conditions[0]), brain_mask, affine, cfg.smoothing_fwhm)
-        vb = smooth_in_mask(_scan_value_map(out, cfg, sub, cfg.conditions[1]), brain_mask, affine, cfg.smoothing_fwhm)
+        raw_a = _scan_value_map(out, cfg, sub, cfg.conditions[0])
+        raw_b = _scan_value_map(out, cfg, sub, cfg.conditions[1])
+        scan_maps[(sub, cfg.conditions[0])], scan_maps[(sub, cfg.conditions[1])] = raw_a, raw_b
+        va = smooth_in_mask(raw_a, brain_mask, affine, cfg.smoothing_fwhm)
+        vb = smooth_in_mask(raw_b, brain_mask, affine, cfg.smoothing_fwhm)
         maps_a.append(va)
         maps_b.append(vb)
         cpath = layout.contrast_path(out, sub, f"{cfg.contrast}{cfg.conditions[0]}minus{cfg.conditions[1]}")
+        folder.record(cpath)
         cpath.parent.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image((va - vb).astype(np.float32), affine), str(cpath))
     timings["contrast"] = time.perf_counter() - t0
 
     # 3. inference
     t0 = time.perf_counter()
-    covs = _design_covariates(cfg, pairing.subjects)
-    stats_result = run_group_stats(cfg, maps_a, maps_b, brain_mask, affine, covs, labels, names, out,
-                                   backend=backend, progress=progress)
+    stats_result = run_group_stats(cfg, maps_a, maps_b, brain_mask, affine, covariates, labels, names, out,
+                                   backend=backend, progress=progress, folder=folder)
     timings["stats"] = time.perf_counter() - t0
 
     # 4. ROI tables
     t0 = time.perf_counter()
-    roi_tests = _roi_tables(out, cfg, pairing, labels, names, brain_mask)
+    roi_tests = _roi_tables(out, cfg, pairing, labels, names, brain_mask, folder=folder, scan_maps=scan_maps)
     timings["roi"] = time.perf_counter() - t0
 
-    result = StudyResult(cfg, out, pairing.subjects, pairing.dropped, fitted, reused, stats_result, roi_tests)
+    result = StudyResult(cfg, out, pairing.subjects, pairing.dropped, fitted, reused, stats_result, roi_tests,
+                         failed_scans=failed, k2prime=k2prime)
     for p in (cfg.ref_mask, cfg.brain_mask, cfg.atlas, cfg.atlas_labels, cfg.bids_dir / "participants.tsv"):
         if p is not None and Path(p).exists():
             sums(Path(p))
+    _remove_stale(folder)
     timings["total_before_report"] = time.perf_counter() - t_start
     provenance = {
         "voxelkit": __version__, "command": sys.argv, "settings": cfg.to_dict(), "seed": cfg.seed,
         "backend": {"name": backend.name, "reason": backend.reason}, "versions": _versions(),
         "inputs": sums.table(), "subjects": pairing.subjects, "dropped_subjects": pairing.dropped,
+        "scans": scan_table(pairing), "spatial_conform": conform_notes([cfg.ref_mask, cfg.brain_mask, cfg.atlas,
+                                                                      cfg.model_options.get("k2prime_mask")]),
+        "failed_scans": failed, "k2prime_per_scan": k2prime,
+        "covariate_coding": covariates.as_dict() if covariates is not None else None,
         "fits": {"fitted": fitted, "reused": reused}, "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
-    write_json(provenance, out / "provenance.json")
+    # the settings record is written beside the results it describes, at the end (never before validation)
+    _write_json_atomic(cfg.to_dict(), out / "study.json", folder)
+    _write_json_atomic(provenance, out / "provenance.json", folder)
 
     # 5. report
     if cfg.report:
         t0 = time.perf_counter()
         from ..report import write_report  # noqa: PLC0415
 
+        folder.record(layout.report_path(out))
         result.report = write_report(out, layout.report_path(out))
         timings["report"] = time.perf_counter() - t0
     result.seconds = timings
     return result
 
 
+def _remove_stale(folder: OutputFolder) -> None:
+    """Remove group-level files an earlier run recorded here that this run did not write (a TFCE map after
+    switching TFCE off, contrast maps of subjects now left out...).  Per-scan fits (the cache) stay."""
+    prev = folder.previous or {}
+    root = folder.path.resolve()
+    now = set(folder.written)
+    for rel in prev.get("written", []):
+        if rel in now or rel.startswith("sub-") or rel in (MANIFEST_NAME, LOCK_NAME):
+            continue
+        f = (root / rel).resolve()
+        if root in f.parents and f.is_file() and not any(f == Path(p).resolve() for p in folder.inputs):
+            f.unlink()
+            log.info("removed %s (an earlier run's output that this run does not produce)", f)
+
+
 def run_group_stats(cfg: StudyConfig, maps_a: list[np.ndarray], maps_b: list[np.ndarray], mask: np.ndarray,
-                    affine: np.ndarray, covariates: dict[str, np.ndarray], labels: np.ndarray | None,
-                    names: dict[int, str], out: Path, *, backend: Any, progress: bool) -> Any:
-    """Paired permutation inference on A - B (with covariates: a GLM of the differences)."""
+                    affine: np.ndarray, covariates: Any, labels: np.ndarray | None,
+                    names: dict[int, str], out: Path, *, backend: Any, progress: bool,
+                    folder: OutputFolder | None = None) -> Any:
+    """Paired permutation inference on A - B.  With covariates (a :class:`~voxelkit.stats.covariates.
+    CodedCovariates`: numeric columns mean-centred, categorical effect-coded and centred), a GLM of the differences
+    on ``[1, Z]`` whose intercept -- the mean difference at the sample's average covariate values -- is tested."""
     from ..stats import Design, one_sample_design, permutation_test  # noqa: PLC0415
 
     masker = Masker(mask, affine)
@@ -451,27 +835,37 @@ def run_group_stats(cfg: StudyConfig, maps_a: list[np.ndarray], maps_b: list[np.
     b = np.stack([masker.transform(m) for m in maps_b]).astype(np.float64)
     diff = a - b
     n = diff.shape[0]
-    if covariates:
-        names_x = ["intercept", *covariates]
-        x = np.column_stack([np.ones(n), *[covariates[k] for k in covariates]])
+    extra: dict[str, Any] = {"contrast": f"{cfg.contrast}: {cfg.conditions[0]} - {cfg.conditions[1]}",
+                             "smoothing_fwhm_mm": cfg.smoothing_fwhm}
+    if covariates is not None and covariates.q:
+        names_x = ["intercept", *covariates.names]
+        x = np.column_stack([np.ones(n), covariates.matrix])
         c = np.zeros(x.shape[1])
         c[0] = 1.0
-        # Freedman-Lane with sign flips: the drug effect (intercept of the differences) adjusted for covariates
+        # Freedman-Lane with sign flips: the drug effect (intercept of the differences, at the average covariate
+        # values because the covariates are centred) adjusted for the covariates
         design = Design(x, c, method="flip", names=names_x, kind="glm")
+        extra.update(covariates.as_dict())
+        extra.update(design_columns=names_x, tested="intercept of the paired differences = mean difference "
+                     f"{cfg.conditions[0]} - {cfg.conditions[1]} at the sample's average covariate values")
     else:
         design = one_sample_design(n, kind="paired")
     atlas_img = nib.Nifti1Image(labels.astype(np.int32), affine) if labels is not None else None
     res = permutation_test(diff, masker, design, n_perm=cfg.n_perm, two_sided=cfg.two_sided,
                            cluster_p=cfg.cluster_p, tfce=cfg.tfce, seed=cfg.seed, device=backend,
                            progress=progress, atlas=atlas_img, atlas_lookup=names or None,
-                           extra_settings={"contrast": f"{cfg.contrast}: {cfg.conditions[0]} - {cfg.conditions[1]}",
-                                           "smoothing_fwhm_mm": cfg.smoothing_fwhm})
-    res.save(layout.stats_dir(out))
+                           extra_settings=extra)
+    paths = res.save(layout.stats_dir(out), overwrite=True)
+    if folder is not None:
+        for p in paths.values():
+            folder.record(p)
+        if (layout.stats_dir(out) / MANIFEST_NAME).exists():
+            folder.record(layout.stats_dir(out) / MANIFEST_NAME)
     return res
 
 
 def _progress(items, desc: str, enabled: bool, total: int | None = None):
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():  # progress bars on a terminal only: no \r lines in log files
         return items
     from tqdm import tqdm  # noqa: PLC0415
 
