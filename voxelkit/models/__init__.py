@@ -12,8 +12,11 @@ from .status import Status
 #: name -> "module:Class"
 MODELS: dict[str, str] = {
     "logan": "voxelkit.models.logan:Logan",
+    "lpntpet": "voxelkit.models.lpntpet:LpntPET",
+    "lpntpet2": "voxelkit.models.lpntpet:LpntPET2",
     "mrtm": "voxelkit.models.mrtm:MRTM",
     "mrtm2": "voxelkit.models.mrtm:MRTM2",
+    "ratio": "voxelkit.models.ratio:Ratio",
     "srtm": "voxelkit.models.srtm:SRTM",
     "srtm2": "voxelkit.models.srtm:SRTM2",
 }
