@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..simulate.options import DEMO_DEFAULT_DESIGN, add_cli_knobs, cli_knob_overrides
+
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("demo", parents=[parent], help="simulate a crossover study and run the whole pipeline",
@@ -11,15 +13,23 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                                    "planted anakinra effect, run fits, permutation inference and the report, "
                                    "and say which planted regions were found.")
     p.add_argument("-o", "--output", default="voxelkit-demo", help="directory for the study and the results")
+    p.add_argument("--design", choices=("scan", "release"), default=None,
+                   help=f"scan: whole-scan BPND change (the classic demo); release: pain-induced release in both "
+                        f"sessions, enhanced by anakinra during the challenge, analysed by windowed activation; "
+                        f"bolus-plus-infusion (Kbol 80 min) and challenge 45-90 min unless --protocol / --kbol / "
+                        f"--challenge-window say otherwise (default {DEMO_DEFAULT_DESIGN})")
     p.add_argument("--n-subjects", type=int, default=10, help="subjects (default 10)")
     p.add_argument("--resolution", type=float, default=3, help="voxel size in mm (default 3)")
     p.add_argument("--effect", type=float, default=0.08, help="relative BPND reduction by anakinra (default 0.08)")
     p.add_argument("--noise", type=float, default=None, help="noise level (simulator's default if omitted)")
-    p.add_argument("--model", default="srtm", help="kinetic model (default srtm)")
+    p.add_argument("--model", default=None,
+                   help="kinetic model (default srtm; release design: the default activation combination)")
     p.add_argument("--n-perm", type=int, default=1000, help="permutations (default 1000; 2^n if smaller)")
     p.add_argument("--smoothing-fwhm", type=float, default=4.0, metavar="MM", help="smoothing (default 4 mm)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo directory")
+    g = p.add_argument_group("simulated study (see voxelkit simulate -h)")
+    add_cli_knobs(g, skip=("design",))
     p.set_defaults(func=run)
 
 
@@ -32,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     result, text, sim = run_demo(args.output, n_subjects=args.n_subjects, resolution=args.resolution,
                                  effect=args.effect, noise=args.noise, seed=args.seed, n_perm=args.n_perm,
                                  model=args.model, smoothing_fwhm=args.smoothing_fwhm, overwrite=args.overwrite,
-                                 device=args.device, progress=not args.quiet)
+                                 device=args.device, progress=not args.quiet, design=args.design,
+                                 sim_options=cli_knob_overrides(args, skip=("design",)))
     print(sim.summary())
     print()
     print(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..simulate.options import add_cli_knobs, cli_knob_overrides
 from . import CliError
 
 
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     p.add_argument("--fwhm", type=float, default=None, metavar="MM", help="noise correlation FWHM in mm (7)")
     p.add_argument("--challenge", choices=("within", "between", "none"), default=None,
                    help="pain challenge lowering BPND within a window (default), whole scans, or none")
+    add_cli_knobs(p)
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--resolution", type=float, default=None, choices=(2.0, 3.0, 4.0), metavar="MM",
                    help="voxel size in mm: 2, 3 or 4 (default 2)")
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         val = getattr(args, opt)
         if val is not None:
             overrides[key] = val
+    overrides.update(cli_knob_overrides(args))
     if "n_jobs" not in overrides:
         overrides["n_jobs"] = min(2, os.cpu_count() or 1)
     if args.effect_regions:

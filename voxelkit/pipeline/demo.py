@@ -1,9 +1,17 @@
 """``voxelkit demo``: simulate a small crossover study with a planted anakinra effect, run the whole pipeline
-on it, and say which planted regions were found at what FWE level."""
+on it, and say which planted regions were found at what FWE level.
+
+Designs (``design``): ``scan`` (a whole-scan BPND change, fitted with ``model`` over the whole scan: the demo as
+it always was) and ``release`` (the study's finding: pain-induced release in both sessions, enhanced by the drug
+during the challenge; see :mod:`voxelkit.simulate.study`), analysed by :data:`RELEASE_ANALYSIS`.  Today that is
+windowed activation (``contrast = "activation"``) with the default combination of
+:func:`voxelkit.models.activation.default_activation` on a bolus-plus-infusion study, and the summary adds
+planted vs found activation difference (drug - placebo) per planted region."""
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +20,22 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ..io import InputError
+from ..simulate.options import DEMO_DEFAULT_DESIGN
 from . import layout
 from .config import StudyConfig
 from .run import StudyResult, run_study
 
 log = logging.getLogger("voxelkit")
+
+#: The design ``voxelkit demo`` runs without ``--design``: defined in voxelkit/simulate/options.py
+#: (DEMO_DEFAULT_DESIGN, light for the CLI); flip it there.
+DEFAULT_DESIGN = DEMO_DEFAULT_DESIGN
+#: How the release design is analysed: "activation" (windowed, today); "release" once the pipeline has it.
+RELEASE_ANALYSIS = "activation"
+#: Protocol and challenge window (minutes) of the release demo unless given.
+RELEASE_PROTOCOL = "bolus-infusion"
+RELEASE_CHALLENGE_WINDOW = (45.0, 90.0)
 
 #: FWE maps the summary looks at, in the order it reports them.
 FWE_MAPS = ("logp_fwe_tfce", "logp_fwe_cluster_extent", "logp_fwe_cluster_mass", "logp_fwe_voxel")
@@ -86,21 +105,150 @@ def _pcell(p: float, frac: float, alpha: float) -> str:
 
 
 def run_demo(outdir: str | Path, *, n_subjects: int = 10, resolution: float = 3, effect: float = 0.08,
-             noise: float | None = None, seed: int = 0, n_perm: int = 1000, model: str = "srtm",
+             noise: float | None = None, seed: int = 0, n_perm: int = 1000, model: str | None = None,
              smoothing_fwhm: float = 4.0, overwrite: bool = False, device: str | None = None,
-             progress: bool = True) -> tuple[StudyResult, str, Any]:
-    """Simulate (``outdir/bids``), analyse (``outdir/bids/derivatives/voxelkit``) and summarise."""
+             progress: bool = True, design: str | None = None, sim_options: dict[str, Any] | None = None,
+             ) -> tuple[StudyResult, str, Any]:
+    """Simulate (``outdir/bids``), analyse (``outdir/bids/derivatives/voxelkit``) and summarise.
+
+    ``design``: "scan" or "release" (None: :data:`DEFAULT_DESIGN`).  ``model``: the kinetic model (None: srtm for
+    the scan design, the default activation combination for the release design).  ``sim_options``: further
+    :class:`voxelkit.simulate.study.StudyConfig` fields (protocol, kbol, challenge_window_min, ...)."""
     from ..simulate.study import simulate_study  # noqa: PLC0415
 
+    design = design or DEFAULT_DESIGN
+    if design not in ("scan", "release"):
+        raise InputError(f"--design must be 'scan' or 'release', got {design!r}")
     outdir = Path(outdir)
     bids = outdir / "bids"
     extra: dict[str, Any] = {} if noise is None else {"noise": noise}
+    extra.update(sim_options or {})
+    if design == "scan":
+        sim = simulate_study(bids, preset="demo", n_subjects=n_subjects, resolution=resolution, effect=effect,
+                             seed=seed, overwrite=overwrite, **extra)
+        cfg = StudyConfig(bids_dir=bids, model=model or "srtm", n_perm=n_perm, seed=seed,
+                          smoothing_fwhm=smoothing_fwhm, device=device)
+        result = run_study(cfg, progress=progress)  # finds the simulator's masks and atlas in derivatives/
+        atlas, atlas_tsv = result.config.atlas, result.config.atlas_labels
+        text = format_findings(region_findings(result.output_dir, atlas, atlas_tsv)) if atlas and atlas_tsv else ""
+        return result, text, sim
+    return _run_release_demo(bids, n_subjects=n_subjects, resolution=resolution, effect=effect, seed=seed,
+                             n_perm=n_perm, model=model, smoothing_fwhm=smoothing_fwhm, overwrite=overwrite,
+                             device=device, progress=progress, sim_options=extra)
+
+
+def _run_release_demo(bids: Path, *, n_subjects: int, resolution: float, effect: float, seed: int, n_perm: int,
+                      model: str | None, smoothing_fwhm: float, overwrite: bool, device: str | None, progress: bool,
+                      sim_options: dict[str, Any]) -> tuple[StudyResult, str, Any]:
+    from ..models.activation import check_activation, default_activation, default_windows  # noqa: PLC0415
+    from ..simulate.study import StudyConfig as SimConfig  # noqa: PLC0415
+    from ..simulate.study import simulate_study  # noqa: PLC0415
+
+    opts = {k: v for k, v in sim_options.items() if k != "design"}
+    if opts.get("kbol") is None:
+        opts.setdefault("protocol", RELEASE_PROTOCOL)
+    opts.setdefault("challenge_window_min", RELEASE_CHALLENGE_WINDOW)
+    probe = SimConfig(**{**opts, "design": "release"})
+    probe.validate()  # bad settings fail before anything is written
+    protocol = probe.protocol_name
+    if RELEASE_ANALYSIS != "activation":  # pragma: no cover - the lead flips this with the release contrast
+        raise InputError(f"release analysis {RELEASE_ANALYSIS!r} is not available yet")
+    end = float(probe.scan_frames().end_min[-1])
+    windows = default_windows(float(probe.challenge_window_min[0]), end)
+    # k2' of the default combination: the simulator's high-binding regions (desc-highbinding_mask)
+    mask_placeholder = "derivatives/voxelkit-sim/*_desc-highbinding_mask.nii.gz"
+    if model is None:
+        model, model_options = default_activation(protocol, windows, k2prime_mask=mask_placeholder)
+    else:
+        model_options = {}
+    # raises InputError for a refused combination (before anything is written)
+    warnings = check_activation(model, model_options, protocol, windows, probe.kbol_min)
     sim = simulate_study(bids, preset="demo", n_subjects=n_subjects, resolution=resolution, effect=effect,
-                         seed=seed, overwrite=overwrite, **extra)
-    log.info("%s", sim.summary())
-    cfg = StudyConfig(bids_dir=bids, model=model, n_perm=n_perm, seed=seed, smoothing_fwhm=smoothing_fwhm,
-                      device=device)
-    result = run_study(cfg, progress=progress)  # finds the simulator's masks and atlas in derivatives/
+                         seed=seed, overwrite=overwrite, design="release", **opts)
+    if model_options.get("k2prime_mask") == mask_placeholder:
+        files = json.loads((Path(sim.derivatives) / "simulation.json").read_text())["files"]
+        model_options["k2prime_mask"] = str(Path(sim.derivatives) / files["highbinding_mask"])
+    cfg = StudyConfig(bids_dir=bids, model=model, model_options=model_options, windows=windows,
+                      contrast="activation", n_perm=n_perm, seed=seed, smoothing_fwhm=smoothing_fwhm, device=device)
+    result = run_study(cfg, progress=progress)
     atlas, atlas_tsv = result.config.atlas, result.config.atlas_labels
-    text = format_findings(region_findings(result.output_dir, atlas, atlas_tsv)) if atlas and atlas_tsv else ""
-    return result, text, sim
+    lines = [f"analysis: activation = BPND(baseline {windows['baseline'][0]:g}-{windows['baseline'][1]:g} min) - "
+             f"BPND(challenge {windows['challenge'][0]:g}-{windows['challenge'][1]:g} min), model {model}"
+             + (f" ({', '.join(f'{k}={_short(v)}' for k, v in model_options.items())})" if model_options else "")
+             + f", {cfg.conditions[0]} - {cfg.conditions[1]}"]
+    lines += [f"warning: {w}" for w in warnings]
+    if atlas and atlas_tsv:
+        lines.append(format_findings(region_findings(result.output_dir, atlas, atlas_tsv)))
+        lines.append(format_planted_found(planted_vs_found(result, sim, model, model_options, windows)))
+    return result, "\n".join(lines), sim
+
+
+def planted_vs_found(result: StudyResult, sim: Any, model: str, model_options: dict[str, Any],
+                     windows: dict[str, tuple[float, float]]) -> list[dict[str, Any]]:
+    """Per planted region: the true and the estimated mean activation difference (drug - placebo) over subjects.
+
+    True activation of a scan and region = true window BPND (baseline) - true window BPND (challenge), each the
+    time average of the true BPND(t) (``occupancy.tsv`` x ``truth.tsv``) over the frames the model fits in that
+    window (:func:`voxelkit.models.activation.true_window_bp`).  Found = the region mean of the fitted
+    activation maps (before smoothing)."""
+    from ..frames import FrameTiming  # noqa: PLC0415
+    from ..models import get_model  # noqa: PLC0415
+    from ..models.activation import true_window_bp  # noqa: PLC0415
+
+    cfg = result.config
+    deriv = Path(sim.derivatives)
+    meta = json.loads((deriv / "simulation.json").read_text())
+    frames = FrameTiming.from_bids_dict(meta["frames"])
+    used = {w: get_model(model, window=tuple(windows[w]), **model_options).used_frames(frames)
+            for w in ("baseline", "challenge")}
+    truth = {(r["participant_id"], r["session"]): r for r in _read_tsv(deriv / "truth.tsv")}
+    occ: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for r in _read_tsv(deriv / "occupancy.tsv"):
+        occ.setdefault((r["participant_id"], r["session"]), []).append(r)
+    labels = np.asarray(nib.load(str(cfg.atlas)).dataobj).astype(int)
+    lookup = {int(r["index"]): r for r in _read_tsv(cfg.atlas_labels)}
+    drug, placebo = cfg.conditions
+    rows = []
+    for idx, r in sorted(lookup.items()):
+        if r.get("effect") != "1":
+            continue
+        name = r["name"]
+        reg = labels == idx
+        true_d, found_d = [], []
+        for sub in result.subjects:
+            pid = f"sub-{sub}"
+            acts_true, acts_found = {}, {}
+            for ses in (drug, placebo):
+                seg_rows = occ[(pid, ses)]
+                edges = np.array([float(x["time_start_min"]) for x in seg_rows][1:])
+                bp0 = float(truth[(pid, ses)][f"bpnd_{name}"])
+                segs = bp0 * (1.0 - np.array([[float(x[name]) for x in seg_rows]]))
+                acts_true[ses] = float(true_window_bp(frames, used["baseline"], segs, edges)[0]
+                                       - true_window_bp(frames, used["challenge"], segs, edges)[0])
+                maps = {w: np.asarray(nib.load(str(layout.map_path(result.output_dir, sub, ses, cfg.model, "bp_nd",
+                                                                   w))).dataobj, dtype=float)
+                        for w in ("baseline", "challenge")}
+                vals = (maps["baseline"] - maps["challenge"])[reg]
+                acts_found[ses] = float(np.nanmean(vals))
+            true_d.append(acts_true[drug] - acts_true[placebo])
+            found_d.append(acts_found[drug] - acts_found[placebo])
+        rows.append({"region": name, "planted": float(np.mean(true_d)), "found": float(np.mean(found_d)),
+                     "found_sd": float(np.std(found_d, ddof=1)) if len(found_d) > 1 else 0.0, "n": len(found_d)})
+    return rows
+
+
+def _short(v: Any) -> str:
+    return Path(v).name if isinstance(v, str) and "/" in v else str(v)
+
+
+def format_planted_found(rows: list[dict[str, Any]]) -> str:
+    lines = ["activation difference (drug - placebo), mean over subjects: planted (true window BPND) vs found",
+             f"{'region':<22}{'planted':>10}{'found':>10}{'sd':>8}"]
+    for r in rows:
+        lines.append(f"{r['region']:<22}{r['planted']:>10.4f}{r['found']:>10.4f}{r['found_sd']:>8.3f}")
+    return "\n".join(lines)
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    with Path(path).open(newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))

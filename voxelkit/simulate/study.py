@@ -5,8 +5,24 @@ What is planted, exactly (all multiplicative on BPND, per voxel of the phantom):
 ``BPND[subject, session] = phantom BPND x subject factor (all voxels) x subject-by-region factor (per atlas
 label) x session factor (all voxels) x period factor (second crossover period, all voxels; 1 by default)
 x drug factor``, where the **drug factor** is ``1 - effect`` in the voxels of ``effect_regions`` in the
-``anakinra`` session and 1 everywhere else (``effect_on="scan"``, the default).  With ``effect_on="challenge"``
-the drug factor applies only during the challenge window.  The reference region keeps BPND 0 and R1 1.
+``anakinra`` session and 1 everywhere else (``effect_on="scan"``, the default of ``design="scan"``).  With
+``effect_on="challenge"`` the drug factor applies only during the challenge window.  The reference region keeps
+BPND 0 and R1 1.
+
+**Designs.**  ``design="scan"`` (default): the above, with a step challenge.  ``design="release"`` (the study's
+finding: the drug enhances pain-induced release): the challenge lowers BPND in ``challenge_regions`` in every
+challenged session with a release time course, and in the drug session the drug adds ``effect`` of extra
+reduction in ``effect_regions`` during the challenge only (``effect_on`` is "challenge").  The time course is
+the one lp-ntPET assumes (Normandin et al. 2012): the efflux rate rises by ``gamma h(t)`` with
+``h(t) = tau^alpha exp(alpha (1 - tau))``, ``tau = (t - t_D) / (t_P - t_D)`` from the onset ``t_D`` (the start
+of ``challenge_window_min``) to its peak ``t_P = t_D + release_peak_min`` and decaying after it, stopping at the
+end of the challenge window; ``BP(t) = k2 / (k2a + gamma h(t)) - 1`` with ``gamma`` such that the occupancy
+``1 - BP(t_P)/BP`` at the peak is ``1 - (1 - displacement)(1 - drug effect)``.  It is simulated exactly as a
+staircase of ``release_step_min`` steps (BPND at each step's mid-time); the staircase is the truth written to
+``occupancy.tsv``.
+
+**Protocols.**  ``protocol="bolus"`` or ``"bolus-infusion"`` (Carson's bolus plus constant infusion with
+``kbol`` minutes, default :data:`DEFAULT_KBOL_MIN`); None follows ``kbol``.
 
 The **pain challenge** (``challenge="within"``) lowers BPND by the fraction ``displacement`` (per subject and
 session, linked to covariates) in ``challenge_regions`` between ``challenge_window_min`` minutes, in every
@@ -41,6 +57,7 @@ import scipy.ndimage as ndi
 from ..frames import FrameTiming
 from ..io import write_json, write_tsv
 from .kinetics import C11_HALF_LIFE_MIN, FengInput, SRTMTable, carfentanil_frames, decay_factor
+from .options import DEFAULT_KBOL_MIN, DESIGNS, PROTOCOLS
 from .phantom import Phantom, Region, TissueValues, build_phantom
 
 log = logging.getLogger(__name__)
@@ -63,7 +80,9 @@ class StudyConfig:
     n_subjects: int = 12
     effect: float = 0.08  # relative BPND reduction in effect_regions in the drug session
     effect_regions: tuple[str, ...] = DEFAULT_EFFECT_REGIONS
-    effect_on: str = "scan"  # "scan" (whole scan) | "challenge" (only during the challenge window)
+    effect_on: str | None = None  # "scan" | "challenge" (only during the challenge window); None: by design
+    design: str = "scan"  # "scan" (whole-scan drug effect, step challenge) | "release" (see the module doc)
+    protocol: str | None = None  # "bolus" | "bolus-infusion"; None: bolus-infusion if kbol is given
     noise: float = 0.10  # COV of a 2 mm reference voxel, last frame; 0 = noiseless
     fwhm_mm: float = 7.0  # spatial correlation of the noise (reconstructed resolution), mm
     psf_fwhm_mm: float = 0.0  # optional blur of the noiseless signal, mm (0: fitted BPND = truth)
@@ -90,7 +109,10 @@ class StudyConfig:
     injected_sd_mbq: float = 30.0
     specific_activity: float = 400.0  # MBq/ug at injection (mean)
     input_sd: float = 0.10  # log-sd of the subject's input scale (body size, clearance)
-    kbol: float | None = None  # bolus-plus-infusion Kbol in minutes (None: bolus)
+    kbol: float | None = None  # bolus-plus-infusion Kbol in minutes (None: bolus, or DEFAULT_KBOL_MIN)
+    release_peak_min: float = 10.0  # release design: minutes from the onset to the peak of the release
+    release_alpha: float = 1.0  # release design: sharpness of the gamma variate (lp-ntPET's alpha)
+    release_step_min: float = 0.5  # release design: staircase step of the simulated time course, minutes
     input_delay_min: float = 0.2  # arrival delay of the input, minutes
     frames: FrameTiming | None = None  # default carfentanil_frames()
     regions: tuple[Region, ...] | None = None  # default phantom.default_regions()
@@ -99,6 +121,31 @@ class StudyConfig:
     mantissa_bits: int = 12  # significant bits kept in noisy images (24: all; noiseless images keep all)
     n_jobs: int = 1  # worker processes writing scans (results do not depend on it)
 
+    # -- resolved settings -------------------------------------------------------------------------------------
+    @property
+    def effect_when(self) -> str:
+        """When the drug effect applies: ``effect_on`` or, if None, "challenge" for the release design."""
+        if self.effect_on is not None:
+            return self.effect_on
+        return "challenge" if self.design == "release" else "scan"
+
+    @property
+    def protocol_name(self) -> str:
+        """``bolus`` or ``bolus-infusion`` (``protocol``, or from ``kbol`` when None)."""
+        if self.protocol is not None:
+            return self.protocol
+        return "bolus" if self.kbol is None else "bolus-infusion"
+
+    @property
+    def kbol_min(self) -> float | None:
+        """Kbol in minutes of the infusion (None for a bolus)."""
+        if self.protocol_name == "bolus":
+            return None
+        return DEFAULT_KBOL_MIN if self.kbol is None else float(self.kbol)
+
+    def scan_frames(self) -> FrameTiming:
+        return self.frames or carfentanil_frames()
+
     def validate(self) -> None:
         if self.n_subjects < 1:
             raise ValueError(f"n_subjects must be >= 1, got {self.n_subjects}")
@@ -106,8 +153,29 @@ class StudyConfig:
             raise ValueError(f"effect must be in [0, 1), got {self.effect}")
         if self.noise < 0:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
-        if self.effect_on not in ("scan", "challenge"):
+        if self.design not in DESIGNS:
+            raise ValueError(f"design (--design) must be 'scan' or 'release', got {self.design!r}")
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol (--protocol) must be 'bolus' or 'bolus-infusion', got {self.protocol!r}")
+        if self.protocol == "bolus" and self.kbol is not None:
+            raise ValueError("kbol (--kbol) needs protocol 'bolus-infusion' (--protocol bolus-infusion)")
+        if self.kbol is not None and not (math.isfinite(self.kbol) and self.kbol > 0):
+            raise ValueError(f"kbol (--kbol) must be a positive number of minutes, got {self.kbol}")
+        if self.effect_on not in (None, "scan", "challenge"):
             raise ValueError(f"effect_on must be 'scan' or 'challenge', got {self.effect_on!r}")
+        if self.design == "release":
+            if self.challenge != "within":
+                raise ValueError(f"design 'release' needs challenge 'within', got {self.challenge!r}")
+            if self.effect_on == "scan":
+                raise ValueError("design 'release' puts the drug effect in the challenge window; effect_on='scan' "
+                                 "contradicts it")
+            if not (math.isfinite(self.release_peak_min) and self.release_peak_min > 0):
+                raise ValueError(f"release_peak_min (--release-peak) must be > 0 minutes, got "
+                                 f"{self.release_peak_min}")
+            if not (math.isfinite(self.release_alpha) and self.release_alpha > 0):
+                raise ValueError(f"release_alpha (--release-alpha) must be > 0, got {self.release_alpha}")
+            if not (math.isfinite(self.release_step_min) and self.release_step_min > 0):
+                raise ValueError(f"release_step_min must be > 0 minutes, got {self.release_step_min}")
         if self.challenge not in ("within", "between", "none"):
             raise ValueError(f"challenge must be 'within', 'between' or 'none', got {self.challenge!r}")
         if self.drug_session not in self.sessions or len(set(self.sessions)) != len(self.sessions):
@@ -118,11 +186,21 @@ class StudyConfig:
         if self.image_dtype not in ("float32", "int16"):
             raise ValueError(f"image_dtype must be 'float32' or 'int16', got {self.image_dtype!r}")
         if self.challenge == "within":
+            if len(tuple(self.challenge_window_min)) != 2:
+                raise ValueError(f"challenge window (--challenge-window START END) must be two times in minutes, "
+                                 f"got {self.challenge_window_min}")
             on, off = self.challenge_window_min
             if not (self.input_delay_min < on and (off is None or off > on)):
-                raise ValueError(f"challenge_window_min {self.challenge_window_min} must be increasing and "
-                                 f"start after the input delay")
-        if self.effect_on == "challenge" and self.challenge != "within":
+                raise ValueError(f"challenge window (--challenge-window) {list(self.challenge_window_min)} min must "
+                                 f"be increasing and start after the input delay ({self.input_delay_min:g} min)")
+            end = float(self.scan_frames().end_min[-1])
+            if on >= end or (off is not None and off > end + 1e-9):
+                raise ValueError(f"challenge window (--challenge-window) {list(self.challenge_window_min)} min lies "
+                                 f"outside the scan (0-{end:g} min)")
+            if self.design == "release" and on + self.release_peak_min >= (end if off is None else off):
+                raise ValueError(f"release peak {on + self.release_peak_min:g} min (--release-peak) is not inside "
+                                 f"the challenge window (--challenge-window) {list(self.challenge_window_min)} min")
+        if self.effect_when == "challenge" and self.challenge != "within":
             raise ValueError("effect_on='challenge' needs challenge='within'")
 
 
@@ -151,8 +229,15 @@ class StudyResult:
                  f"{len(self.pet_files) // c.n_subjects} sessions, {c.resolution:g} mm) to {self.root} "
                  f"in {self.seconds:.1f} s",
                  f"planted: BPND x {1 - c.effect:g} in {', '.join(c.effect_regions)} in ses-{c.drug_session} "
-                 f"({'whole scan' if c.effect_on == 'scan' else 'challenge window only'})"]
-        if c.challenge == "within":
+                 f"({'whole scan' if c.effect_when == 'scan' else 'challenge window only'})"]
+        if c.design == "release":
+            on, off = c.challenge_window_min
+            lines.append(f"release: occupancy (1 - {c.challenge_displacement:g} on average at the peak) in "
+                         f"{', '.join(c.challenge_regions)}: onset {on:g}, peak {on + c.release_peak_min:g} min, "
+                         f"gamma variate (alpha {c.release_alpha:g}) until {'end' if off is None else f'{off:g}'} "
+                         f"min; {c.protocol_name}"
+                         + (f" (Kbol {c.kbol_min:g} min)" if c.kbol_min is not None else ""))
+        elif c.challenge == "within":
             on, off = c.challenge_window_min
             lines.append(f"challenge: BPND x (1 - {c.challenge_displacement:g} on average) in "
                          f"{', '.join(c.challenge_regions)} from {on:g} to {'end' if off is None else f'{off:g}'} "
@@ -173,7 +258,7 @@ class ScanPlan:
     subject: str
     session: str
     period: int  # 0-based scan order within the subject
-    bp_segments: np.ndarray  # (V, S) float64 over brain voxels
+    bp_segments: np.ndarray | None  # (V, S) float64 over brain voxels (None: release design, see segments())
     r1: np.ndarray  # (V,)
     scale: float  # input scale (kBq/mL per Feng unit)
     injected_mbq: float
@@ -183,6 +268,52 @@ class ScanPlan:
     challenged: bool
     seed: np.random.SeedSequence
     factors: dict
+    bp_base: np.ndarray | None = None  # release design: (V,) BPND outside the release
+    peak_occ: np.ndarray | None = None  # release design: (V,) occupancy at the peak of the release
+    h_steps: np.ndarray | None = None  # release design: (S,) release shape h per segment (0 outside)
+
+    def segments(self, index: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """BPND per segment (V, S) of the voxels ``index`` (computed for the release design)."""
+        if self.bp_segments is not None:
+            return self.bp_segments[index]
+        return release_bp(self.bp_base[index], self.peak_occ[index], self.h_steps)
+
+
+def release_bp(bp: np.ndarray, peak_occ: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """BPND(t) of the lp-ntPET release model for baseline ``bp`` (V,), peak occupancy ``peak_occ`` (V,) and
+    release shapes ``h`` (S,) (peak 1): ``BP = k2 / (k2a + gamma h) - 1`` with ``gamma / k2 =
+    1 / (1 + bp (1 - peak)) - 1 / (1 + bp)`` (independent of R1).  Returns (V, S)."""
+    bp = np.asarray(bp, float)[:, None]
+    g = 1.0 / (1.0 + bp * (1.0 - np.asarray(peak_occ, float)[:, None])) - 1.0 / (1.0 + bp)
+    return 1.0 / (1.0 / (1.0 + bp) + g * np.asarray(h, float)[None, :]) - 1.0
+
+
+def release_shape(t_min, onset_min: float, peak_min: float, alpha: float,
+                  stop_min: float | None = None) -> np.ndarray:
+    """lp-ntPET's release shape ``h(t) = tau^alpha exp(alpha (1 - tau))``, ``tau = (t - t_D) / (t_P - t_D)``
+    (1 at the peak ``t_P``), 0 before the onset ``t_D`` and from ``stop_min`` on.  Times in minutes."""
+    t = np.asarray(t_min, float)
+    tau = np.clip((t - onset_min) / (peak_min - onset_min), 0.0, None)
+    with np.errstate(divide="ignore"):
+        h = np.where(tau > 0, np.exp(alpha * (np.log(np.where(tau > 0, tau, 1.0)) + 1.0 - tau)), 0.0)
+    if stop_min is not None:
+        h = np.where(t >= stop_min, 0.0, h)
+    return h
+
+
+def release_steps(cfg: StudyConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The release design's staircase: ``(switch_min (S-1,), h (S,))`` with h at each step's mid-time (0 before
+    the onset and after the end of the challenge window)."""
+    on, off = cfg.challenge_window_min
+    end = float(cfg.scan_frames().end_min[-1])
+    stop = end if off is None else min(float(off), end)
+    n = max(1, int(math.ceil((stop - on) / cfg.release_step_min - 1e-9)))
+    edges = np.minimum(on + cfg.release_step_min * np.arange(n + 1), stop)
+    mids = 0.5 * (edges[:-1] + edges[1:])
+    h = release_shape(mids, on, on + cfg.release_peak_min, cfg.release_alpha)
+    switch = edges[:-1] if stop >= end - 1e-9 else edges
+    h_all = np.concatenate([[0.0], h] + ([[0.0]] if switch.size > n else []))
+    return switch.astype(float), h_all
 
 
 def _z(x: np.ndarray) -> np.ndarray:
@@ -234,7 +365,9 @@ def plan_study(cfg: StudyConfig, phantom: Phantom) -> tuple[list[dict], list[Sca
     subj_r1 = np.exp(rng.normal(0.0, cfg.r1_subject_sd, size=n))
     subj_input = np.exp(rng.normal(0.0, cfg.input_sd, size=n))
 
-    if cfg.challenge == "within":
+    if cfg.design == "release":
+        switch, h_steps = release_steps(cfg)
+    elif cfg.challenge == "within":
         on, off = cfg.challenge_window_min
         switch = np.array([on] if off is None else [on, off], dtype=float)
     else:
@@ -263,18 +396,24 @@ def plan_study(cfg: StudyConfig, phantom: Phantom) -> tuple[list[dict], list[Sca
             per_f = 1.0 + cfg.period_effect if crossover_period >= 1 else 1.0
             bp = bp0 * subj_bp[i] * reg_bp[i, labels] * ses_f * per_f
             drug_f = np.where(effect_mask, 1.0 - cfg.effect, 1.0) if drug else np.ones_like(bp)
-            if cfg.effect_on == "scan":
+            if cfg.effect_when == "scan":
                 bp = bp * drug_f
             chal = np.where(chal_mask, 1.0 - disp, 1.0)
-            if cfg.challenge == "within":
-                during = bp * chal * (drug_f if cfg.effect_on == "challenge" else 1.0)
+            release: dict = {}
+            if cfg.design == "release":
+                peak = np.where(ref, 0.0, 1.0 - chal * drug_f)
+                release = {"bp_base": np.where(ref, 0.0, bp), "peak_occ": peak, "h_steps": h_steps}
+                bp_segments = None
+            elif cfg.challenge == "within":
+                during = bp * chal * (drug_f if cfg.effect_when == "challenge" else 1.0)
                 segs = [bp, during] + ([bp] if switch.size == 2 else [])
                 bp_segments = np.stack(segs, axis=1)
             elif cfg.challenge == "between":
                 bp_segments = (bp * chal)[:, None]
             else:
                 bp_segments = bp[:, None]
-            bp_segments[ref] = 0.0
+            if bp_segments is not None:
+                bp_segments[ref] = 0.0
             r1 = np.where(ref, 1.0, r10 * subj_r1[i])
             dose = max(50.0, rng.normal(cfg.injected_mbq, cfg.injected_sd_mbq))
             sa = cfg.specific_activity * math.exp(rng.normal(0.0, 0.2))
@@ -284,7 +423,7 @@ def plan_study(cfg: StudyConfig, phantom: Phantom) -> tuple[list[dict], list[Sca
                 injected_ug=round(dose / sa, 4), displacement=disp, drug=drug, challenged=challenged,
                 seed=noise_seeds[k],
                 factors={"subject_bp": subj_bp[i], "session_bp": ses_f, "period_bp": per_f,
-                         "subject_r1": subj_r1[i], "subject_input": subj_input[i]}))
+                         "subject_r1": subj_r1[i], "subject_input": subj_input[i]}, **release))
             k += 1
             if ses != "baseline":
                 # pain ratings (VAS 0-100): linked to the displacement, plus noise
@@ -326,7 +465,14 @@ def _simulate_scan(plan: ScanPlan) -> tuple[str, dict]:
     table: SRTMTable = ctx["table"]
     brain: np.ndarray = ctx["brain"]
     frames: FrameTiming = table.frames
-    tac = table.tacs(plan.r1, plan.bp_segments, scale=plan.scale, dtype=np.float32)  # (V, F) kBq/mL
+    if plan.bp_segments is not None:
+        tac = table.tacs(plan.r1, plan.bp_segments, scale=plan.scale, dtype=np.float32)  # (V, F) kBq/mL
+    else:  # release design: one TAC per distinct (R1, BPND, peak occupancy), then expanded
+        key = np.stack([plan.r1, plan.bp_base, plan.peak_occ], axis=1)
+        uniq, inv = np.unique(key, axis=0, return_inverse=True)
+        small = table.tacs(uniq[:, 0], release_bp(uniq[:, 1], uniq[:, 2], plan.h_steps), scale=plan.scale,
+                           dtype=np.float32)
+        tac = small[inv.reshape(-1)]
     lo, hi = ctx["bbox"]
     sub_brain = brain[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     if cfg.psf_fwhm_mm > 0:
@@ -374,17 +520,29 @@ def _simulate_scan(plan: ScanPlan) -> tuple[str, dict]:
     d.mkdir(parents=True, exist_ok=True)
     pre = f"{stem}_space-{SPACE}"
     aff = ctx["affine"]
-    window = list(cfg.challenge_window_min) if plan.bp_segments.shape[1] > 1 else None
+    release = plan.bp_segments is None
+    window = list(cfg.challenge_window_min) if release or plan.bp_segments.shape[1] > 1 else None
     common = {"Sources": [f"bids::sub-{plan.subject}/ses-{plan.session}/pet/{stem}_pet.nii.gz"],
               "k2prime": cfg.k2prime, "k2primeUnits": "1/min", "k1prime": cfg.k1prime,
               "k1primeUnits": "mL/min/mL", "ChallengeWindowMinutes": window,
               "ChallengeDisplacement": plan.displacement, "DrugSession": plan.drug,
               "EffectFactor": 1.0 - cfg.effect if plan.drug else 1.0, "InputScale": plan.scale,
               "InputScaleDescription": "multiplies the unit Feng input of simulation.json (kBq/mL)"}
-    _save_map(plan.bp_segments[:, 0], brain, aff, d / f"{pre}_desc-truebpnd_mimap.nii.gz",
+    if release:
+        common.update({"Design": "release", "ReleaseOnsetMinutes": window[0],
+                       "ReleasePeakMinutes": window[0] + cfg.release_peak_min, "ReleaseAlpha": cfg.release_alpha,
+                       "OccupancyFile": "occupancy.tsv"})
+        _save_map(plan.bp_base, brain, aff, d / f"{pre}_desc-truebpnd_mimap.nii.gz",
+                  {"Description": "true BPND (unitless) of the scan outside the release", **common})
+        _save_map(plan.bp_base * (1.0 - plan.peak_occ), brain, aff, d / f"{pre}_desc-truebpndpeak_mimap.nii.gz",
+                  {"Description": "true BPND (unitless) at the peak of the release", **common})
+        _save_map(plan.peak_occ, brain, aff, d / f"{pre}_desc-truepeakoccupancy_mimap.nii.gz",
+                  {"Description": "true occupancy 1 - BP(t_P)/BP at the peak of the release (unitless)", **common})
+    else:
+        _save_map(plan.bp_segments[:, 0], brain, aff, d / f"{pre}_desc-truebpnd_mimap.nii.gz",
               {"Description": "true BPND (unitless) of the scan" + (" before/after the challenge window"
                                                                    if window else ""), **common})
-    if window:
+    if window and not release:
         _save_map(plan.bp_segments[:, 1], brain, aff, d / f"{pre}_desc-truebpndchallenge_mimap.nii.gz",
                   {"Description": "true BPND (unitless) during the challenge window", **common})
     _save_map(plan.r1, brain, aff, d / f"{pre}_desc-truer1_mimap.nii.gz",
@@ -448,7 +606,7 @@ def _pet_sidecar(cfg: StudyConfig, plan: ScanPlan, frames: FrameTiming) -> dict:
         "InjectedMassUnits": "ug",
         "SpecificRadioactivity": round(plan.injected_mbq / plan.injected_ug, 3),
         "SpecificRadioactivityUnits": "MBq/ug",
-        "ModeOfAdministration": "bolus" if cfg.kbol is None else "bolus-infusion",
+        "ModeOfAdministration": "bolus" if cfg.kbol_min is None else "bolus-infusion",
         "TimeZero": "10:00:00",
         "ScanStart": 0,
         "InjectionStart": 0,
@@ -470,9 +628,9 @@ def _pet_sidecar(cfg: StudyConfig, plan: ScanPlan, frames: FrameTiming) -> dict:
         meta.update({"PharmaceuticalName": "anakinra" if plan.drug else "placebo (saline)",
                      "PharmaceuticalDoseAmount": 100 if plan.drug else 0, "PharmaceuticalDoseUnits": "mg",
                      "PharmaceuticalDoseRegimen": "single subcutaneous dose", "PharmaceuticalDoseTime": -10800})
-    if cfg.kbol is not None:
+    if cfg.kbol_min is not None:
         total_min = frames.end_min[-1]
-        bolus = plan.injected_mbq * cfg.kbol / (cfg.kbol + total_min)
+        bolus = plan.injected_mbq * cfg.kbol_min / (cfg.kbol_min + total_min)
         meta.update({"InfusionRadioactivity": round(plan.injected_mbq - bolus, 3),
                      "InfusionStart": 0, "InfusionSpeed": round(10.0 / total_min, 5),
                      "InfusionSpeedUnits": "mL/min", "InjectedVolume": 10.0})
@@ -533,14 +691,18 @@ def simulate_study(outdir: str | Path, *, preset: str | None = None, config: Stu
     _prepare_outdir(root, overwrite)
     frames = cfg.frames or carfentanil_frames()
     participants, scans, switch = plan_study(cfg, phantom)
-    if cfg.kbol is not None:  # the same total dose split into bolus and infusion
+    kbol = cfg.kbol_min
+    if kbol is not None:  # the same total dose split into bolus and infusion
         for s in scans:
-            s.scale *= cfg.kbol / (cfg.kbol + frames.end_min[-1])
+            s.scale *= kbol / (kbol + frames.end_min[-1])
 
-    inp = FengInput(delay=cfg.input_delay_min, kbol=cfg.kbol)
-    a_all = np.concatenate([(s.r1[:, None] * cfg.k2prime / (1.0 + s.bp_segments)).ravel() for s in scans])
-    table = SRTMTable(frames, inp, cfg.k1prime, cfg.k2prime, switch, a_min=float(a_all.min()) / 1.02,
-                      a_max=float(a_all.max()) * 1.02)
+    inp = FengInput(delay=cfg.input_delay_min, kbol=kbol)
+    a_lo, a_hi = np.inf, 0.0
+    for s in scans:
+        a = s.r1[:, None] * cfg.k2prime / (1.0 + (s.segments() if s.bp_segments is not None else np.stack(
+            [s.bp_base, s.bp_base * (1.0 - s.peak_occ)], axis=1)))
+        a_lo, a_hi = min(a_lo, float(a.min())), max(a_hi, float(a.max()))
+    table = SRTMTable(frames, inp, cfg.k1prime, cfg.k2prime, switch, a_min=a_lo / 1.02, a_max=a_hi * 1.02)
     brain = phantom.brain
     sig = cfg.fwhm_mm / (math.sqrt(8 * math.log(2)) * cfg.resolution)
     margin = int(3 * max(sig, cfg.psf_fwhm_mm / (2.3548 * cfg.resolution)) + 2)
@@ -571,8 +733,10 @@ def simulate_study(outdir: str | Path, *, preset: str | None = None, config: Stu
 
     truth = _truth_rows(cfg, phantom, scans)
     write_tsv(truth, deriv / "truth.tsv")
+    if cfg.challenge == "within":
+        write_tsv(occupancy_rows(cfg, phantom, scans, switch), deriv / "occupancy.tsv")
     result = StudyResult(root, cfg, pets, deriv, truth, time.perf_counter() - t0)
-    log.info(result.summary())
+    log.debug("%s", result.summary())  # callers print it (the CLI once); logging it too printed it twice
     return result
 
 
@@ -588,8 +752,43 @@ def _truth_rows(cfg: StudyConfig, phantom: Phantom, scans: list[ScanPlan]) -> li
         for idx, name in enumerate(phantom.names):
             sel = labels == idx
             if idx and sel.any():
-                row[f"bpnd_{name}"] = float(s.bp_segments[sel, 0].mean())
+                row[f"bpnd_{name}"] = float((s.bp_base if s.bp_segments is None else s.bp_segments[:, 0])[sel].mean())
         rows.append(row)
+    return rows
+
+
+def occupancy_rows(cfg: StudyConfig, phantom: Phantom, scans: list[ScanPlan], switch: np.ndarray) -> list[dict]:
+    """The true occupancy curve per scan and region: one row per scan and piecewise-constant segment
+    (``time_start_min``, ``time_end_min``), one column per region: the region mean of ``1 - BPND(t) / BPND``
+    (BPND outside the challenge; voxels with BPND > 0)."""
+    labels = phantom.labels[phantom.brain]
+    end = float(cfg.scan_frames().end_min[-1])
+    edges = np.concatenate([[0.0], np.asarray(switch, float), [end]])
+    regions = [(idx, name) for idx, name in enumerate(phantom.names)
+               if idx and name != phantom.reference and (labels == idx).any()]
+    rows = []
+    for s in scans:
+        occ = {}
+        for idx, name in regions:
+            sel = labels == idx
+            base = s.bp_base[sel] if s.bp_segments is None else s.bp_segments[sel, 0]
+            pos = base > 0
+            if not pos.any():
+                occ[name] = np.zeros(edges.size - 1)
+                continue
+            if s.bp_segments is None:
+                key, cnt = np.unique(np.stack([base[pos], s.peak_occ[sel][pos]], axis=1), axis=0,
+                                     return_counts=True)
+                seg = release_bp(key[:, 0], key[:, 1], s.h_steps)
+                occ[name] = ((1.0 - seg / key[:, :1]) * cnt[:, None]).sum(axis=0) / cnt.sum()
+            else:
+                seg = s.bp_segments[sel][pos]
+                occ[name] = (1.0 - seg / seg[:, :1]).mean(axis=0)
+        for k in range(edges.size - 1):
+            row = {"participant_id": f"sub-{s.subject}", "session": s.session,
+                   "time_start_min": round(float(edges[k]), 6), "time_end_min": round(float(edges[k + 1]), 6)}
+            row.update({name: round(float(v[k]), 8) + 0.0 for name, v in occ.items()})
+            rows.append(row)
     return rows
 
 
@@ -654,7 +853,9 @@ def _write_static(root: Path, deriv: Path, cfg: StudyConfig, phantom: Phantom, p
             ("reference", phantom.reference_mask, f"reference region ({phantom.reference}): BPND 0, R1 1"),
             ("effect", ctx_effect, f"regions where the drug effect is planted ({', '.join(cfg.effect_regions)})"),
             ("challenge", phantom.mask(list(cfg.challenge_regions)) if cfg.challenge != "none"
-             else np.zeros_like(brain), "regions where the pain challenge lowers BPND")):
+             else np.zeros_like(brain), "regions where the pain challenge lowers BPND"),
+            ("highbinding", _high_binding_mask(phantom),
+             f"high-binding regions (phantom BPND >= {HIGH_BINDING_BP:g}) for a k2' estimate (k2prime_mask)")):
         _save_mask(m, aff, deriv / f"space-{SPACE}_res-{res}_desc-{desc}_mask.nii.gz",
                    {"Description": text, "SpatialReference": spatial_ref})
     pre = f"space-{SPACE}_res-{res}"
@@ -672,15 +873,38 @@ def _write_static(root: Path, deriv: Path, cfg: StudyConfig, phantom: Phantom, p
     cfg_dict["regions"] = [asdict(r) for r in phantom.regions]
     cfg_dict["tissue"] = asdict(phantom.tissue)
     cfg_dict["reference"] = phantom.reference
-    cfg_dict["input"] = asdict(FengInput(delay=cfg.input_delay_min, kbol=cfg.kbol))
+    cfg_dict["input"] = asdict(FengInput(delay=cfg.input_delay_min, kbol=cfg.kbol_min))
+    cfg_dict["effect_on"] = cfg.effect_when
+    cfg_dict["protocol"] = cfg.protocol_name
+    cfg_dict["kbol"] = cfg.kbol_min
+    if cfg.challenge == "within":
+        on, off = cfg.challenge_window_min
+        cfg_dict["release"] = {
+            "shape": "gamma variate in the efflux (lp-ntPET)" if cfg.design == "release" else "step",
+            "onset_min": on, "peak_min": on + cfg.release_peak_min if cfg.design == "release" else on,
+            "alpha": cfg.release_alpha if cfg.design == "release" else None,
+            "stop_min": off, "step_min": cfg.release_step_min if cfg.design == "release" else None,
+            "occupancy_file": "occupancy.tsv",
+            "occupancy_definition": "1 - BPND(t) / BPND outside the challenge, region mean, per scan; "
+                                    "piecewise constant from time_start_min to time_end_min"}
     cfg_dict["files"] = {"atlas": f"{atlas}.nii.gz", "lookup": f"{atlas}.tsv",
                          **{f"{d}_mask": f"{pre}_desc-{d}_mask.nii.gz"
-                            for d in ("brain", "reference", "effect", "challenge")}}
+                            for d in ("brain", "reference", "effect", "challenge", "highbinding")}}
     write_json(cfg_dict, deriv / "simulation.json")
 
 
+#: Phantom BPND from which a region counts as high-binding (``desc-highbinding_mask``: a k2' source).
+HIGH_BINDING_BP = 2.0
+
+
+def _high_binding_mask(phantom: Phantom) -> np.ndarray:
+    names = [r.name for r in phantom.regions if r.bp_nd >= HIGH_BINDING_BP]
+    return phantom.mask(names) if names else np.zeros_like(phantom.brain)
+
+
 #: Ground truth that BIDS has no file rule for yet (PET parametric maps, per-scan PET masks, tables).
-_BIDSIGNORE = "*_mimap.nii.gz\n*_mimap.json\nsub-*_desc-effect_mask.*\ntruth.tsv\nsimulation.json\n"
+_BIDSIGNORE = ("*_mimap.nii.gz\n*_mimap.json\nsub-*_desc-effect_mask.*\ntruth.tsv\nsimulation.json\n"
+               "occupancy.tsv\n")
 
 
 def _version() -> str:
@@ -703,7 +927,8 @@ Written by `voxelkit simulate` (seed {cfg.seed}). Not real data.
 - 90-min dynamic [11C]carfentanil PET in MNI space at {cfg.resolution:g} mm, kBq/mL, decay corrected to
   injection; reference region: occipital cortex.
 - Planted drug effect: BPND x {1 - cfg.effect:g} in {', '.join(cfg.effect_regions)} in ses-{cfg.drug_session}
-  ({'whole scan' if cfg.effect_on == 'scan' else 'challenge window only'}).
+  ({'whole scan' if cfg.effect_when == 'scan' else 'challenge window only'}; design {cfg.design},
+  {cfg.protocol_name}).
 - Pain challenge: {cfg.challenge}{f' ({on:g}-{off if off is not None else "end"} min)'
                                   if cfg.challenge == 'within' else ''}, mean displacement
   {cfg.challenge_displacement:g} in {', '.join(cfg.challenge_regions)}.
