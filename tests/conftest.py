@@ -16,6 +16,7 @@ under AddressSanitizer + UBSan.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -41,9 +42,45 @@ def kernel_tools() -> None:
     require_kernel_tools(nvrtc=True, gxx=True)
 
 
+#: ``VOXELKIT_TEST_REAL_CUPY=1`` (set by bench/gpu_check.py on a CUDA machine): ``fake_gpu`` yields the real-CuPy
+#: backend instead of the stand-in (launches are still logged in ``fake_cupy.LAUNCHES``); unset in CI.
+REAL_CUPY_ENV = "VOXELKIT_TEST_REAL_CUPY"
+
+
+def real_cupy_requested() -> bool:
+    return os.environ.get(REAL_CUPY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _real_gpu(monkeypatch: pytest.MonkeyPatch):
+    """The real-CuPy ``Backend`` (no GPU: the test fails with the probe's reason), each launch logged."""
+    from voxelkit import backend  # noqa: PLC0415
+
+    monkeypatch.delenv(backend.ENV_DEVICE, raising=False)
+    backend.reset_probe()
+    be = backend.get_backend("gpu")
+    orig = backend.Backend.launch
+
+    def launch(self, kernel, n_items, args, block=backend.DEFAULT_BLOCK):
+        if n_items > 0:
+            grid = (int(n_items) + block - 1) // block
+            fake_cupy.LAUNCHES.append((str(getattr(kernel, "name", kernel)), (grid,), (block,)))
+        return orig(self, kernel, n_items, args, block)
+
+    monkeypatch.setattr(backend.Backend, "launch", launch)
+    fake_cupy.reset_stats()
+    try:
+        yield be
+    finally:
+        backend.reset_probe()
+        fake_cupy.reset_stats()
+
+
 @pytest.fixture
 def fake_gpu(monkeypatch: pytest.MonkeyPatch):
     """A ``Backend`` on the CuPy stand-in (kernels run through the CPU shim); restores everything after."""
+    if real_cupy_requested():
+        yield from _real_gpu(monkeypatch)
+        return
     require_kernel_tools(nvrtc=False, gxx=True)
     from voxelkit import backend  # noqa: PLC0415
 
