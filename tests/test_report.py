@@ -274,7 +274,7 @@ window.__errors = [];
 window.addEventListener('error', function (e) {
   var t = e.target;
   window.__errors.push(t && t !== window && t.tagName
-    ? 'resource: ' + t.tagName + ' ' + String(t.currentSrc || t.src || t.href || '').slice(0, 80)
+    ? 'resource: ' + t.tagName + ' ' + String(t.currentSrc || t.src || t.href || '').slice(-80)
     : 'error: ' + e.message);
 }, true);
 window.addEventListener('unhandledrejection', function (e) { window.__errors.push('rejection: ' + e.reason); });
@@ -356,3 +356,114 @@ def test_report_screenshot(report: Path, tmp_path: Path) -> None:
         proc = _run_chromium(exe, ["--virtual-time-budget=3000", f"--screenshot={shot}", "--window-size=1400,3000",
                                    report.as_uri()], Path(profile))
     assert shot.is_file() and shot.stat().st_size > 20_000, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------- what a reader needs to see
+
+@pytest.fixture(scope="module")
+def reader_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture study with a BIDS dataset beside it (dataset Name, sidecar Units) and ROI tests as the
+    pipeline writes them (mean_<condition>, pct_change), one region with a baseline BPND about 0."""
+    root = tmp_path_factory.mktemp("reader")
+    bids = root / "bids"
+    (bids / "sub-01" / "ses-anakinra" / "pet").mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "IL-1 blockade and MOR availability",
+                                                               "BIDSVersion": "1.9.0"}))
+    (bids / "sub-01" / "ses-anakinra" / "pet" / "sub-01_ses-anakinra_pet.json").write_text(
+        json.dumps({"Units": "kBq/mL", "FrameTimesStart": [0], "FrameDuration": [60]}))
+    out = make_output_dir(bids / "derivatives" / "voxelkit", n_subjects=3)
+    study = json.loads((out / "study.json").read_text())
+    study["bids_dir"] = str(bids)
+    (out / "study.json").write_text(json.dumps(study))
+    (out / "roi" / "roi_tests.tsv").write_text(
+        "region\tn\tquantity\tmean_anakinra\tmean_placebo\tmean_diff\tpct_change\tt\tp\tp_fdr\n"
+        "thalamus\t3\tbp_nd\t1.84\t2.0\t-0.16\t-8.0\t-5.1\t0.004\t0.012\n"
+        "insula\t3\tbp_nd\t2.686\t2.9\t-0.214\t-7.379\t-4.2\t0.006\t0.012\n"
+        "caudate\t3\tbp_nd\t3.6\t3.7\t-0.1\t-2.7\t-0.9\t0.4\t0.4\n"
+        "csf\t3\tbp_nd\t0.0116\t0.003\t0.0086\t288.0\t0.5\t0.6\t0.6\n")
+    return write_report(out)
+
+
+def test_report_states_the_effect_in_words(reader_report: Path) -> None:
+    text = html.unescape(reader_report.read_text(encoding="utf-8"))
+    assert "<title>Study report: IL-1 blockade and MOR availability" in text or \
+        "Study report: IL-1 blockade and MOR availability" in text
+    assert "BPND lower under anakinra than under placebo by 7.4-8.0 % in thalamus and insula (paired t-tests, " \
+           "n = 3, p_fdr < 0.05)." in text
+    assert "Voxelwise (TFCE, FWE p ≤ 0.05): 72 voxels, 64 with anakinra < placebo, 8 with anakinra > placebo." \
+        not in text  # the fixture's TFCE map: 64 positive and 8 negative voxels
+    assert re.search(r"Voxelwise \(TFCE, FWE p ≤ 0\.05\): 72 voxels, 8 with anakinra < placebo, 64 with "
+                     r"anakinra > placebo\.", text)
+
+
+def test_report_pct_change_of_zero_baseline_is_na(reader_report: Path) -> None:
+    text = html.unescape(reader_report.read_text(encoding="utf-8"))
+    assert not re.search(r">288<", re.sub(r'src="data:[^"]*"', "", text))
+    assert re.search(r"<td>csf</td>(<td[^>]*>[^<]*</td>){5}<td class=\"num\">n/a</td>", text)
+    assert "pct_change is n/a for csf: the mean BPND there is below 0.1 in magnitude" in text
+    assert '<td class="num">-8</td>' in text  # other regions keep their percentage (numeric column)
+
+
+def test_report_cluster_counts_unambiguous(reader_report: Path) -> None:
+    """The fixture's only cluster is significant by mass (p 0.002), not by extent (p 0.1)."""
+    text = html.unescape(reader_report.read_text(encoding="utf-8"))
+    plain = re.sub(r"<[^>]+>", "", text)
+    assert "1 FWE-significant cluster(s) (p ≤ 0.05 by cluster extent or mass): 0 by cluster extent, " \
+           "1 by cluster mass" in plain
+    assert "mass only" in text
+    assert re.search(r'FWE p≤0\.05, cluster mass</div>', text)
+    assert "64 voxels in 1 cluster<" in text
+    assert " cl<" not in text and " cl," not in text  # no abbreviated cluster counts
+    assert "a cluster significant only by mass is not counted under extent" in text
+
+
+def test_report_units(reader_report: Path) -> None:
+    from voxelkit.report import figures
+
+    text = html.unescape(reader_report.read_text(encoding="utf-8"))
+    assert "peak x, y, z (mm)" in text and "peak_x (mm)" in text and "size (mm³)" in text
+    assert figures.param_label("k2") == "k2 (1/min)" and figures.param_label("k2prime") == "k2prime (1/min)"
+    assert figures.activity_label({"activity_unit": "kBq/mL"}) == "activity (kBq/mL)"
+    assert figures.activity_label({}) == "activity (image units)"
+    # the report passes the sidecar's unit to the TAC panels
+    from voxelkit.report.report import _Report
+
+    rep = _Report(reader_report.parent)
+    rep.design()
+    assert rep.activity_unit() == "kBq/mL"
+    # the colour bar names the statistic: the labelled and unlabelled figures differ
+    img = nib.Nifti1Image(np.random.default_rng(0).normal(0, 2, SHAPE).astype(np.float32), _affine())
+    assert figures.glass_brain(img, "t", 1.0, 5.0, "t") != figures.glass_brain(img, "t", 1.0, 5.0, None)
+
+
+def _png_stats(path: Path) -> tuple[float, float]:
+    """(fraction of non-white pixels, standard deviation of the grey levels) of a PNG."""
+    import matplotlib.image as mpimg
+
+    a = mpimg.imread(str(path))[..., :3].astype(float)
+    grey = a.mean(axis=2)
+    return float((grey < 0.97).mean()), float(grey.std())
+
+
+def test_report_screenshot_not_blank(reader_report: Path, tmp_path: Path) -> None:
+    """Screenshots of the top (title, effect sentence, cards) and of the whole report are not blank; a blank page
+    is (negative control).  VOXELKIT_REPORT_SHOT_DIR=dir keeps them for a human look."""
+    exe = _chromium()
+    keep = os.environ.get("VOXELKIT_REPORT_SHOT_DIR")
+    folder = Path(keep) if keep else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body></body></html>")
+    shots = {}
+    for name, src, size in (("top", reader_report, "1300,1100"), ("full", reader_report, "1300,6000"),
+                            ("blank", blank, "800,600")):
+        shot = folder / f"report_{name}.png"
+        with tempfile.TemporaryDirectory(prefix="vk-chromium-") as profile:
+            proc = _run_chromium(exe, ["--virtual-time-budget=3000", f"--screenshot={shot}",
+                                       f"--window-size={size}", src.as_uri()], Path(profile))
+        assert shot.is_file(), proc.stderr[-2000:]
+        shots[name] = _png_stats(shot)
+    assert shots["blank"][0] < 0.001 and shots["blank"][1] < 0.01
+    for name in ("top", "full"):
+        ink, spread = shots[name]
+        assert ink > 0.05 and spread > 0.05, (name, shots[name])

@@ -4,7 +4,8 @@ This is the only module that imports ``cupy``, and only inside functions.  Every
 :class:`Backend` and uses ``backend.xp`` as its array module, so the same code runs on both.
 
 Device choice: ``device="auto" | "cpu" | "gpu"`` or the environment variable ``VOXELKIT_DEVICE``.
-``auto`` uses the GPU when CuPy imports and a device answers, else NumPy, and logs which in one line.
+``auto`` uses the GPU when CuPy imports and a device answers, else NumPy, and logs which in one line ("no usable
+GPU: NumPy backend"; the probe's reason with ``--verbose``, in ``voxelkit info`` and in provenance).
 """
 
 from __future__ import annotations
@@ -196,10 +197,18 @@ _LOGGED: set[str] = set()
 
 
 def _log_once(backend: Backend) -> None:
-    """Say which backend ``auto`` picked, once per process."""
-    if backend.reason not in _LOGGED:
-        _LOGGED.add(backend.reason)
+    """Say which backend ``auto`` picked, once per process: one short line (INFO); without a usable GPU the
+    reason (e.g. ``cudaErrorInsufficientDriver``) only with ``--verbose`` (DEBUG), in ``voxelkit info`` and in
+    provenance (``Backend.reason``)."""
+    if backend.reason in _LOGGED:
+        return
+    _LOGGED.add(backend.reason)
+    if backend.is_gpu:
         log.info("voxelkit backend: %s", backend.reason)
+        return
+    log.info("no usable GPU: NumPy backend")
+    if backend.probe is not None:
+        log.debug("GPU probe: %s", backend.probe.reason)
 
 
 def chunks(n: int, size: int) -> list[slice]:

@@ -71,19 +71,40 @@ def _grid(n: int, ncols: int, panel_w: float, panel_h: float, left: float = 0.45
 
 # ---------------------------------------------------------------------------------------------- brain maps
 
-def glass_brain(img: Any, title: str, threshold: float | None, vmax: float) -> bytes:
-    """Signed glass-brain projection (L, Y, R, Z views) of a statistic image."""
+#: Units of the model parameters shown in the QC histograms (rates per minute, DEVELOPING.md).
+PARAM_UNITS = {"k2": "1/min", "k2prime": "1/min", "k2a": "1/min", "k2p": "1/min", "theta3": "1/min",
+               "bp_nd": "unitless", "r1": "unitless", "dvr": "unitless"}
+
+
+def param_label(key: str) -> str:
+    """``k2`` -> ``k2 (1/min)``; parameters without a known unit unchanged."""
+    unit = PARAM_UNITS.get(key)
+    return f"{key} ({unit})" if unit else key
+
+
+def _label_colorbar(display: Any, label: str | None, color: str = "black") -> None:
+    """Name the statistic on the colour bar (left of the bar: the right edge is the figure's edge)."""
+    cbar = getattr(display, "_cbar", None)
+    if label and cbar is not None:
+        cbar.ax.yaxis.set_label_position("left")
+        cbar.set_label(label, fontsize=9, labelpad=1, color=color)
+
+
+def glass_brain(img: Any, title: str, threshold: float | None, vmax: float, cbar_label: str | None = "t") -> bytes:
+    """Signed glass-brain projection (L, Y, R, Z views) of a statistic image; the colour bar is labelled
+    ``cbar_label`` (the statistic)."""
     from nilearn import plotting  # noqa: PLC0415
 
     fig = new_figure(8.0, 2.5)
-    plotting.plot_glass_brain(img, figure=fig, display_mode="lyrz", plot_abs=False, threshold=threshold,
-                              vmin=-vmax, vmax=vmax, symmetric_cbar=True, cmap="cold_hot", colorbar=True,
-                              title=title, black_bg=False)
+    disp = plotting.plot_glass_brain(img, figure=fig, display_mode="lyrz", plot_abs=False, threshold=threshold,
+                                     vmin=-vmax, vmax=vmax, symmetric_cbar=True, cmap="cold_hot", colorbar=True,
+                                     title=title, black_bg=False)
+    _label_colorbar(disp, cbar_label)
     return to_png(fig)
 
 
 def stat_slices(img: Any, bg: Any, title: str, threshold: float | None, vmax: float,
-                cut_coords: Sequence[float] | int | None, mode: str = "ortho") -> bytes:
+                cut_coords: Sequence[float] | int | None, mode: str = "ortho", cbar_label: str | None = "t") -> bytes:
     """Slices (``mode`` "ortho" at ``cut_coords`` (mm) or "z"/"x"/"y" mosaics) of a statistic image on ``bg``."""
     from nilearn import plotting  # noqa: PLC0415
 
@@ -93,9 +114,10 @@ def stat_slices(img: Any, bg: Any, title: str, threshold: float | None, vmax: fl
     if bg is not None:
         kw["bg_img"] = bg
         kw["dim"] = 0
-    plotting.plot_stat_map(img, figure=fig, display_mode=mode, cut_coords=cut_coords, threshold=threshold,
-                           vmin=-vmax, vmax=vmax, symmetric_cbar=True, cmap="cold_hot", colorbar=True, title=title,
-                           draw_cross=mode == "ortho", black_bg=True, **kw)
+    disp = plotting.plot_stat_map(img, figure=fig, display_mode=mode, cut_coords=cut_coords, threshold=threshold,
+                                  vmin=-vmax, vmax=vmax, symmetric_cbar=True, cmap="cold_hot", colorbar=True,
+                                  title=title, draw_cross=mode == "ortho", black_bg=True, **kw)
+    _label_colorbar(disp, cbar_label, color="white")
     return to_png(fig)
 
 
@@ -156,6 +178,12 @@ def _clear_data(ax: Axes) -> None:
         legend.remove()
 
 
+def activity_label(qc: dict[str, Any]) -> str:
+    """Y label of TAC panels: ``activity (kBq/mL)`` with the unit the report found (``qc["activity_unit"]``)."""
+    unit = qc.get("activity_unit")
+    return f"activity ({unit})" if unit else "activity (image units)"
+
+
 def _draw_scan_qc(axes: Sequence[Axes], qc: dict[str, Any], hist_keys: Sequence[str], max_voxels: int) -> None:
     frames = qc.get("frames") or {}
     start = _as_float(frames.get("start_s"))
@@ -174,6 +202,7 @@ def _draw_scan_qc(axes: Sequence[Axes], qc: dict[str, Any], hist_keys: Sequence[
         ax.text(0.5, 0.5, "no reference TAC", ha="center", va="center", transform=ax.transAxes, fontsize=8)
     ax.set_title("reference TAC", fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(activity_label(qc), fontsize=8)
 
     ax = axes[1]
     used = qc.get("used_frames")
@@ -209,6 +238,7 @@ def _draw_scan_qc(axes: Sequence[Axes], qc: dict[str, Any], hist_keys: Sequence[
         ax.text(0.5, 0.5, "no example voxels", ha="center", va="center", transform=ax.transAxes, fontsize=8)
     ax.set_title("voxel TACs (dots), fits (lines)", fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(activity_label(qc), fontsize=8)
 
     hists = qc.get("histograms") or {}
     for ax, key in zip(axes[2:], hist_keys, strict=True):
@@ -216,7 +246,7 @@ def _draw_scan_qc(axes: Sequence[Axes], qc: dict[str, Any], hist_keys: Sequence[
         counts = _as_float(hists[key]["counts"])
         if edges.size == counts.size + 1 and counts.size:
             ax.stairs(counts, edges, fill=True, color="#1f5fa8", alpha=0.75)
-        ax.set_title(f"{key} (fitted voxels)", fontsize=9)
+        ax.set_title(f"{param_label(key)}, fitted voxels", fontsize=9)
     for ax in axes:
         ax.relim()
         ax.autoscale_view()
@@ -282,7 +312,11 @@ def qc_overview(records: Sequence[tuple[str, dict[str, Any]]], param: str | None
         bad.append(100.0 * sum(int(v) for k, v in sc.items() if k != "ok") / total if total else np.nan)
     ax_ref.set_title("reference TACs (all scans)", fontsize=9)
     ax_ref.set_xlabel("time (min)", fontsize=8)
+    ax_ref.set_ylabel(activity_label(records[0][1]) if records else "activity", fontsize=8)
     ax_hist.set_title(f"{param} distributions (all scans)" if param else "no parameter histograms", fontsize=9)
+    if param:
+        ax_hist.set_xlabel(param_label(param), fontsize=8)
+        ax_hist.set_ylabel("density", fontsize=8)
     x = np.arange(1, len(bad) + 1)
     ax_bad.bar(x, np.nan_to_num(np.asarray(bad)), color=["#d1495b" if b > 5 else "#9aa5b1" for b in bad], width=0.8)
     ax_bad.set_title("flagged voxels per scan (%)", fontsize=9)

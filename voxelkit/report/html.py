@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from html import escape
 
 NOT_COMPUTED = "not computed"
+#: A value deliberately not shown (e.g. a percentage of a baseline about zero); numeric columns keep it.
+NOT_AVAILABLE = "n/a"
 
 
 def esc(x: object) -> str:
@@ -86,13 +88,14 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, highlight:
     rows = [list(r) for r in rows]
     ncol = max([len(header)] + [len(r) for r in rows])
     # a column is numeric (right-aligned) only when every filled cell is a number (e.g. "1", "1a" ids are text)
-    numeric = [all(is_number(r[j]) for r in rows if j < len(r) and r[j] not in ("", None)) for j in range(ncol)]
+    numeric = [all(is_number(r[j]) for r in rows if j < len(r) and r[j] not in ("", None, NOT_AVAILABLE))
+               for j in range(ncol)]
     head = "".join(f'<th class="num">{esc(h)}</th>' if numeric[j] and rows else f"<th>{esc(h)}</th>"
                    for j, h in enumerate(header))
     body = []
     for i, row in enumerate(rows):
         cells = "".join(
-            f'<td class="num">{esc(fmt_value(v, digits))}</td>' if numeric[j] and is_number(v)
+            f'<td class="num">{esc(fmt_value(v, digits))}</td>' if numeric[j] and (is_number(v) or v == NOT_AVAILABLE)
             else f"<td>{esc(fmt_value(v))}</td>"
             for j, v in enumerate(row))
         hl = ' class="hl"' if highlight is not None and highlight[i] else ""
@@ -159,6 +162,8 @@ h3 { font-size:16px; margin:26px 0 8px; }
 h2, h3 { scroll-margin-top:12px; }
 p.lead { color:var(--muted); margin:0 0 18px; }
 p.note { color:var(--muted); font-style:italic; }
+.effect { border-left:4px solid var(--accent, #1f5fa8); background:var(--panel); padding:8px 14px; margin:10px 0; }
+.effect p { margin:4px 0; }
 p.note.warn { color:var(--warn); font-style:normal; }
 .cards { display:flex; flex-wrap:wrap; gap:12px; margin:12px 0 6px; }
 .card { background:var(--panel); border:1px solid var(--line); border-radius:8px; padding:10px 14px;

@@ -25,6 +25,7 @@ import numpy as np
 from ..io import InputError
 from . import figures
 from .html import (
+    NOT_AVAILABLE,
     NOT_COMPUTED,
     Raw,
     Section,
@@ -49,6 +50,14 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 FWE_LABELS = {"cluster_extent": "cluster extent", "cluster_mass": "cluster mass", "tfce": "TFCE",
               "voxel": "voxel (max-T)", "cluster": "cluster"}
 MAX_TABLE_ROWS = 300
+#: pct_change is not shown for a region whose condition-B mean is below this in magnitude (BPND about 0: a
+#: percentage of about nothing is meaningless, e.g. 288 % for a region at reference level).
+PCT_MIN_BASELINE = 0.1
+#: Cluster-table p columns and the inference they belong to.
+CLUSTER_P_COLUMNS = {"p_fwe_extent": "cluster_extent", "p_fwe_mass": "cluster_mass"}
+#: Display names of table columns that carry a unit.
+COLUMN_UNITS = {"peak_x": "peak_x (mm)", "peak_y": "peak_y (mm)", "peak_z": "peak_z (mm)",
+                "size_mm3": "size (mm³)"}
 MAX_BACKGROUND_MAPS = 40
 
 
@@ -168,6 +177,10 @@ class _Report:
         self.stats_settings: dict[str, Any] = {}
         # what the key-results summary needs, filled in by the section builders
         self.fwe_counts: list[tuple[str, int, int]] = []  # (method, significant voxels, clusters)
+        self.fwe_signs: dict[str, tuple[int, int]] = {}  # method label -> (voxels with t > 0, with t < 0)
+        self.pct_hidden: list[str] = []  # regions whose pct_change is not shown (baseline about 0)
+        self._cluster_rows: tuple[list[str], list[list[object]]] | None = None
+        self._unit: str | None = None
         self.sig_clusters: list[dict[str, object]] = []
         self.sig_rois: list[dict[str, object]] = []
         self.roi_p_name = ""
@@ -196,6 +209,70 @@ class _Report:
         if isinstance(declared, list):
             order = [str(c) for c in declared if str(c) in seen]
         return order + [c for c in seen if c not in order]
+
+    def cluster_table(self) -> tuple[list[str], list[list[object]]]:
+        """Header and rows of the first cluster table in group/stats/ (empty when there is none)."""
+        if self._cluster_rows is None:
+            paths = sorted(self.stats.glob("*cluster*.tsv")) if self.stats.is_dir() else []
+            self._cluster_rows = read_tsv(paths[0]) if paths else ([], [])
+        return self._cluster_rows
+
+    def cluster_count(self, method: str) -> int | None:
+        """Clusters of the table significant by ``method`` (cluster_extent / cluster_mass), else None."""
+        col = next((c for c, m in CLUSTER_P_COLUMNS.items() if m == method), None)
+        header, rows = self.cluster_table()
+        if col is None or col not in header:
+            return None
+        j = header.index(col)
+        return sum(1 for r in rows if is_number(r[j]) and not math.isnan(r[j]) and r[j] <= ALPHA)
+
+    @staticmethod
+    def group_word(method: str) -> str:
+        return "clusters (table)" if method in CLUSTER_P_COLUMNS.values() else "connected sets"
+
+    def condition_pair(self) -> tuple[str, str] | None:
+        conds = find_key(self.study, "conditions")
+        if isinstance(conds, list) and len(conds) == 2:
+            return str(conds[0]), str(conds[1])
+        return None
+
+    def hide_pct_of_zero(self, header: list[str], rows: list[list[object]]) -> list[list[object]]:
+        """``pct_change`` -> n/a where the condition-B mean is below PCT_MIN_BASELINE in magnitude."""
+        if "pct_change" not in header:
+            return rows
+        pair = self.condition_pair()
+        base = next((c for c in ([f"mean_{pair[1]}"] if pair else []) + ["mean_b", "mean_B"] if c in header), None)
+        if base is None:
+            return rows
+        jp, jb, jr = header.index("pct_change"), header.index(base), header.index("region") if "region" in header \
+            else 0
+        out = []
+        for r in rows:
+            r = list(r)
+            b = r[jb]
+            if is_number(b) and (math.isnan(b) or abs(b) < PCT_MIN_BASELINE) and r[jp] != NOT_AVAILABLE:
+                r[jp] = NOT_AVAILABLE
+                self.pct_hidden.append(str(r[jr]))
+            out.append(r)
+        return out
+
+    def activity_unit(self) -> str | None:
+        """The PET activity unit (``Units`` of the scans' BIDS sidecars), None when unknown."""
+        if self._unit is None:
+            self._unit = ""
+            cands = [r.get("sidecar") for r in (self.prov.get("scans") or []) if isinstance(r, dict)][:1]
+            bids = self.study.get("bids_dir")
+            if isinstance(bids, str):
+                cands += [str(p) for p in sorted(Path(bids).glob("sub-*/ses-*/pet/*_pet.json"))[:1]]
+            for c in cands:
+                try:
+                    unit = json.loads(Path(c).read_text()).get("Units") if c and str(c).endswith(".json") else None
+                except (OSError, ValueError):
+                    unit = None
+                if isinstance(unit, str) and unit:
+                    self._unit = unit
+                    break
+        return self._unit or None
 
     # -- design and settings
     def design(self) -> Section:
@@ -259,7 +336,8 @@ class _Report:
         subs.append(("design-provenance", "Provenance"))
         parts.append('<h3 id="design-provenance">Provenance</h3>')
         if self.prov:
-            big = ("inputs", "checksums", "input_checksums", "files", "timings", "seconds", "versions", "settings")
+            big = ("inputs", "checksums", "input_checksums", "files", "timings", "seconds", "versions", "settings",
+                   "scans")
             rest = {k: v for k, v in self.prov.items() if k not in big}
             if isinstance(rest.get("command"), list):
                 rest["command"] = Raw(f"<code>{esc(' '.join(str(c) for c in rest['command']))}</code>")
@@ -268,6 +346,9 @@ class _Report:
             settings = self.prov.get("settings")
             if settings is not None and settings != self.study:
                 parts.append(details("Settings recorded in provenance.json", render_value(settings).html))
+            if isinstance(self.prov.get("scans"), list) and self.prov["scans"]:
+                parts.append(details(f"Scans used ({len(self.prov['scans'])}: subject, condition, session folder, "
+                                     "image, timing sidecar)", render_value(self.prov["scans"]).html))
             if self.prov.get("versions") is not None:
                 parts.append(details("Software versions", render_value(self.prov["versions"]).html, open_=True))
             for key in ("inputs", "checksums", "input_checksums", "files"):
@@ -362,12 +443,17 @@ class _Report:
             lp = np.nan_to_num(np.asarray(nib.load(p).dataobj, dtype=np.float32)).reshape(t.shape)
             sig = np.abs(lp) >= LOGP_ALPHA - LOGP_TOL
             sig_masks[method] = sig
-            n_cl = int(ndimage.label(sig, structure=np.ones((3, 3, 3)))[1]) if sig.any() else 0
+            # clusters of cluster inference: the table's count (its own connectivity and significance rule);
+            # other maps: connected sets (26-neighbours) of significant voxels
+            n_cl = self.cluster_count(method)
+            if n_cl is None:
+                n_cl = int(ndimage.label(sig, structure=np.ones((3, 3, 3)))[1]) if sig.any() else 0
             pos = int((sig & (t > 0)).sum())
             neg = int((sig & (t < 0)).sum())
-            sig_rows.append([FWE_LABELS.get(method, method), p.name, int(sig.sum()), pos, neg, n_cl,
-                             float(np.max(np.abs(lp)))])
+            sig_rows.append([FWE_LABELS.get(method, method), p.name, int(sig.sum()), pos, neg,
+                             self.group_word(method), n_cl, float(np.max(np.abs(lp)))])
             self.fwe_counts.append((FWE_LABELS.get(method, method), int(sig.sum()), n_cl))
+            self.fwe_signs[FWE_LABELS.get(method, method)] = (pos, neg)
         in_brain = int(np.count_nonzero(t))
         parts.append(_cards([
             (f"max {stat_name}", float(t.max())), (f"min {stat_name}", float(t.min())),
@@ -378,8 +464,12 @@ class _Report:
                      f"{esc(bg_desc)}. FWE-significant: p<sub>FWE</sub> &le; {ALPHA} "
                      f"(|-log10 p| &ge; {LOGP_ALPHA:.3f}; two-sided maps are signed by the sign of t).</p>")
         if sig_rows:
-            parts.append(table(["method", "file", "significant voxels", "positive", "negative", "clusters",
-                                "max -log10 p"], sig_rows, highlight=[r[2] > 0 for r in sig_rows]))
+            parts.append(table(["method", "file", "significant voxels", "positive (t > 0)", "negative (t < 0)",
+                                "counted as", "count", "max -log10 p"], sig_rows,
+                               highlight=[r[2] > 0 for r in sig_rows]))
+            parts.append(note("Cluster extent and cluster mass: clusters of the cluster table that reach FWE "
+                              f"p ≤ {ALPHA} by that inference (a cluster significant only by mass is not counted "
+                              "under extent). TFCE and voxel max-T: connected sets of significant voxels."))
         else:
             parts.append(note(f"FWE-corrected maps (logp_fwe_*): {NOT_COMPUTED}."))
 
@@ -390,13 +480,14 @@ class _Report:
             cp = find_key(self.study, "cluster_p")
             why = f"the cluster-forming threshold (p < {fmt_value(cp)} uncorrected)" if cp is not None else \
                 "the cluster-forming threshold"
-            parts.append(figure(figures.glass_brain(disp, f"|{stat_name}| > {thr:.3g}", thr, vmax),
+            parts.append(figure(figures.glass_brain(disp, f"|{stat_name}| > {thr:.3g}", thr, vmax, stat_name),
                                 f"Glass brain (maximum-intensity projections) of the {stat_name} map where "
                                 f"|{stat_name}| > {thr:.3g}, {why}; not corrected for multiple comparisons."))
         else:
-            parts.append(figure(figures.glass_brain(disp, f"{stat_name} (unthresholded)", 1e-6, vmax),
+            parts.append(figure(figures.glass_brain(disp, f"{stat_name} (unthresholded)", 1e-6, vmax, stat_name),
                                 f"Glass brain (maximum-intensity projections) of the unthresholded {stat_name} map."))
-        parts.append(figure(figures.stat_slices(disp, bg, f"{stat_name}", 1e-6, vmax, 7, mode="z"),
+        parts.append(figure(figures.stat_slices(disp, bg, f"{stat_name}", 1e-6, vmax, 7, mode="z",
+                                                cbar_label=stat_name),
                             f"Axial slices of the unthresholded {stat_name} map."))
 
         for method, sig in sig_masks.items():
@@ -413,9 +504,10 @@ class _Report:
             xyz = [float(v) for v in (affine[:3, :3] @ np.array(peak, float) + affine[:3, 3])]
             title = f"{stat_name}, FWE p ≤ {ALPHA} ({label})"
             parts.append('<div class="grid2">')
-            parts.append(figure(figures.glass_brain(mimg, title, 1e-6, vmax),
+            parts.append(figure(figures.glass_brain(mimg, title, 1e-6, vmax, stat_name),
                                 f"Glass brain of {stat_name} restricted to {label} FWE-significant voxels."))
-            parts.append(figure(figures.stat_slices(mimg, bg, title, 1e-6, vmax, xyz, mode="ortho"),
+            parts.append(figure(figures.stat_slices(mimg, bg, title, 1e-6, vmax, xyz, mode="ortho",
+                                                    cbar_label=stat_name),
                                 f"Sections through the strongest significant voxel, at "
                                 f"({xyz[0]:.0f}, {xyz[1]:.0f}, {xyz[2]:.0f}) mm."))
             parts.append("</div>")
@@ -448,12 +540,17 @@ class _Report:
                 continue
             hl = [_significant_row(header, r) for r in rows]
             self.sig_clusters.extend(dict(zip(header, r, strict=False)) for r, h in zip(rows, hl, strict=True) if h)
+            by = [_significant_by(header, r) for r in rows]
+            if any(CLUSTER_P_COLUMNS.keys() & set(header)):
+                header = [*header, f"FWE p ≤ {ALPHA} by"]
+                rows = [[*r, b] for r, b in zip(rows, by, strict=True)]
             if len(rows) > MAX_TABLE_ROWS:
                 parts.append(note(f"Showing the first {MAX_TABLE_ROWS} of {len(rows)} rows."))
                 rows, hl = rows[:MAX_TABLE_ROWS], hl[:MAX_TABLE_ROWS]
-            parts.append(table(header, rows, highlight=hl))
-        parts.append(note(f"Highlighted rows: FWE p ≤ {ALPHA}. Rows without a size are further local maxima of the "
-                          "cluster above them. Coordinates are world coordinates of the maps (mm)."))
+            parts.append(table([COLUMN_UNITS.get(h, h) for h in header], rows, highlight=hl))
+        parts.append(note(f"Highlighted rows: FWE p ≤ {ALPHA} by cluster extent or cluster mass (the last column "
+                          "says which). Rows without a size are further local maxima of the cluster above them. "
+                          "Peak coordinates are world coordinates of the maps in mm; t is the paired t statistic."))
         return Section("clusters", "Clusters", "\n".join(parts))
 
     # -- ROIs
@@ -497,13 +594,19 @@ class _Report:
         parts.append('<h3 id="roi-tests">Paired tests per region</h3>')
         if tpath.is_file():
             header, rows = read_tsv(tpath)
+            rows = self.hide_pct_of_zero(header, rows)
             pcol = next((header.index(c) for c in ("p_fdr", "p_fwe", "p") if c in header), None)
             hl = [pcol is not None and isinstance(r[pcol], (int, float)) and r[pcol] < ALPHA for r in rows]
             self.sig_rois = [dict(zip(header, r, strict=False)) for r, h in zip(rows, hl, strict=True) if h]
             self.roi_p_name = header[pcol] if pcol is not None else ""
             parts.append(table(header, rows, highlight=hl))
             if pcol is not None:
-                parts.append(note(f"Highlighted rows: {header[pcol]} < {ALPHA}."))
+                parts.append(note(f"Highlighted rows: {header[pcol]} < {ALPHA}. mean_diff and pct_change are "
+                                  "condition A − condition B (BPND is unitless)."))
+            if self.pct_hidden:
+                parts.append(note(f"pct_change is n/a for {', '.join(self.pct_hidden)}: the mean BPND there is "
+                                  f"below {PCT_MIN_BASELINE:g} in magnitude (about the reference level), so a "
+                                  "percentage change is meaningless; see mean_diff."))
         else:
             parts.append(note(f"ROI tests (roi/roi_tests.tsv): {NOT_COMPUTED}."))
         return Section("roi", "Regions of interest", "\n".join(parts), subs)
@@ -545,6 +648,10 @@ class _Report:
         parts = [f"<p>{len(records)} scans. Status counts are numbers of voxels; every status other than "
                  f"<code>ok</code> is flagged (parameters NaN or clipped). Rows with more than 5 % flagged voxels "
                  f"are highlighted.</p>", table(header, rows, highlight=hl)]
+        unit = self.activity_unit()
+        for _, qc, _ in records:
+            if qc is not None and unit and not qc.get("activity_unit"):
+                qc["activity_unit"] = unit
         good = [(name, qc) for name, qc, _ in records if qc is not None]
         if good:
             params = [k for _, qc in good for k in (qc.get("histograms") or {})]
@@ -578,9 +685,18 @@ class _Report:
     def summary(self) -> Section:
         """Key results: FWE-significant voxels per method, significant clusters, significant ROI tests."""
         parts = []
+        sentences = self.effect_sentences()
+        if sentences:
+            parts.append('<div class="effect">' + "".join(f"<p><b>{esc(t)}</b></p>" if i == 0 else f"<p>{esc(t)}</p>"
+                                                          for i, t in enumerate(sentences)) + "</div>")
         if self.fwe_counts:
-            parts.append(_cards([(f"FWE p≤{ALPHA}: {m}", f"{n} vox, {c} cl" if n else "none")
-                                 for m, n, c in self.fwe_counts]))
+            cards = []
+            for m, n, c in self.fwe_counts:
+                key = next((k for k, v in FWE_LABELS.items() if v == m), m)
+                what = "cluster" if key in CLUSTER_P_COLUMNS.values() else "connected set"
+                cards.append((f"FWE p≤{ALPHA}, {m}", f"{n} voxels in {c} {what}{'s' if c != 1 else ''}"
+                              if n else "none"))
+            parts.append(_cards(cards))
         else:
             parts.append(note(f"Voxelwise inference: {NOT_COMPUTED}."))
         if self.sig_clusters:
@@ -588,12 +704,30 @@ class _Report:
                     "p_fwe_extent", "p_fwe_mass", "region"]
             first = self.sig_clusters[0]
             cols = [k for k in keys if k in first] or list(first)
-            parts.append(f"<p><b>{len(self.sig_clusters)} FWE-significant cluster(s)</b> (p ≤ {ALPHA}):</p>")
-            parts.append(table(cols, [[c.get(k) for k in cols] for c in self.sig_clusters[:20]]))
+            by_rows = [_significant_by(cols, [c.get(k) for k in cols]) for c in self.sig_clusters]
+            n_ext = sum("extent" in b for b in by_rows)
+            n_mass = sum("mass" in b for b in by_rows)
+            split = f": {n_ext} by cluster extent, {n_mass} by cluster mass" \
+                if any(k in cols for k in CLUSTER_P_COLUMNS) else ""
+            parts.append(f"<p><b>{len(self.sig_clusters)} FWE-significant cluster(s)</b> (p ≤ {ALPHA} by cluster "
+                         f"extent or mass){esc(split)}:</p>")
+            show = self.sig_clusters[:20]
+            # reader's order: which cluster, where, how it is significant, then sizes and p values
+            peak = all(k in cols for k in ("peak_x", "peak_y", "peak_z"))
+            lead = [k for k in ("cluster_id", "region", "sign") if k in cols]
+            rest = [k for k in cols if k not in lead and not (peak and k in ("peak_x", "peak_y", "peak_z"))]
+            hdr = [*lead, *([f"FWE p ≤ {ALPHA} by"] if split else []), *(["peak x, y, z (mm)"] if peak else []),
+                   *[COLUMN_UNITS.get(k, k) for k in rest]]
+            body = [[c.get(k) for k in lead] + ([by] if split else [])
+                    + ([", ".join(fmt_value(c.get(k), 3) for k in ("peak_x", "peak_y", "peak_z"))] if peak else [])
+                    + [c.get(k) for k in rest] for c, by in zip(show, by_rows, strict=False)]
+            parts.append(table(hdr, body))
         elif self.fwe_counts:
             parts.append(note(f"No cluster in the cluster table reaches FWE p ≤ {ALPHA}."))
         if self.sig_rois:
-            cols = [k for k in ("region", "n", "mean_diff", "pct_change", "t", "p", self.roi_p_name)
+            pair = self.condition_pair()
+            means = [f"mean_{pair[0]}", f"mean_{pair[1]}"] if pair else []
+            cols = [k for k in ("region", "n", *means, "mean_diff", "pct_change", "t", "p", self.roi_p_name)
                     if k in self.sig_rois[0]]
             cols = list(dict.fromkeys(cols))
             parts.append(f"<p><b>{len(self.sig_rois)} region(s) with {esc(self.roi_p_name)} &lt; {ALPHA}</b> "
@@ -602,6 +736,44 @@ class _Report:
         elif self.roi_p_name:
             parts.append(note(f"No region reaches {self.roi_p_name} < {ALPHA} in the paired ROI tests."))
         return Section("summary", "Key results", "\n".join(parts))
+
+    def effect_sentences(self) -> list[str]:
+        """The direction and size of the effect in words, from the significant ROI tests and FWE maps."""
+        pair = self.condition_pair()
+        if pair is None:
+            return []
+        a, b = pair
+        quantity = find_key(self.study, "contrast")
+        what = "BPND" if quantity in (None, "bp_nd") else "the challenge-induced BPND change (baseline − challenge)"
+        out = []
+        if self.sig_rois:
+            for sign, word in ((-1, "lower"), (1, "higher")):
+                rows = [r for r in self.sig_rois if is_number(r.get("mean_diff")) and r["mean_diff"] * sign > 0]
+                if not rows:
+                    continue
+                names = [str(r.get("region", "?")).replace("_", " ") for r in rows]
+                pcts = [abs(r["pct_change"]) for r in rows if is_number(r.get("pct_change"))
+                        and math.isfinite(r["pct_change"])]
+                diffs = [abs(r["mean_diff"]) for r in rows]
+                size = f"by {_range(pcts)} %" if pcts else f"by {_range(diffs, 2)} (BPND units)"
+                n = max((int(r["n"]) for r in rows if is_number(r.get("n"))), default=None)
+                regions = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+                out.append(f"{what[0].upper() + what[1:]} {word} under {a} than under {b} {size} in {regions} "
+                           f"(paired t-tests{f', n = {n}' if n else ''}, {self.roi_p_name} < {ALPHA}).")
+        elif self.roi_p_name:
+            out.append(f"No region differs in {what} between {a} and {b} at {self.roi_p_name} < {ALPHA}.")
+        for m, (pos, neg) in self.fwe_signs.items():
+            if pos + neg == 0:
+                continue
+            if neg and not pos:
+                dirn = f"all with {a} < {b} (t < 0)"
+            elif pos and not neg:
+                dirn = f"all with {a} > {b} (t > 0)"
+            else:
+                dirn = f"{neg} with {a} < {b}, {pos} with {a} > {b}"
+            out.append(f"Voxelwise ({m}, FWE p ≤ {ALPHA}): {pos + neg} voxels, {dirn}.")
+            break  # the first method (TFCE when computed) says it; the cards give the others
+        return out
 
     # -- null distributions
     def observed(self, tokens: frozenset[str], two_sided: bool | None) -> float | None:
@@ -658,6 +830,25 @@ class _Report:
                                 "p (FWE)"], rows, highlight=[isinstance(r[4], float) and r[4] <= ALPHA
                                                              for r in rows]))
         return Section("nulls", "Null distributions", "\n".join(parts))
+
+
+def _range(vals: list[float], digits: int = 0) -> str:
+    """``[7.2, 8.1]`` -> ``7-8``; one value (or equal rounded ends) -> ``7``; ``digits`` decimals."""
+    lo, hi = min(vals), max(vals)
+    if digits == 0 and hi < 10:
+        digits = 1
+    a, b = f"{lo:.{digits}f}", f"{hi:.{digits}f}"
+    return a if a == b else f"{a}-{b}"
+
+
+def _significant_by(header: list[str], row: list[object]) -> str:
+    """Which cluster inference makes a cluster-table row FWE-significant: "extent + mass", "mass only", ..."""
+    hits = [m.removeprefix("cluster_") for c, m in CLUSTER_P_COLUMNS.items() if c in header
+            and is_number(row[header.index(c)]) and not math.isnan(row[header.index(c)])
+            and row[header.index(c)] <= ALPHA]
+    if not hits:
+        return ""
+    return " + ".join(hits) if len(hits) > 1 else f"{hits[0]} only"
 
 
 def _significant_row(header: list[str], row: list[object]) -> bool:
@@ -746,7 +937,7 @@ def write_report(out_dir: Path, path: Path | None = None) -> Path:
     if rep.problems:
         sections.append(Section("problems", "Problems", "<ul>" + "".join(f"<li>{esc(m)}</li>"
                                                                           for m in rep.problems) + "</ul>"))
-    name = find_key(rep.study, "name", "title")
+    name = find_key(rep.study, "name", "title") or _dataset_name(rep.study)
     if not name and isinstance(rep.study.get("bids_dir"), str):
         name = Path(rep.study["bids_dir"]).name
     title = f"Study report: {name}" if isinstance(name, str) and name else "Study report"
@@ -766,6 +957,18 @@ def write_report(out_dir: Path, path: Path | None = None) -> Path:
     log.info("report written to %s in %.1f s (%s)", dest, time.perf_counter() - t0,
              ", ".join(f"{k} {v:.1f}s" for k, v in rep.timings.items()))
     return dest
+
+
+def _dataset_name(study: dict[str, Any]) -> str | None:
+    """``Name`` of the BIDS dataset's dataset_description.json (None when absent or unreadable)."""
+    bids = study.get("bids_dir")
+    if not isinstance(bids, str):
+        return None
+    try:
+        name = json.loads((Path(bids) / "dataset_description.json").read_text(encoding="utf-8")).get("Name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name.strip() if isinstance(name, str) and name.strip() else None
 
 
 def _contrast_text(study: dict[str, Any]) -> str:
