@@ -1,4 +1,5 @@
-"""Whole-process benchmark: ``voxelkit stats paired`` against a script running nilearn's ``permuted_ols``.
+"""Whole-process benchmark: ``voxelkit stats paired`` against scripts running nilearn's ``permuted_ols`` and
+MNE-Python's ``permutation_t_test`` / ``permutation_cluster_1samp_test``.
 
 Both processes load the same 15 pairs of NIfTI maps (40 x 48 x 40 = 76,800 voxels, all in the mask), test the
 paired difference two-sided, and write nothing voxelkit-specific that nilearn does not also compute.  Three
@@ -11,6 +12,13 @@ with 200.  nilearn uses 6-connectivity for clusters and TFCE, so voxelkit is run
     python bench/bench_stats.py --only maxt                                         # one setting
 
 nilearn takes 20-40 s per setting on 2 cores, so each benchmark runs one round.
+
+MNE-Python (``pip install mne``, in the ``bench`` extra): max-T with ``permutation_t_test`` (two-sided, ``tail=0``);
+clusters with ``permutation_cluster_1samp_test`` at the same t threshold (p < 0.001 two-sided on 14 df) on the
+grid's 6-connectivity lattice (``combine_adjacency``); TFCE with the same function and ``threshold=dict(start=0,
+step=0.2)`` (MNE integrates TFCE numerically in steps; voxelkit's TFCE is exact).  ``permutation_t_test`` holds
+all permutations' statistics at once (about 24 GB for 10,000 x 76,800); ``--mne-maxt-chunk K`` runs it in calls of
+K permutations (same work, bounded memory) on machines with less free memory.
 """
 
 from __future__ import annotations
@@ -48,6 +56,35 @@ out = permuted_ols(np.ones((n, 1)), d, model_intercept=False, n_perm=n_perm, two
 np.savez("{out}", **{k: v for k, v in out.items()})
 '''
 
+MNE_SCRIPT = r'''
+import sys, numpy as np, nibabel as nib
+from scipy.special import stdtrit
+import mne
+n_perm, cluster_p, tfce = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+chunk, n = int(sys.argv[4]), int(sys.argv[5])
+files = sys.argv[6:]
+a, b = files[:n], files[n:]
+d = np.stack([np.asarray(nib.load(f).dataobj, np.float64).ravel() for f in a]) - \
+    np.stack([np.asarray(nib.load(f).dataobj, np.float64).ravel() for f in b])
+shape = nib.load(a[0]).shape
+if cluster_p == "none" and not tfce:
+    h0 = []
+    done = 0
+    while done < n_perm:
+        k = min(chunk or n_perm, n_perm - done)
+        t_obs, p, H0 = mne.stats.permutation_t_test(d, n_permutations=k, tail=0, n_jobs=1, seed=done, verbose=False)
+        h0.append(H0)
+        done += k
+    np.savez("{out}", t=t_obs, h0=np.concatenate(h0))
+else:
+    adj = mne.stats.combine_adjacency(*shape)
+    thr = dict(start=0, step=0.2) if tfce else float(stdtrit(n - 1, 1 - float(cluster_p) / 2))
+    t_obs, clusters, p, H0 = mne.stats.permutation_cluster_1samp_test(
+        d, threshold=thr, n_permutations=n_perm, tail=0, adjacency=adj, n_jobs=1, seed=0, out_type="indices",
+        verbose=False)
+    np.savez("{out}", t=t_obs, h0=H0, p=p)
+'''
+
 
 def make_data(folder: Path, seed: int = 0) -> tuple[list[str], list[str]]:
     """15 subjects' A and B maps: smooth noise (FWHM ~ 2.4 voxels) plus a small effect blob in A."""
@@ -81,11 +118,23 @@ def run_nilearn(folder: Path, a: list[str], b: list[str], setting: str) -> float
     return time.perf_counter() - t0
 
 
+def run_mne(folder: Path, a: list[str], b: list[str], setting: str, maxt_chunk: int = 0) -> float:
+    """Whole-process seconds of the MNE-Python script for ``setting``."""
+    s = SETTINGS[setting]
+    script = folder / "mne_stats.py"
+    script.write_text(MNE_SCRIPT.replace("{out}", str(folder / f"mne_{setting}.npz")))
+    cmd = [sys.executable, str(script), str(s["n_perm"]), str(s["cluster_p"] or "none"), "1" if s["tfce"] else "0",
+           str(maxt_chunk), str(len(a)), *a, *b]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
 def run_voxelkit(folder: Path, a: list[str], b: list[str], setting: str, connectivity: int = 6) -> float:
     s = SETTINGS[setting]
     cmd = [sys.executable, "-m", "voxelkit", "stats", "paired", "--a", *a, "--b", *b, "--n-perm",
            str(s["n_perm"]), "--two-sided", "--seed", "0", "--quiet", "--device", "cpu",
-           "--connectivity", str(connectivity), "-o", str(folder / f"voxelkit_{setting}_{connectivity}")]
+           "--connectivity", str(connectivity), "--overwrite", "-o", str(folder / f"voxelkit_{setting}_{connectivity}")]
     if s["cluster_p"]:
         cmd += ["--cluster-p", str(s["cluster_p"])]
     if s["tfce"]:
@@ -111,10 +160,12 @@ if pytest is not None:
         return folder, a, b
 
     @pytest.mark.parametrize("setting", list(SETTINGS))
-    @pytest.mark.parametrize("tool", ["voxelkit", "nilearn"])
+    @pytest.mark.parametrize("tool", ["voxelkit", "nilearn", "mne"])
     def test_bench_stats(benchmark, data, tool, setting):
         folder, a, b = data
-        fn = run_voxelkit if tool == "voxelkit" else run_nilearn
+        if tool == "mne":
+            pytest.importorskip("mne")
+        fn = {"voxelkit": run_voxelkit, "nilearn": run_nilearn, "mne": run_mne}[tool]
         benchmark.group = f"stats paired {setting}"
         benchmark.pedantic(fn, args=(folder, a, b, setting), rounds=1, iterations=1, warmup_rounds=0)
 
@@ -123,17 +174,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=list(SETTINGS), nargs="*", default=list(SETTINGS))
     ap.add_argument("--skip-nilearn", action="store_true")
+    ap.add_argument("--skip-mne", action="store_true")
+    ap.add_argument("--mne-maxt-chunk", type=int, default=0,
+                    help="run MNE's permutation_t_test in calls of this many permutations (memory; 0: one call)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         a, b = make_data(folder)
         run_voxelkit(folder, a, b, "tfce")  # warm-up (numba cache)
-        print(f"{'setting':10s} {'nilearn s':>10s} {'voxelkit(6) s':>14s} {'voxelkit(26) s':>15s} {'speed-up':>9s}")
+        print(f"{'setting':10s} {'nilearn s':>10s} {'MNE s':>8s} {'voxelkit(6) s':>14s} {'voxelkit(26) s':>15s} "
+              f"{'vs nilearn':>11s} {'vs MNE':>7s}")
         for setting in args.only:
             tv6 = run_voxelkit(folder, a, b, setting, 6)
             tv26 = run_voxelkit(folder, a, b, setting, 26)
             tn = float("nan") if args.skip_nilearn else run_nilearn(folder, a, b, setting)
-            print(f"{setting:10s} {tn:10.2f} {tv6:14.2f} {tv26:15.2f} {tn / tv6:8.1f}x", flush=True)
+            tm = float("nan") if args.skip_mne else run_mne(folder, a, b, setting, args.mne_maxt_chunk)
+            print(f"{setting:10s} {tn:10.2f} {tm:8.2f} {tv6:14.2f} {tv26:15.2f} {tn / tv6:10.1f}x {tm / tv6:6.1f}x",
+                  flush=True)
 
 
 if __name__ == "__main__":

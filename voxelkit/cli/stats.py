@@ -10,9 +10,17 @@ Examples::
 
 The design TSV of ``glm`` has one row per map: a column ``map`` (file path, relative to the TSV's folder; see
 ``--map-column``), optionally a second map column (``--map-column-b``: the data are then map - map_b, e.g. a BPND
-change), and numeric covariate columns (0/1 for categories such as sex or crossover order).  An intercept is added
-unless ``--no-intercept``.  ``--contrast`` is a column name (test its slope) or a vector over the design columns
-[intercept, covariates...] such as ``"0 1 0 0"``.
+change), and covariate columns: numeric ones are mean-centred, text ones (``M``/``F``, site names) are effect-coded
+into k-1 columns ``col[level]`` and mean-centred (FSL's "demean EVs" rule; ``n/a`` is an error).  An intercept is
+added unless ``--no-intercept``; because the covariates are centred, it is the mean of the data at the sample's
+average covariate values, so ``--contrast intercept`` (e.g. on map - map_b differences) tests the mean effect adjusted
+for the covariates.  ``--raw-covariates`` keeps raw values (the intercept is then tested at covariate value 0, with
+a warning).  A slope contrast gives the same t either way.  ``--contrast`` is a column name (test its coefficient)
+or a vector over the design columns [intercept, covariate columns...] such as ``"0 1 0 0"``.
+
+Every design writes through :class:`voxelkit.outputs.OutputFolder`: a non-empty ``-o`` folder is refused unless
+``--overwrite``, which removes exactly the files the previous voxelkit command recorded in the folder's manifest;
+an input is never removed or overwritten (an input whose name is one of the outputs is refused).
 """
 
 from __future__ import annotations
@@ -32,16 +40,32 @@ the residuals with --sign-flip).
 
 Design TSV: one row per map.  A column 'map' (--map-column) with the file path (relative paths are relative to the
 TSV's folder); optionally a second map column (--map-column-b) so that each row's data are map - map_b (e.g. a
-BPND change); numeric covariate columns (0/1 for categories such as sex or crossover order; no missing values).
-An intercept is added unless --no-intercept.  Design columns: [intercept,] covariates in --covariates order
-(default: all non-map columns in file order).  --contrast: one column name (its slope) or one weight per design
-column, e.g. --contrast 0 1 0.
+BPND change); covariate columns (no missing values: n/a is an error).  A 'participant_id' (or 'subject') column
+labels the rows and is not a covariate.
+
+Covariate coding: numeric columns are mean-centred; text columns (M/F, site names) are effect-coded into k-1
+columns named col[level] (+1 for that level, -1 for the last level in sorted order, else 0), then mean-centred
+(FSL's "demean EVs" rule).  --raw-covariates: no centring.
+
+Intercept: added unless --no-intercept.  With centred covariates the intercept is the mean of the data (the maps,
+or map - map_b) at the sample's average covariate values: --contrast intercept tests the mean effect adjusted for
+the covariates.  With --raw-covariates it is the value at covariate value 0 (age 0 ...; a warning says so).
+
+Contrast: design columns are [intercept,] the coded covariate columns in --covariates order (default: all
+non-map columns in file order).  --contrast: one column name (its coefficient is tested: intercept, pain,
+sex[F]; a categorical column's own name works when it has one coded column) or one weight per design column,
+e.g. --contrast 0 1 0.  A slope contrast (intercept weight 0) gives the same t with or without centring.
 
 Example:
     map                    pain   age   sex
     sub-01_bpnd.nii.gz     3.5    41    1
     sub-02_bpnd.nii.gz     1.0    35    0
     voxelkit stats glm --design design.tsv --contrast pain -o out/
+
+Several contrasts: repeat --contrast (t) and/or give --f-contrast (F: column names, one row each, or p weights per
+row); outputs are then prefixed c1_, c2_, ..., f1_ (an F map is f1_f.nii.gz); --fwe-across-contrasts corrects over
+the contrasts too (PALM -corrcon).  Repeated measures: --blocks subject permutes within subjects (subject effects
+are added to the model), or with --sign-flip flips whole subjects.
 """
 
 
@@ -60,11 +84,21 @@ def _common_stats_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tfce-h", type=float, default=2.0, help="TFCE height exponent H (default 2)")
     g.add_argument("--tfce-e", type=float, default=0.5, help="TFCE extent exponent E (default 0.5)")
     g.add_argument("--two-sided", action="store_true", help="two-sided test (maps signed by the sign of t)")
+    g.add_argument("--variance-smoothing", type=float, default=None, metavar="MM",
+                   help="smooth the variance image within the mask (Gaussian FWHM in mm) before forming t "
+                        "(pseudo-t, as randomise -v, which takes sigma); in every permutation alike")
+    g.add_argument("--accel", choices=("tail",), default=None,
+                   help="'tail': FWE p from a generalized Pareto fit to the tail of each null of maxima (PALM's "
+                        "-accel tail): p below 1/n-perm from a few hundred permutations, with tens of percent error "
+                        "near p = 0.001 (README); the plain p is kept where the fit is poor")
     g.add_argument("--seed", type=int, default=0, help="random seed of the permutations (default 0)")
     g.add_argument("--batch-size", type=int, default=None, help="permutations per batch (memory bound)")
     g.add_argument("--atlas", help="label atlas (same space) for the cluster table's region column")
     g.add_argument("--atlas-lookup", help="atlas look-up table: lines 'index<TAB>name'")
     g.add_argument("-o", "--output", required=True, help="output directory")
+    g.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty output folder: first remove exactly the files the previous voxelkit "
+                        "command recorded there (never an input)")
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -94,8 +128,18 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     q = ssub.add_parser("glm", parents=[parent], help="GLM with covariates and a contrast (Freedman-Lane)",
                         description=GLM_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--design", required=True, help="design TSV: one row per map (see voxelkit stats glm -h)")
-    q.add_argument("--contrast", nargs="+", required=True,
-                   help="a design column name, or one weight per design column ([intercept,] covariates)")
+    q.add_argument("--contrast", nargs="+", action="append", default=None,
+                   help="a design column name, or one weight per design column ([intercept,] covariates); "
+                        "repeat for several t contrasts (outputs then prefixed c1_, c2_, ...)")
+    q.add_argument("--f-contrast", nargs="+", action="append", default=None,
+                   help="an F contrast: design column names (one row each) or p weights per row, e.g. "
+                        "'--f-contrast age sex' or '--f-contrast 0 1 0 0 0 1'; repeatable (outputs f1_, f2_, ...)")
+    q.add_argument("--blocks", default=None, metavar="COLUMN",
+                   help="exchangeability blocks (repeated measures): the design column naming each map's subject; "
+                        "permutations within subjects (subject effects added to the model), or with --sign-flip "
+                        "whole-subject sign flips")
+    q.add_argument("--fwe-across-contrasts", action="store_true",
+                   help="FWE over all contrasts too: each null = max over the contrasts (PALM -corrcon)")
     q.add_argument("--covariates", nargs="*", default=None,
                    help="covariate columns to use, in this order (default: all columns except the map columns)")
     q.add_argument("--map-column", default="map", help="column with the map paths (default 'map')")
@@ -103,6 +147,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     q.add_argument("--no-intercept", action="store_true", help="do not add an intercept column")
     q.add_argument("--sign-flip", action="store_true",
                    help="sign-flip the Freedman-Lane residuals (symmetric errors) instead of permuting them")
+    q.add_argument("--raw-covariates", action="store_true",
+                   help="do not mean-centre the covariates (the intercept is then tested at covariate value 0)")
     _common_stats_options(q)
     q.set_defaults(func=run)
 
@@ -116,9 +162,14 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(mask=args.mask, n_perm=args.n_perm, two_sided=args.two_sided, cluster_p=args.cluster_p,
               cluster_t=args.cluster_t, tfce=args.tfce, tfce_H=args.tfce_h, tfce_E=args.tfce_e,
               connectivity=args.connectivity, seed=args.seed, device=args.device, batch_size=args.batch_size,
-              progress=not args.quiet, atlas=args.atlas, atlas_lookup=args.atlas_lookup)
+              progress=not args.quiet, atlas=args.atlas, atlas_lookup=args.atlas_lookup,
+              variance_smoothing=args.variance_smoothing, accel=args.accel)
     if args.atlas_lookup and not args.atlas:
         raise CliError("--atlas-lookup needs --atlas")
+    if args.variance_smoothing is not None and not args.variance_smoothing >= 0:
+        raise CliError(f"--variance-smoothing: the FWHM in mm must be >= 0, got {args.variance_smoothing}")
+    glm_in = _read_glm(args) if _kind(args) == "glm" else None
+    folder = _output_folder(args, out, glm_in)
     t0 = time.perf_counter()
     if args.design == "paired":
         res = api.paired(args.a, args.b, **kw)
@@ -127,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.design == "two-sample":
         res = api.two_sample(args.a, args.b, **kw)
     else:
-        res = _glm(args, kw)
-    paths = res.save(out)
+        res = _glm(args, kw, glm_in)
+    paths = res.save(folder)
     s = res.settings
     log.info("voxelkit stats %s: %d maps, %d voxels analysed, %d permutations%s in %.1f s -> %s", args.design,
              s["n_maps"], s["n_voxels_analysed"], s["n_perm"], " (exact)" if s["exhaustive"] else "",
@@ -140,25 +191,86 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _glm(args: argparse.Namespace, kw: dict) -> object:
-    from ..stats import api  # noqa: PLC0415
-    from ..stats.io import read_design_tsv  # noqa: PLC0415
+def _read_glm(args: argparse.Namespace) -> dict:
+    """Read and validate the design table and the covariates (cheap; before the output folder is touched)."""
+    from ..stats.covariates import code_covariates  # noqa: PLC0415
+    from ..stats.io import ID_COLUMNS, read_design_table  # noqa: PLC0415
 
-    maps, maps_b, covs = read_design_tsv(args.design, args.map_column, args.map_column_b)
-    names = list(covs) if args.covariates is None else list(args.covariates)
-    for nm in names:
-        if nm not in covs:
-            raise CliError(f"{args.design}: no covariate column {nm!r}; columns are {', '.join(covs)}")
-    if len(args.contrast) == 1:
+    maps, maps_b, cols, labels = read_design_table(args.design, args.map_column, args.map_column_b)
+    names = [c for c in cols if c not in ID_COLUMNS] if args.covariates is None else list(args.covariates)
+    centre = not args.raw_covariates and not args.no_intercept
+    code_covariates(cols, names, labels, str(args.design), centre=centre, intercept=not args.no_intercept)
+    blocks = None
+    if args.blocks is not None:
+        if args.blocks not in cols:
+            raise CliError(f"{args.design}: --blocks: no column {args.blocks!r}; columns are {', '.join(cols)}")
+        if args.blocks in names:
+            names.remove(args.blocks)  # the blocks enter the model as block effects, not as a covariate
+        blocks = list(cols[args.blocks])
+    tcons = [_parse_contrast(c) for c in (args.contrast or [])]
+    if not tcons and not args.f_contrast:
+        raise CliError("give a contrast: --contrast (t) or --f-contrast (F)")
+    return {"maps": maps, "maps_b": maps_b, "table": {k: cols[k] for k in names}, "labels": labels,
+            "contrast": tcons[0] if tcons else None, "more_contrasts": tcons[1:],
+            "f_contrasts": [list(c) for c in (args.f_contrast or [])], "blocks": blocks}
+
+
+def _parse_contrast(tokens: list[str]) -> str | list[float]:
+    """One --contrast: a column name or numbers."""
+    if len(tokens) == 1:
         try:
-            contrast: str | list[float] = [float(args.contrast[0])]
+            return [float(tokens[0])]
         except ValueError:
-            contrast = args.contrast[0]
+            return tokens[0]
+    try:
+        return [float(x) for x in tokens]
+    except ValueError as exc:
+        raise CliError(f"--contrast: give one column name or numbers ({exc})") from exc
+
+
+def _glm(args: argparse.Namespace, kw: dict, g: dict) -> object:
+    from ..stats import api  # noqa: PLC0415
+
+    return api.glm(g["maps"], g["table"], g["contrast"], intercept=not args.no_intercept,
+                   method="flip" if args.sign_flip else "permute", imgs_b=g["maps_b"],
+                   centre_covariates=not args.raw_covariates, subjects=g["labels"], source=str(args.design),
+                   extra_settings={"design_file": str(args.design)}, more_contrasts=g["more_contrasts"],
+                   f_contrasts=g["f_contrasts"], fwe_across_contrasts=args.fwe_across_contrasts, blocks=g["blocks"],
+                   **kw)
+
+
+def _output_folder(args: argparse.Namespace, out: Path, glm_in: dict | None) -> object:
+    """Check the cheap things (pairing, smallest attainable p, outputs vs inputs), then open the output folder
+    (refusing a non-empty one without --overwrite) -- all before any map is loaded or permuted."""
+    from ..outputs import OutputFolder, check_not_input  # noqa: PLC0415
+    from ..stats.api import output_names  # noqa: PLC0415
+    from ..stats.design import check_attainable, check_settings  # noqa: PLC0415
+
+    check_settings(n_perm=args.n_perm, cluster_p=args.cluster_p, cluster_t=args.cluster_t, tfce_H=args.tfce_h,
+                   tfce_E=args.tfce_e, seed=args.seed, batch_size=args.batch_size)
+    groups = None
+    kind = _kind(args)
+    if kind == "glm":
+        inputs = [*glm_in["maps"], *(glm_in["maps_b"] or []), args.design]
+        n, method = len(glm_in["maps"]), "flip" if args.sign_flip else "permute"
+    elif kind == "one-sample":
+        inputs, n, method = list(args.maps), len(args.maps), "flip"
     else:
-        try:
-            contrast = [float(x) for x in args.contrast]
-        except ValueError as exc:
-            raise CliError(f"--contrast: give one column name or numbers ({exc})") from exc
-    return api.glm(maps, {k: covs[k] for k in names}, contrast, intercept=not args.no_intercept,
-                   method="flip" if args.sign_flip else "permute", imgs_b=maps_b,
-                   extra_settings={"design_file": str(args.design)}, **kw)
+        inputs = [*args.a, *args.b]
+        if kind == "paired":
+            if len(args.a) != len(args.b):
+                raise CliError(f"pairs incomplete: {len(args.a)} A maps but {len(args.b)} B maps")
+            n, method = len(args.a), "flip"
+        else:
+            n, method, groups = len(args.a) + len(args.b), "permute", [len(args.a), len(args.b)]
+    inputs += [p for p in (args.mask, args.atlas, args.atlas_lookup) if p]
+    if n >= 1:
+        check_attainable(n, method, args.two_sided, args.n_perm, groups)
+    for name in output_names():
+        check_not_input(out / name, inputs)
+    return OutputFolder(out, f"stats {kind}", overwrite=args.overwrite, inputs=inputs)
+
+
+def _kind(args: argparse.Namespace) -> str:
+    """The design name (for ``glm``, ``args.design`` holds the --design TSV path, not the design name)."""
+    return "glm" if hasattr(args, "contrast") else args.design

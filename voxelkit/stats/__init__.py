@@ -2,7 +2,9 @@
 mass, exact TFCE, FDR; NumPy or CuPy.  See :mod:`voxelkit.stats.api`."""
 
 from .api import MAP_NAMES, PermutationResult, glm, one_sample, paired, permutation_test, two_sample
-from .design import Design, make_permutation_set, one_sample_design, two_sample_design
+from .contrasts import FDesign, MultiContrastResult
+from .covariates import CodedCovariates, code_covariates
+from .design import Design, make_permutation_set, one_sample_design, smallest_p, two_sample_design
 from .inference import fdr_bh, fwe_p, fwe_threshold
 from .io import load_null
 
@@ -15,6 +17,7 @@ def __getattr__(name: str):  # lazy: numba is imported only when TFCE is used
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MAP_NAMES", "Design", "PermutationResult", "fdr_bh", "fwe_p", "fwe_threshold", "glm", "load_null",
+__all__ = ["MAP_NAMES", "FDesign", "MultiContrastResult", "CodedCovariates", "Design", "code_covariates", "smallest_p",
+           "PermutationResult", "fdr_bh", "fwe_p", "fwe_threshold", "glm", "load_null",
            "make_permutation_set", "one_sample", "one_sample_design", "paired", "permutation_test", "tfce_volume",
            "two_sample", "two_sample_design"]

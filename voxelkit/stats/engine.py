@@ -14,19 +14,28 @@ permutations is one product of a (b*r x n) matrix with E.  For one-sample / pair
 ``t = kappa s / sqrt(1 - s^2)`` with ``s = sign(a) U`` is increasing in ``s``, so maxima and exceedance counts
 are taken on ``s`` directly (no per-element t evaluation) and only the maxima are converted.
 
+F contrasts (``Prepared.Fb``): ``F = |Fb U|^2 / s / ((1 - |U|^2) / df)`` with ``Fb = L' A'`` from the Cholesky
+factor ``L`` of ``[C (M'M)^+ C']^-1`` and ``A = Q' pinv(M)' C'`` (:func:`f_from_U`).  Variance smoothing
+(``EngineConfig.variance_smoothing``, :mod:`.varsmooth`): the variance rows ``(1 - |U|^2) norm^2 / df`` of a whole
+batch are smoothed within the mask before t is formed (:func:`smoothed_t`); voxels are coupled, so the batch's
+pseudo-t is formed over all voxels at once and the voxel blocks read slices of it.
+
 Memory is bounded by ``batch_size x n_voxels`` working values.  The same code runs on NumPy and CuPy
-(``be.xp``); cluster labelling (cc3d) and exact TFCE (numba) run on the host with one transfer per batch.
+(``be.xp``); on the CPU cluster labelling (cc3d) and exact TFCE (numba) run per batch on the host; on the GPU
+they run on the device (:mod:`.device_null`) and only the per-permutation maxima come back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -52,9 +61,14 @@ class Prepared:
     valid: np.ndarray      # (V,) bool: voxels analysed
     n_constant: int
     n_nonfinite: int
+    norm: np.ndarray | None = None   # (V_valid,) residual norms (data units), for variance smoothing
+    Fb: np.ndarray | None = None     # F contrast: (s, r) with F = |Fb U|^2 / s / (rss / df); None: t contrast
+    f_rank: int = 0                  # F contrast: rank s of the contrast matrix
 
     def t_from_U(self, U: np.ndarray) -> np.ndarray:
-        """t from (r, V) projections (float64)."""
+        """t (or F, for an F contrast) from (r, V) projections (float64)."""
+        if self.Fb is not None:
+            return f_from_U(np, U[None], self.Fb, self.f_rank, self.df, 0.0)[0]
         num = self.a @ U
         rss = np.maximum(1.0 - np.sum(U * U, axis=0), 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -87,16 +101,24 @@ def prepare(Y: np.ndarray, design: Design) -> Prepared:
     u, s, _ = np.linalg.svd(M, full_matrices=False)
     Q = u[:, s > 1e-10 * s.max()]
     r = Q.shape[1]
+    df = n - r
+    if np.ndim(design.contrast) == 2:  # F contrast (s x p): F = (C b)' [C (M'M)^+ C']^-1 (C b) / s / sigma^2
+        C = design.contrast
+        A = Q.T @ (np.linalg.pinv(M).T @ C.T)                     # (r, s): C b = A' U
+        L = np.linalg.cholesky(np.linalg.inv(C @ np.linalg.pinv(M.T @ M) @ C.T))
+        if df < 1:
+            raise ValueError(f"no residual degrees of freedom: {n} maps and a model of rank {r}")
+        return Prepared(E, Q, np.zeros(r), 1.0, df, False, 0.0, 1.0, valid, int(constant.sum() + degenerate.sum()),
+                        int((~finite).sum()), norm=norm[valid], Fb=L.T @ A.T, f_rank=int(C.shape[0]))
     w = np.linalg.pinv(M).T @ design.contrast
     a = Q.T @ w
     cvar = float(design.contrast @ np.linalg.pinv(M.T @ M) @ design.contrast)
-    df = n - r
     if df < 1:
         raise ValueError(f"no residual degrees of freedom: {n} maps and a model of rank {r}")
     fast = r == 1 and Zn.shape[1] == 0
     kappa = float(abs(a[0]) / np.sqrt(cvar / df)) if fast else 0.0
     return Prepared(E, Q, a, cvar, df, fast, kappa, float(np.sign(a[0])) if fast else 1.0, valid,
-                    int(constant.sum() + degenerate.sum()), int((~finite).sum()))
+                    int(constant.sum() + degenerate.sum()), int((~finite).sum()), norm=norm[valid])
 
 
 @dataclass
@@ -112,6 +134,8 @@ class EngineConfig:
     batch_size: int | None = None
     dtype: str = "auto"          # "auto" (float32 for one-sample/paired, float64 otherwise), "float32", "float64"
     threads: int | None = None   # CPU threads over voxel blocks (None: the CPUs this process may use)
+    variance_smoothing: float | None = None  # FWHM in mm of the variance smoothing (None: plain t)
+    affine: np.ndarray | None = None         # voxel-to-mm affine (voxel sizes for variance smoothing)
 
 
 @dataclass
@@ -212,13 +236,21 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
                  progress: Callable[[int], None] | None, pool: ThreadPoolExecutor | None,
                  n_threads: int = 1) -> EngineResult:
     xp = be.xp
+    vsm = None
+    one_sample = prep.fast   # (before variance smoothing turns the fast path off: float32 suffices there too)
+    if cfg.variance_smoothing is not None:
+        # pseudo-t: the statistic is no longer a monotone function of the score, so the GLM path forms t
+        from .varsmooth import VarianceSmoother  # noqa: PLC0415
+
+        prep = dataclasses.replace(prep, fast=False, kappa=0.0, sign_a=1.0)
+        aff = cfg.affine if cfg.affine is not None else np.eye(4)
     E = prep.E
     n, V = E.shape
     r = prep.Q.shape[1]
     N = perms.n_perm
     dtname = cfg.dtype
     if dtname == "auto":
-        dtname = "float32" if prep.fast else "float64"
+        dtname = "float32" if one_sample else "float64"
     dt = np.dtype(dtname)
     eps = float(np.finfo(dt).eps)
     # default batch: 256 flips for max-T, 128 with clusters (the stacked cc3d volume is B x the grid, 5 bytes
@@ -228,6 +260,12 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
     vblock = V if be.is_gpu else 8192
 
     t_obs = prep.t_from_U(prep.Q.T @ E)
+    if cfg.variance_smoothing is not None:
+        vsm = VarianceSmoother(mask_valid, aff, cfg.variance_smoothing, be, dt)
+        # the observed pseudo-t in float64 on the host
+        host_vsm = VarianceSmoother(mask_valid, aff, cfg.variance_smoothing, _host_backend())
+        t_obs = smoothed_t(np, (prep.Q.T @ E)[None], prep.a, prep.norm, prep.cvar, prep.df, host_vsm)[0]
+        norm_d = be.asarray(prep.norm, dtype=dt)
     if prep.fast:
         obs_score = prep.sign_a * (prep.Q.T @ E)[0]
     else:
@@ -247,6 +285,7 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
     h0_mass = np.zeros(N) if cfg.cluster_t is not None else None
     h0_tfce = np.zeros(N) if cfg.tfce else None
     a_d = be.asarray(prep.a, dtype=dt)
+    Fb_d = be.asarray(prep.Fb, dtype=dt) if prep.Fb is not None else None
     if cfg.tfce:  # numba is imported only when TFCE is asked for (import cost ~0.5 s)
         from .tfce import make_grid, tfce_max, tfce_signed  # noqa: PLC0415
 
@@ -265,21 +304,35 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
             return S if prep.sign_a > 0 else -S
         b = G.shape[0] // r
         U = S.reshape(b, r, -1)
+        if Fb_d is not None:  # F contrast
+            return f_from_U(xp, U, Fb_d, prep.f_rank, prep.df, eps)
         num = xp.tensordot(a_d, U, axes=([0], [1]))
         rss = xp.maximum(1 - xp.sum(U * U, axis=1), eps)
         return num / xp.sqrt(rss * (prep.cvar / prep.df))
 
+    # GPU: TFCE and cluster maxima on the device, only the maxima come back (voxelkit/stats/device_null.py)
+    dnull = None
+    if be.is_gpu and V and (cfg.tfce or cfg.cluster_t is not None):
+        from .device_null import DeviceNull, gpu_batch_size  # noqa: PLC0415
+
+        B = int(cfg.batch_size or gpu_batch_size(be, V, N, cfg.tfce, cfg.cluster_t is not None, dt.itemsize))
+        dnull = DeviceNull(be, mask_valid, cfg.connectivity, min(B, N), cfg.cluster_t,
+                           thr_score if cfg.cluster_t is not None else None, cfg.tfce, cfg.tfce_H, cfg.tfce_E,
+                           cfg.two_sided)
     vblocks = chunks(V, vblock)
     # the batch's t maps for TFCE, allocated once (a fresh B x V array per batch costs page faults)
-    tb_all = np.empty((min(B, N), V), np.float32) if cfg.tfce else None
+    tb_all = np.empty((min(B, N), V), np.float32) if cfg.tfce and dnull is None else None
     for sl in chunks(N, B):
         b = sl.stop - sl.start
         G = be.asarray(_perm_rows(prep, perms, sl), dtype=dt)
         tb = tb_all[:b] if tb_all is not None else None
+        # variance smoothing couples the voxels: the batch's pseudo-t over all voxels at once
+        t_vs = smoothed_t(xp, (G @ Ed).reshape(b, r, V), a_d, norm_d, prep.cvar, prep.df, vsm) \
+            if vsm is not None else None
 
-        def block(vs: slice, G=G, first=sl.start == 0, tb=tb):
+        def block(vs: slice, G=G, first=sl.start == 0, tb=tb, t_vs=t_vs):
             """One voxel block of one batch: row maxima, exceedance counts, supra-threshold voxels."""
-            sc = scores(G, vs)
+            sc = scores(G, vs) if t_vs is None else t_vs[:, vs]
             if first:
                 sc[0] = obs_score_d[vs]
             if count_kernel is not None and vs.start == 0 and vs.stop == V:
@@ -292,6 +345,8 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
                 st = xp.abs(sc) if cfg.two_sided else sc
                 m = st.max(axis=1)
                 count_d[vs] += xp.sum(st >= thr_d[vs], axis=0)   # disjoint slices: safe across threads
+            if dnull is not None:
+                return m, dnull.batch(sc, to_t)
             sup = None
             if cfg.cluster_t is not None:
                 # supra-threshold voxels of this block (sparse), signed t values
@@ -312,13 +367,18 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
             bmax = xp.maximum(bmax, m)
         sup = [p[1] for p in parts]
         h0_max[sl] = be.to_host(bmax)
-        if cfg.cluster_t is not None:
+        if dnull is not None:
+            if cfg.cluster_t is not None:
+                h0_ext[sl], h0_mass[sl] = sup[0]["extent"], sup[0]["mass"]
+            if cfg.tfce:
+                h0_tfce[sl] = sup[0]["tfce"]
+        if cfg.cluster_t is not None and dnull is None:
             rows = np.concatenate([x[0] for x in sup])
             vox = np.concatenate([x[1] for x in sup])
             tv = np.concatenate([x[2] for x in sup])
             h0_ext[sl], h0_mass[sl] = batch_cluster_max(rows, vox, tv, cfg.cluster_t, b, mask_valid,
                                                         cfg.connectivity)
-        if cfg.tfce:
+        if cfg.tfce and dnull is None:
             # max-only exact TFCE (radix sort + union-find in numba, rows split over the threads)
             h0_tfce[sl] = tfce_max(tb, nbr, cfg.tfce_H, cfg.tfce_E, cfg.two_sided, pool, n_threads)
         if progress is not None:
@@ -326,6 +386,8 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
 
     res = EngineResult(t=t_obs, count=be.to_host(count_d).astype(np.int64), h0_max_t=h0_max, dtype=dtname,
                        extra={"batch_size": B})
+    if vsm is not None:
+        res.extra["variance_smoothing_sigma_vox"] = [float(x) for x in vsm.sigmas]
     # the identity's null entries are the observed values computed in float64 (guarantees p >= 1/N)
     res.h0_max_t[0] = float(np.max(np.abs(t_obs) if cfg.two_sided else t_obs)) if V else 0.0
     if prep.fast:
@@ -346,3 +408,32 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
         h0_tfce[0] = float(np.abs(res.tfce).max(initial=0.0))
         res.h0_max_tfce = h0_tfce
     return res
+
+
+def _host_backend() -> Backend:
+    from ..backend import NUMPY  # noqa: PLC0415
+
+    return NUMPY
+
+
+def smoothed_t(xp: Any, U: Any, a: Any, norm: Any, cvar: float, df: int, smoother: Any) -> Any:
+    """Variance-smoothed (pseudo-)t, (b, V), of (b, r, V) projections ``U = Q' P E`` (unit-norm residuals).
+
+    In data units the contrast estimate is ``(a . U) norm`` and the variance ``(1 - |U|^2) norm^2 / df``
+    (``norm``: the residual norm of each voxel); the variance rows are smoothed within the mask
+    (``smoother.smooth``, :class:`.varsmooth.VarianceSmoother`) before ``t = estimate / sqrt(var * cvar)``.
+    All arrays are of the module ``xp``.  With a 0 mm smoother this is the plain t.
+    """
+    num = xp.tensordot(a, U, axes=([0], [1]))
+    rss = xp.maximum(1.0 - xp.sum(U * U, axis=1), 0.0)
+    var = smoother.smooth(rss * (norm * norm)[None, :]) * (cvar / df)
+    tiny = float(np.finfo(np.dtype(U.dtype)).tiny)
+    return num * norm[None, :] / xp.sqrt(xp.maximum(var, tiny))
+
+
+def f_from_U(xp: Any, U: Any, Fb: Any, s: int, df: int, eps: float) -> Any:
+    """F, (b, V), of (b, r, V) projections: ``|Fb U|^2 / s / (rss / df)`` with ``rss = 1 - |U|^2`` (F = t^2 for a
+    one-row contrast).  ``rss`` is floored at ``eps`` (a perfect fit gives a large finite F)."""
+    num = xp.sum((Fb[None] @ U) ** 2, axis=1)
+    rss = xp.maximum(1.0 - xp.sum(U * U, axis=1), max(eps, 1e-300))
+    return num / s / (rss / df)
