@@ -292,7 +292,7 @@ def test_options_in_sidecar_and_info() -> None:
     f = get_model("lpntpet2", device="cpu", k2prime="median", td_range=(44, 56), tp_range=(50, 80), td_step=3,
                   tp_step=5, alphas=(1, 2)).fit(ct, cr, fr)
     side = f.sidecar()
-    assert side["Options"]["alphas"] == [1.0, 2.0] and side["Options"]["td_range_min"] == (44.0, 56.0)
+    assert side["Options"]["alphas"] == [1.0, 2.0] and side["Options"]["td_range"] == [44.0, 56.0]
     assert side["Info"]["k2prime_source"].startswith("median")
     from voxelkit.models.mrtm import MRTM2
 

@@ -70,7 +70,7 @@ def fit_batch(root: Path, ref: str, model: str, regions: list[str] | None = None
             use = [r for r in regions if r in table.columns]
             if not use:
                 continue
-        result = fit_tacs(table, ref=ref, model=model, regions=use, device=device, **dict(options))
+        result = fit_tacs(table, reference=ref, model=model, regions=use, device=device, **dict(options))
         rel = str(path.relative_to(root))
         for r in result.rows():
             rows.append({"subject": sub, "session": ses, "file": rel, "frames": table.frames.n_frames, **r})
@@ -79,10 +79,9 @@ def fit_batch(root: Path, ref: str, model: str, regions: list[str] | None = None
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import InputError, write_tsv  # noqa: PLC0415
     from ..outputs import check_not_input  # noqa: PLC0415
     from . import CliError  # noqa: PLC0415
-    from .fit import _check_writable_dir, model_options  # noqa: PLC0415
+    from .fit import _check_writable_dir, model_options, write_tsv_atomic  # noqa: PLC0415
 
     opts = model_options(args, "fit-tacs")
     target = Path(args.output)
@@ -95,13 +94,6 @@ def run(args: argparse.Namespace) -> int:
     _check_writable_dir(target.parent)
     device = args.device or os.environ.get("VOXELKIT_DEVICE") or "cpu"  # small tables: the CPU unless asked
     rows = fit_batch(root, args.ref, args.model, args.regions, args.pattern, device=device, **opts)
-    text = write_tsv(rows, None)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"{target}: cannot write the output TSV ({exc.strerror or exc})") from None
+    write_tsv_atomic(rows, target)
     log.info("wrote %d rows to %s", len(rows), target)
     return 0

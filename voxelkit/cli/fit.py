@@ -30,10 +30,18 @@ def add_model_options(p: argparse.ArgumentParser, command: str = "fit") -> None:
 
 
 def model_options(args: argparse.Namespace, command: str = "fit") -> dict[str, Any]:
-    """The model options given on the command line, checked against ``--model``."""
+    """The model options given on the command line, checked against ``--model``.  ``--k2prime-mask`` (fit) and
+    ``--k2prime-region`` (fit-tacs) become the API's one ``k2prime`` (a region); both with ``--k2prime``: error."""
+    from ..io import InputError  # noqa: PLC0415
     from ..models.options import collect_model_options  # noqa: PLC0415
 
-    return collect_model_options(args, command, model=getattr(args, "model", None))
+    opts = collect_model_options(args, command, model=getattr(args, "model", None))
+    for flag, key in (("--k2prime-mask", "k2prime_mask"), ("--k2prime-region", "k2prime_region")):
+        if key in opts:
+            if opts.get("k2prime") is not None:
+                raise InputError(f"command line: give only one source of k2' (--k2prime or {flag})")
+            opts["k2prime"] = opts.pop(key)
+    return opts
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -53,6 +61,9 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                    help="replace what an earlier voxelkit command wrote in OUTDIR (never an input)")
     p.add_argument("--strict", action="store_true",
                    help="stop with exit 2 (nothing written) when most voxels fail (see fit.qc())")
+    from ..bigfit import add_chunked_arguments  # noqa: PLC0415
+
+    add_chunked_arguments(p)  # --chunked, --slab-voxels, --scheduler, --workers (images larger than memory)
     add_model_options(p, "fit")
     p.set_defaults(func=run_fit)
 
@@ -70,16 +81,10 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
 
 def _planned_outputs(model: str, outdir: Path, prefix: str) -> list[Path]:
-    """Files ``ModelFit.save`` writes for ``model``: a map and a JSON per parameter and for ``status``, and
-    ``fit.json``."""
-    import importlib  # noqa: PLC0415
+    """Files ``ModelFit.save`` writes for ``model`` (the names live in :mod:`voxelkit.io.derivatives`)."""
+    from ..io.derivatives import model_fit_outputs  # noqa: PLC0415
 
-    from ..models import MODELS  # noqa: PLC0415
-
-    mod_name, cls_name = MODELS[model.lower()].split(":")
-    names = [*getattr(importlib.import_module(mod_name), cls_name).param_names, "status"]
-    return ([outdir / f"{prefix}{k}.nii.gz" for k in names] + [outdir / f"{prefix}{k}.json" for k in names]
-            + [outdir / f"{prefix}fit.json"])
+    return [outdir / name for name in model_fit_outputs(model, prefix)]
 
 
 def _check_writable_dir(path: Path) -> None:
@@ -120,6 +125,20 @@ def check_output_folder(out: Path, overwrite: bool, planned: list[Path], inputs:
         check_not_input(q, inputs)
 
 
+def _k2prime_path(opts: dict[str, Any]) -> str | None:
+    """The k2' region mask file given as ``--k2prime IMG`` / ``--k2prime-mask IMG`` (None for a number/median)."""
+    from ..models.k2prime import is_median  # noqa: PLC0415
+
+    v = opts.get("k2prime")
+    if not isinstance(v, str) or is_median(v):
+        return None
+    try:
+        float(v)
+    except ValueError:
+        return v
+    return None
+
+
 def run_fit(args: argparse.Namespace) -> int:
     from ..api import fit  # noqa: PLC0415
     from ..frames import FrameTiming  # noqa: PLC0415
@@ -127,18 +146,25 @@ def run_fit(args: argparse.Namespace) -> int:
     from . import CliError  # noqa: PLC0415
 
     opts = model_options(args, "fit")
-    for what, path in (("PET image", args.pet), ("reference mask", args.ref_mask), ("brain mask", args.mask),
-                       ("frames JSON", args.frames_json), ("k2' mask", opts.get("k2prime_mask"))):
+    from ..bigfit import is_zarr, wants_chunked  # noqa: PLC0415
+
+    pet_file = None if is_zarr(args.pet) else args.pet  # a Zarr store is a folder
+    for what, path in (("PET image", pet_file), ("reference mask", args.ref_mask), ("brain mask", args.mask),
+                       ("frames JSON", args.frames_json), ("k2' mask", _k2prime_path(opts))):
         if path is not None:
             check_input_file(path, what)
     frames = FrameTiming.from_bids_json(args.frames_json) if args.frames_json else None
     out = Path(args.output)
-    inputs = [args.pet, args.frames_json or sidecar_path(args.pet), args.ref_mask, args.mask,
-              opts.get("k2prime_mask")]
+    inputs = [args.pet, args.frames_json or sidecar_path(args.pet), args.ref_mask, args.mask, _k2prime_path(opts)]
     inputs = [p for p in inputs if p is not None]
     check_output_folder(out, args.overwrite, _planned_outputs(args.model, out, args.prefix), inputs)
-    result = fit(args.pet, reference=args.ref_mask, model=args.model, mask=args.mask, frames=frames,
-                 device=args.device, **opts)
+    if wants_chunked(args):
+        from ..bigfit import fit_from_args  # noqa: PLC0415
+
+        result = fit_from_args(args, frames, opts)  # z-slabs of a memory-mapped NIfTI or a Zarr array
+    else:
+        result = fit(args.pet, reference=args.ref_mask, model=args.model, mask=args.mask, frames=frames,
+                     device=args.device, **opts)
     qc = result.qc()
     if qc["flagged"] and args.strict:
         raise CliError(f"{args.pet}: {qc['message']} (--strict: nothing written)")
@@ -153,7 +179,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 def run_fit_tacs(args: argparse.Namespace) -> int:
     from ..api import fit_tacs  # noqa: PLC0415
-    from ..io import InputError, check_input_file, write_tsv  # noqa: PLC0415
+    from ..io import check_input_file, write_tsv  # noqa: PLC0415
     from ..outputs import check_not_input  # noqa: PLC0415
     from . import CliError  # noqa: PLC0415
 
@@ -168,18 +194,24 @@ def run_fit_tacs(args: argparse.Namespace) -> int:
         if target.exists() and not args.overwrite:
             raise CliError(f"output exists: {args.output} (use --overwrite)")
         _check_writable_dir(target.parent)
-    result = fit_tacs(args.tacs, ref=args.ref, model=args.model, regions=args.regions, weights=weights,
+    result = fit_tacs(args.tacs, reference=args.ref, model=args.model, regions=args.regions, weights=weights,
                       device=args.device or os.environ.get("VOXELKIT_DEVICE") or "cpu", **opts)
     if args.output is None:
         sys.stdout.write(write_tsv(result.rows(), None))
         return 0
-    text = write_tsv(result.rows(), None)
+    write_tsv_atomic(result.rows(), target)
+    log.info("wrote %d regions to %s", result.n, args.output)
+    return 0
+
+
+def write_tsv_atomic(rows: list[dict[str, Any]], target: Path) -> None:
+    """Write ``rows`` as a TSV to ``target`` through a temporary file beside it (nothing half-written)."""
+    from ..io import InputError, write_tsv  # noqa: PLC0415
+
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_text(write_tsv(rows, None))
         tmp.replace(target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise InputError(f"{target}: cannot write the output TSV ({exc.strerror or exc})") from None
-    log.info("wrote %d regions to %s", result.n, args.output)
-    return 0

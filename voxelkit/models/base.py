@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..backend import Backend, chunks, get_backend
+from ..constants import C11_HALF_LIFE_MIN as _C11_HALF_LIFE_MIN
 from ..frames import INTEGRATION_SCHEMES, FrameTiming, integration_coefficients, integration_matrix
 from ..io import InputError, Masker, write_image, write_json
 from .status import Status
@@ -60,8 +61,18 @@ WEIGHT_SCHEMES = ("none", "duration", "sqrt_duration", "duration_activity", "dur
 #: ``frame_average`` (see :func:`model_integration`).
 MODEL_INTEGRATION_SCHEMES = (*INTEGRATION_SCHEMES, "frame_average")
 
-#: Half-life of carbon-11, minutes (the default for decay handling in activity-based weights).
-C11_HALF_LIFE_MIN = 20.364
+#: Half-life of carbon-11, minutes (the default for decay handling in activity-based weights); the one definition
+#: is :data:`voxelkit.constants.C11_HALF_LIFE_MIN`, which the simulator uses too.
+C11_HALF_LIFE_MIN = _C11_HALF_LIFE_MIN
+
+
+def option_units(options: dict[str, Any]) -> dict[str, str]:
+    """Units of the options in ``options`` (from :mod:`voxelkit.models.options`): minutes, 1/min, fraction."""
+    from .options import SPECS  # noqa: PLC0415
+
+    units = {"half_life_min": "min", "min_rise": "min"}
+    return {k: (SPECS[k].unit if k in SPECS else units[k]) for k in options
+            if (k in SPECS and SPECS[k].unit) or k in units}
 
 
 @dataclass
@@ -73,6 +84,16 @@ class Prepared:
     weights: np.ndarray  #: float64 (F,), zero for unused frames
     reference: np.ndarray  #: float64 (F,), reference TAC
     extra: dict[str, Any] = field(default_factory=dict)
+    #: per-scan constants already on a backend's device: (backend id, name) -> {key: device array}
+    device_cache: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def on_device(self, be: Backend, name: str, build: Any) -> dict[str, Any]:
+        """Per-scan constants on ``be``: ``build()`` (a dict of host arrays of the exact dtypes the kernels take)
+        uploaded **once per scan and backend**, not once per voxel chunk; later calls return the same arrays."""
+        key = (id(be), name)
+        if key not in self.device_cache:
+            self.device_cache[key] = {k: be.asarray(np.ascontiguousarray(v)) for k, v in build().items()}
+        return self.device_cache[key]
 
 
 @dataclass
@@ -80,8 +101,10 @@ class ModelFit:
     """Parameters of one model fitted to many TACs (voxels or regions).
 
     ``params`` maps parameter names (``bp_nd``, ``dvr``, ``r1``, ``k2``, ``k2prime``, ...) to float32 arrays of
-    shape (n,); ``status`` holds a :class:`~voxelkit.models.status.Status` code per TAC.  Attribute access works
-    for parameters: ``fit.bp_nd``.
+    shape (n,); ``status`` holds a :class:`~voxelkit.models.status.Status` code per TAC.  Every parameter is also
+    an attribute (``fit.bp_nd`` is ``fit.params["bp_nd"]``) and is listed by ``dir(fit)``; a name that is not a
+    parameter raises :class:`AttributeError` naming the parameters (and the closest one).  ``fit.map(name)`` is
+    the parameter (or ``"status"``) as a 3-D image in the PET's space (fits from images).
     """
 
     model: str
@@ -102,8 +125,27 @@ class ModelFit:
         params = self.__dict__.get("params", {})
         if name in params:
             return params[name]
+        import difflib  # noqa: PLC0415
+
+        close = difflib.get_close_matches(name, list(params), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise AttributeError(f"{type(self).__name__} of model {self.__dict__.get('model')!r} has no "
-                             f"attribute {name!r} (parameters: {', '.join(params)})")
+                             f"attribute {name!r} (parameters: {', '.join(params)}{hint})")
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *self.__dict__.get("params", {})})
+
+    def map(self, name: str) -> Any:
+        """Parameter ``name`` (or ``"status"``) as a 3-D nibabel image in the PET's space (voxels outside the
+        brain mask: NaN; status outside: 255).  Needs a fit from images (it has a masker)."""
+        if self.masker is None:
+            raise ValueError("this fit has no masker (it was not fitted from images): use fit.params[name]")
+        if name == "status":
+            return self.masker.to_image(self.status, fill=255, dtype=np.uint8)
+        if name not in self.params:
+            raise KeyError(f"no parameter {name!r} in this {self.model} fit (parameters: {', '.join(self.params)}, "
+                           "status)")
+        return self.masker.to_image(self.params[name])
 
     @property
     def n(self) -> int:
@@ -123,15 +165,17 @@ class ModelFit:
         group analysis unchecked), ``main_cause`` (the commonest failure status, or None), ``likely_cause`` and
         a one-line ``message``."""
         n = self.n
-        n_failed = self.n_failed
+        usable = np.isin(self.status, (int(Status.OK), *self.kept_statuses))
+        n_failed = int((~usable).sum())
         share = n_failed / n if n else 1.0
-        failed = self.status[self.status != Status.OK]
+        failed = self.status[~usable]
         main = None
         if failed.size:
             codes, counts = np.unique(failed, return_counts=True)
             main = int(codes[int(np.argmax(counts))])
         flagged = bool(share > max_failed_share)
-        cause = LIKELY_CAUSE.get(main, "") if main is not None else ""
+        causes = {**LIKELY_CAUSE, **getattr(self.model_obj, "likely_causes", {})}
+        cause = causes.get(main, "") if main is not None else ""
         main_name = Status(main).name.lower() if main is not None else None
         if flagged:
             msg = (f"{self.model}: {n_failed} of {n} {self._what()} failed ({100 * share:.1f} %, mostly "
@@ -141,6 +185,11 @@ class ModelFit:
         return {"n": n, "n_ok": n - n_failed, "n_failed": n_failed, "share": share, "flagged": flagged,
                 "max_failed_share": max_failed_share, "main_cause": main_name, "likely_cause": cause or None,
                 "status_counts": self.status_counts(), "message": msg}
+
+    @property
+    def kept_statuses(self) -> tuple[int, ...]:
+        """Statuses besides ``ok`` whose values are usable (from the model class; e.g. lp-ntPET ``grid_edge``)."""
+        return tuple(getattr(self.model_obj, "kept_statuses", ()))
 
     def _what(self) -> str:
         return "voxels" if self.masker is not None else "TACs"
@@ -171,7 +220,7 @@ class ModelFit:
             "InjectionOffset": float(self.frames.injection_offset_s),
             "FramesUsed": np.flatnonzero(self.used_frames).tolist(),
             "Units": {"time": "min", "rate constants": "1/min", "FrameTimesStart": "s", "FrameDuration": "s",
-                      "InjectionOffset": "s"},
+                      "InjectionOffset": "s", **option_units(self.options)},
             "Backend": self.backend,
             "FitSeconds": round(self.seconds, 4),
             "Software": {"voxelkit": __version__, "numpy": np.__version__},
@@ -182,15 +231,13 @@ class ModelFit:
         """Parameter and status maps as NIfTI images (needs a masker: fits from images have one)."""
         if self.masker is None:
             raise ValueError("this fit has no masker (it was not fitted from images)")
-        imgs = {k: self.masker.to_image(v) for k, v in self.params.items()}
-        imgs["status"] = self.masker.to_image(self.status, fill=255, dtype=np.uint8)
-        return imgs
+        return {k: self.map(k) for k in [*self.params, "status"]}
 
     def planned_outputs(self, prefix: str = "") -> list[str]:
         """File names :meth:`save` writes: a map and a JSON per parameter and for ``status``, and ``fit.json``."""
-        names = [*self.params, "status"]
-        return ([f"{prefix}{k}.nii.gz" for k in names] + [f"{prefix}{k}.json" for k in names]
-                + [f"{prefix}fit.json"])
+        from ..io.derivatives import fit_outputs  # noqa: PLC0415 - the names live in voxelkit.io.derivatives
+
+        return fit_outputs(self.params, prefix)
 
     def save(self, outdir: str | Path, prefix: str = "", overwrite: bool = False,
              inputs: Iterable[str | Path | None] = ()) -> list[Path]:
@@ -200,7 +247,13 @@ class ModelFit:
         A non-empty ``outdir`` is refused unless ``overwrite``; with it, exactly the files an earlier voxelkit
         command recorded in the manifest are removed first (so no stale map of another model stays), never one
         of ``inputs`` (the files the fit read), and an output whose path is an input is refused."""
-        from ..outputs import OutputFolder  # noqa: PLC0415
+        from ..io.derivatives import (  # noqa: PLC0415
+            OutputFolder,
+            fit_map_name,
+            fit_map_sidecar_name,
+            fit_sidecar_name,
+            map_sidecar,
+        )
 
         imgs = self.to_images()
         folder = OutputFolder(outdir, "fit", overwrite=overwrite, inputs=inputs)
@@ -209,9 +262,9 @@ class ModelFit:
         written = []
         try:
             for k, img in imgs.items():
-                written.append(write_image(img, folder.file(f"{prefix}{k}.nii.gz")))
-                written.append(write_json({**meta, "Description": k}, folder.file(f"{prefix}{k}.json")))
-            written.append(write_json(meta, folder.file(f"{prefix}fit.json")))
+                written.append(write_image(img, folder.file(fit_map_name(k, prefix))))
+                written.append(write_json(map_sidecar(meta, k), folder.file(fit_map_sidecar_name(k, prefix))))
+            written.append(write_json(meta, folder.file(fit_sidecar_name(prefix))))
         except OSError as exc:
             raise InputError(f"{outdir}: cannot write the outputs ({exc.strerror or exc})") from None
         finally:
@@ -357,30 +410,6 @@ def parse_k2prime(value: Any, *, allow_median: bool = False) -> float | str | No
     return float(value)
 
 
-def median_k2prime(fit: ModelFit, tacs: np.ndarray, weights: np.ndarray, bp_quantile: float, source: str,
-                   names: list[str] | None, no_fit: str) -> tuple[float, dict[str, Any]]:
-    """Median k2' (1/min) over the TACs that ``fit`` fitted well with high BPND: status ok with a positive k2',
-    BPND at or above the ``bp_quantile`` of those, and relative residual wrss / sum(w Ct^2) (``weights`` (F,)
-    over the fitted frames) at or below the candidates' median.  ``no_fit`` is the error when no TAC is ok."""
-    ok = (fit.status == Status.OK) & np.isfinite(fit.k2prime) & (fit.k2prime > 0)
-    if not ok.any():
-        raise InputError(no_fit)
-    bp = fit.bp_nd.astype(float)
-    cut = float(np.quantile(bp[ok], bp_quantile))
-    cand = ok & (bp >= cut)
-    idx = np.flatnonzero(cand)  # residuals of the candidates only (memory)
-    c = np.asarray(tacs[idx], dtype=float)[:, fit.used_frames]
-    ssq = (c * c) @ weights[fit.used_frames]
-    rel = np.where(ssq > 0, fit.wrss[idx].astype(float) / np.where(ssq > 0, ssq, 1.0), np.inf)
-    cand[idx[rel > np.median(rel)]] = False
-    info: dict[str, Any] = {"k2prime_source": source, "k2prime_bp_quantile": bp_quantile,
-                            "k2prime_bp_threshold": cut, "k2prime_n_used": int(cand.sum()),
-                            "k2prime_n_ok": int(ok.sum())}
-    if names is not None:
-        info["k2prime_regions"] = [names[i] for i in np.flatnonzero(cand)]
-    return float(np.median(fit.k2prime[cand].astype(float))), info
-
-
 def running_integrals(xp: Any, ct: Any, coefs: tuple[np.ndarray, ...]) -> Iterator[tuple[int, Any]]:
     """Yield ``(j, I_j)`` for every frame of a block ``ct`` (frames x voxels, float64): ``I_j`` (voxels,) is each
     voxel's running integral at frame j (minutes x activity), by the recurrence of :func:`model_integration`
@@ -453,6 +482,10 @@ class ReferenceModel:
 
     name: ClassVar[str] = "base"
     param_names: ClassVar[tuple[str, ...]] = ()
+    #: Statuses besides ``ok`` whose values are kept and usable (not failures), e.g. lp-ntPET's ``grid_edge``.
+    kept_statuses: ClassVar[tuple[int, ...]] = ()
+    #: Model-specific likely causes of a status (override :data:`LIKELY_CAUSE` in the QC message).
+    likely_causes: ClassVar[dict[int, str]] = {}
     n_regressors: ClassVar[int] = 1
 
     def __init__(self, *, window: tuple[float | None, float | None] | None = None,
@@ -476,11 +509,23 @@ class ReferenceModel:
 
     # -- configuration -------------------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
-        w = self.weights if isinstance(self.weights, str) or self.weights is None else "user array"
-        out = {"window_min": list(self.window) if self.window else None, "weights": w,
-               "integration": self.integration}
-        if isinstance(self.weights, str) and ("uncorrected" in self.weights or self.weights == "counts"):
-            out["half_life_min"] = self.half_life_min
+        """The model's configuration as **constructor keywords** (JSON values; units in :func:`option_units`), so
+        that ``get_model(name, **fit.sidecar()["Options"])`` rebuilds an equal model.  Execution settings
+        (``device``, ``chunk_voxels``) are left out."""
+        w = self.weights if isinstance(self.weights, str) or self.weights is None else \
+            [float(x) for x in np.asarray(self.weights, dtype=float).reshape(-1)]
+        return {"window": list(self.window) if self.window else None, "weights": w,
+                "integration": self.integration, "half_life_min": self.half_life_min}
+
+    def fit_options(self, prep: Prepared) -> dict[str, Any]:
+        """:meth:`options` as the sidecar records them after a fit: a k2' that came from a high-binding region
+        (``k2prime`` None in :meth:`options`) becomes the value used (1/min; its source is in ``Info``), so the
+        sidecar rebuilds a model that reproduces the fit."""
+        out = self.options()
+        used = prep.extra.get("k2prime_used", prep.extra.get("k2prime"))
+        if "k2prime" in out and out["k2prime"] is None and used is not None:
+            out["k2prime"] = float(used)
+            out.pop("k2prime_window", None)
         return out
 
     #: Inner models (the k2' pass of MRTM2/SRTM2) set this: no window log, no QC warning.
@@ -539,7 +584,7 @@ class ReferenceModel:
             for k in self.param_names:
                 params[k][sl] = be.to_host(p[k])
             status[sl] = be.to_host(st)
-        fit = ModelFit(self.name, params, status, frames, prep.used, self.options(), be.name,
+        fit = ModelFit(self.name, params, status, frames, prep.used, self.fit_options(prep), be.name,
                        masker=masker, names=names, info=self._info(prep),
                        model_obj=self, inputs=(tacs, reference) if keep_inputs else None)
         fit.seconds = time.perf_counter() - t0

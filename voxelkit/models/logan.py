@@ -67,8 +67,7 @@ class Logan(ReferenceModel):
         self.end = end
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "tstar_min": self.tstar, "k2prime_per_min": self.k2prime,
-                "end_min": self.end}
+        return {**super().options(), "tstar": self.tstar, "k2prime": self.k2prime, "end": self.end}
 
     def used_frames(self, frames: FrameTiming) -> np.ndarray:
         used = super().used_frames(frames)
@@ -95,12 +94,14 @@ class Logan(ReferenceModel):
     def _fit_chunk_kernel(self, be: Backend, tacs: Any, prep: Prepared) -> tuple[dict[str, Any], Any]:
         xp = be.xp
         n, f = tacs.shape
-        ca, cb = self.integration_coefficients(prep.frames)
-        ca, cb = be.asarray(ca, dtype=np.float64), be.asarray(cb, dtype=np.float64)
-        cm, c0, cp = (be.asarray(v, dtype=np.float64) for v in self.integration_local(prep.frames))
-        ref_term = be.asarray(prep.extra["ref_term"], dtype=np.float64)
-        w = be.asarray(prep.weights, dtype=np.float64)
-        used = be.asarray(prep.used.astype(np.uint8))
+        def build() -> dict[str, np.ndarray]:
+            a, b, cm_, c0_, cp_ = (np.asarray(v, dtype=np.float64) for v in prep.extra["coefs"])
+            return {"ca": a, "cb": b, "cm": cm_, "c0": c0_, "cp": cp_,
+                    "ref_term": np.asarray(prep.extra["ref_term"], dtype=np.float64),
+                    "w": np.asarray(prep.weights, dtype=np.float64), "used": prep.used.astype(np.uint8)}
+
+        c = prep.on_device(be, "logan", build)  # once per scan and backend, not per chunk
+        ca, cb, cm, c0, cp, ref_term, w, used = (c[k] for k in ("ca", "cb", "cm", "c0", "cp", "ref_term", "w", "used"))
         out = {k: xp.empty(n, dtype=np.float32) for k in self.param_names}
         status = xp.empty(n, dtype=np.uint8)
         kern = be.kernel("logan", "logan_fit")
@@ -108,29 +109,6 @@ class Logan(ReferenceModel):
                             np.int32(prep.extra["n_needed"]), out["bp_nd"], out["dvr"], out["intercept"], out["wrss"],
                             status))
         return out, status
-
-
-def weighted_line(xp: Any, x: Any, y: Any, w: Any, with_rss: bool = False) -> tuple[Any, ...]:
-    """Per-row weighted least-squares line ``y = slope * x + intercept``.
-
-    ``x``, ``y`` (n, m); ``w`` (m,) or (n, m).  Returns slope, intercept and the flag ``ok`` (determinant not
-    negligible), plus the weighted residual sum of squares if ``with_rss``."""
-    sw = xp.sum(w * xp.ones_like(x), axis=1)
-    sx = xp.sum(w * x, axis=1)
-    sy = xp.sum(w * y, axis=1)
-    sxx = xp.sum(w * x * x, axis=1)
-    sxy = xp.sum(w * x * y, axis=1)
-    det = sw * sxx - sx * sx
-    scale = sw * sxx
-    ok = xp.abs(det) > 1e-12 * xp.where(scale > 0, scale, 1.0)
-    safe = xp.where(ok, det, 1.0)
-    slope = (sw * sxy - sx * sy) / safe
-    intercept = (sxx * sy - sx * sxy) / safe
-    if not with_rss:
-        return slope, intercept, ok
-    syy = xp.sum(w * y * y, axis=1)
-    rss = xp.maximum(syy - slope * sxy - intercept * sy, 0.0)
-    return slope, intercept, ok, rss
 
 
 #: Voxels per block of the array-module path (a frames x voxels float64 block plus ~12 voxel vectors).

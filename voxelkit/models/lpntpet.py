@@ -87,9 +87,9 @@ import numpy as np
 from ..backend import Backend, chunks
 from ..frames import FrameTiming
 from ..io import InputError
+from ..threads import blas_single_thread
 from .base import ModelFit, Prepared, ReferenceModel, needed_frames
 from .mrtm import MRTM2
-from .srtm import _blas_single_thread
 from .status import Status
 
 log = logging.getLogger("voxelkit")
@@ -205,6 +205,10 @@ class LpntPET(ReferenceModel):
 
     name = "lpntpet"
     param_names = PARAM_NAMES
+    #: grid_edge keeps its values (the release term passed F with the chosen basis function on the grid's edge)
+    kept_statuses = (int(Status.GRID_EDGE),)
+    likely_causes = {int(Status.GRID_EDGE): "release onset/peak at the edge of the grid: widen --td-range / "
+                                            "--tp-range (values are kept)"}
     #: linear coefficients + the three basis parameters (t_D, t_P, alpha)
     n_regressors = 7
     n_shared = 2
@@ -252,11 +256,12 @@ class LpntPET(ReferenceModel):
 
     # -- configuration -------------------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "challenge_window_min": self.challenge_window,
-                "td_range_min": self.td_range, "tp_range_min": self.tp_range, "td_step_min": self.td_step,
-                "tp_step_min": self.tp_step, "alphas": list(self.alphas), "min_rise_min": self.min_rise,
-                "p_eff": self.p_eff if self.p_eff is not None else "calibrated", "f_alpha": self.f_alpha,
-                "nonnegative": self.nonnegative, "refine": self.refine}
+        lst = lambda v: None if v is None else [float(x) for x in v]  # noqa: E731
+        return {**super().options(), "challenge_window": lst(self.challenge_window),
+                "td_range": lst(self.td_range), "tp_range": lst(self.tp_range), "td_step": self.td_step,
+                "tp_step": self.tp_step, "alphas": list(self.alphas), "min_rise": self.min_rise,
+                "p_eff": self.p_eff, "f_alpha": self.f_alpha, "nonnegative": self.nonnegative,
+                "refine": self.refine}
 
     def grid_axes(self, frames: FrameTiming, used: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray,
                                                                                       np.ndarray]:
@@ -483,7 +488,7 @@ class LpntPET(ReferenceModel):
     def fit(self, tacs: np.ndarray, reference: np.ndarray, frames: FrameTiming, **kwargs: Any) -> ModelFit:
         """As :meth:`ReferenceModel.fit` (TACs n x F, reference F, frame timing), host BLAS on one thread; logs
         voxels, seconds and how many pass the F threshold."""
-        with _blas_single_thread():
+        with blas_single_thread():
             fit = super().fit(tacs, reference, frames, **kwargs)
         ok = (fit.status == Status.OK) | (fit.status == Status.GRID_EDGE)
         thr = fit.info.get("f_threshold", np.inf)

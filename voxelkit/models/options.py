@@ -80,6 +80,14 @@ def _k2prime(v: Any) -> float | str:
         raise _Bad(f"expected a rate in 1/min or 'median', got {v!r}") from None
 
 
+def _is_rate_or_median(v: str) -> bool:
+    try:
+        _k2prime(v)
+    except _Bad:
+        return False
+    return True
+
+
 def _pair(conv: Callable[[Any], float], ordered: bool = True) -> Callable[[Any], list[float]]:
     def parse(v: Any) -> list[float]:
         if isinstance(v, str) or not isinstance(v, Iterable):
@@ -196,8 +204,9 @@ MODEL_OPTION_SPECS: tuple[OptionSpec, ...] = (
                "Logan: frames starting at or after t* enter the regression (required for logan)",
                models=("logan",), metavar="MIN"),
     OptionSpec("k2prime", "--k2prime", _k2prime, "1/min",
-               "reference-region efflux rate k2'; mrtm2/srtm2 also 'median' (median k2' of an MRTM/SRTM fit over "
-               "well-fitted high-BPND voxels/regions, from all frames or --k2prime-window)",
+               "reference-region efflux rate k2'; mrtm2/srtm2/lpntpet2 also 'median' (median MRTM/SRTM k2' over the "
+               "voxels/regions of highest tissue/reference ratio, from all frames or --k2prime-window) or (fit, "
+               "fit-tacs) a high-binding region: mask image / column name, k2' from a fit of its mean TAC",
                models=("logan", "lpntpet2", "mrtm2", "srtm", "srtm2"), metavar="K"),
     OptionSpec("k2prime_window", "--k2prime-window", _pair(_nonneg), "min",
                "mrtm2/srtm2: frames whose mid-time lies in [START, END) estimate k2' (default: all frames, also "
@@ -228,10 +237,11 @@ MODEL_OPTION_SPECS: tuple[OptionSpec, ...] = (
                "fractional (0-1) masks (reference, brain, k2' region): voxels >= this are inside (default 0.5); "
                "integer/binary masks: every non-zero voxel", commands=("fit", "run"), metavar="T"),
     OptionSpec("k2prime_mask", "--k2prime-mask", _text, "",
-               "mrtm2/srtm2: mask image of a high-binding region; k2' from a fit of its mean TAC",
+               "mrtm2/srtm2: mask image of a high-binding region; k2' from a fit of its mean TAC (fit: the same as "
+               "--k2prime IMG)",
                models=("lpntpet2", "mrtm2", "srtm2"), commands=("fit", "run"), metavar="IMG"),
     OptionSpec("k2prime_region", "--k2prime-region", _text, "",
-               "mrtm2/srtm2: column of a high-binding region; k2' from its fit",
+               "mrtm2/srtm2: column of a high-binding region; k2' from its fit (the same as --k2prime COLUMN)",
                models=("lpntpet2", "mrtm2", "srtm2"),
                commands=("fit-tacs",), metavar="COLUMN"),
     *LPNTPET_OPTION_SPECS,
@@ -300,6 +310,10 @@ def validate_model_options(options: dict[str, Any] | None, model: str | None, so
             raise InputError(f"{source}: option {spec.name!r} ({spec.flag}) only applies to models "
                              f"{', '.join(spec.models)}, not {model.lower()!r}")
         if value is None:
+            continue
+        if spec.name == "k2prime" and command in ("fit", "fit-tacs") and isinstance(value, str) \
+                and not _is_rate_or_median(value):
+            out[spec.name] = value  # a high-binding region: mask image (fit) or column (fit-tacs), checked later
             continue
         val = spec.check(value, source)
         if spec.name == "k2prime" and val == "median" and model is not None and model.lower() == "logan":

@@ -17,8 +17,13 @@ TACs::
     Ct(t) = R1 [Cr(t) + (k2' - k2a) Cr (x) exp(-k2a t)](t),   k2 = R1 k2',   BPND = R1 k2' / k2a - 1
 
 so each basis function (one per k2a) is a one-parameter fit.  k2' is given, estimated by SRTM on the mean
-TAC of a high-binding region (``k2prime_mask``), or estimated from a first SRTM pass over all TACs (median
-k2' = k2/R1 of well-fitted TACs with the highest BPND).  ``fit.info["k2prime_source"]`` says which.
+TAC of a high-binding region (``k2prime_tac`` / ``k2prime_mask``), or estimated from a first SRTM pass over all
+TACs (``"median"``: median k2' = k2/R1 over the TACs of highest tissue/reference ratio, see
+:mod:`voxelkit.models.k2prime`).  ``fit.info["k2prime_source"]`` and ``k2prime_method`` say which.
+
+Layout: this module holds the models; :mod:`voxelkit.models.srtm_basis` the basis functions and the grid,
+:mod:`voxelkit.models.srtm_select` the choice of the best basis function and its refinement (both re-exported
+here).
 
 Conventions and assumptions (times in **minutes**, rates in **1/min**):
 
@@ -59,148 +64,41 @@ Conventions and assumptions (times in **minutes**, rates in **1/min**):
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 from typing import Any
 
 import numpy as np
 
-from ..backend import Backend, chunks
+from ..backend import Backend
 from ..frames import FrameTiming
 from ..io import InputError
-from .base import ModelFit, Prepared, ReferenceModel, check_window, median_k2prime, parse_k2prime
-from .status import Status
+from ..threads import blas_single_thread
+from .base import ModelFit, Prepared, ReferenceModel, check_window, parse_k2prime
+from .k2prime import estimate_k2prime, mean_tac, record_k2prime, region_k2prime
+from .srtm_basis import (  # noqa: F401 - re-exported: the basis and grid live in srtm_basis
+    DEFAULT_BP_MAX,
+    DEFAULT_K2_LOW,
+    DEFAULT_N_BASIS,
+    INPUT_MODELS,
+    basis_functions,
+    conv_exp_knots,
+    reference_knots,
+    theta_grid,
+)
+from .srtm_select import (  # noqa: F401 - re-exported: the selection and refinement live in srtm_select
+    BLOCK_VOXELS,
+    M5,
+    NEWTON_STEPS,
+    best_basis,
+    srtm2_select_xp,
+    srtm_select_xp,
+)
 
 log = logging.getLogger("voxelkit")
 
-#: default highest BPND the default grid must reach
-DEFAULT_BP_MAX = 5.0
-#: default number of basis functions
-DEFAULT_N_BASIS = 150
-#: k2 (1/min) assumed as the lowest plausible value when no k2' is given
-DEFAULT_K2_LOW = 0.03
-#: how the reference curve between frame mid-times is modelled (see :func:`reference_knots`)
-INPUT_MODELS = ("frame_mean", "mid_linear")
 #: default chunk of voxels sent to the backend (the NumPy path then works in blocks of BLOCK_VOXELS for the
 #: products, so only (chunk x 5) and (chunk x frames) float64 temporaries exist per chunk)
 DEFAULT_CHUNK = 16384
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller() -> Any:
-    try:
-        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
-    except ImportError:  # pragma: no cover
-        return None
-    return ThreadpoolController()
-
-
-def _blas_single_thread() -> contextlib.AbstractContextManager:
-    """Limit host BLAS to one thread during a fit: the products here are skinny (chunk x frames x basis) and a
-    multi-threaded OpenBLAS on them was 5-20x slower on a loaded 2-core machine (measured 0.1-0.4 vs 2-3
-    million voxels/s).  threadpoolctl comes with nilearn/scikit-learn; without it, nothing changes."""
-    ctl = _blas_controller()
-    if ctl is None:  # pragma: no cover
-        return contextlib.nullcontext()
-    return ctl.limit(limits=1, user_api="blas")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# basis functions
-# ------------------------------------------------------------------------------------------------------------
-def reference_knots(reference: np.ndarray, frames: FrameTiming,
-                    input_model: str = "frame_mean") -> tuple[np.ndarray, np.ndarray]:
-    """Knot times (min) and values of the piecewise-linear reference curve used for the convolution.
-
-    The curve is linear between (0, 0) at injection and knots at the frame mid-times, and constant after the
-    last mid-time.  ``input_model="frame_mean"`` (default) chooses the knot values so that the curve's mean
-    over every frame equals the measured frame value (a small, diagonally dominant linear system: exact
-    frame means, less peak flattening than interpolating the frame values); ``"mid_linear"`` puts the
-    measured frame values at the mid-times (kinfitr's convention).  The returned knots also include every
-    frame start and end, so frame integrals of the curve are exact."""
-    ref = np.asarray(reference, float).reshape(-1)
-    mids = frames.mid_min
-    xk = np.concatenate([[0.0], mids])
-    t = np.unique(np.concatenate([xk, frames.start_min, frames.end_min]))
-    t = t[t >= 0.0]
-    if input_model == "mid_linear":
-        return t, np.interp(t, xk, np.concatenate([[0.0], ref]))
-    if input_model != "frame_mean":
-        raise InputError(f"unknown input_model {input_model!r}: choose frame_mean or mid_linear")
-    hats = np.empty((t.size, mids.size))  # value at t of the hat function of mid-time knot k
-    for k in range(mids.size):
-        unit = np.zeros(mids.size + 1)
-        unit[k + 1] = 1.0
-        hats[:, k] = np.interp(t, xk, unit)
-    cum = np.concatenate([np.zeros((1, mids.size)),
-                          np.cumsum(0.5 * (hats[1:] + hats[:-1]) * np.diff(t)[:, None], axis=0)])
-    i0 = np.searchsorted(t, frames.start_min)
-    i1 = np.searchsorted(t, frames.end_min)
-    a = (cum[i1] - cum[i0]) / frames.duration_min[:, None]  # frame means of the hats (F x F)
-    try:
-        v = np.linalg.solve(a, ref)
-    except np.linalg.LinAlgError:
-        v = np.linalg.lstsq(a, ref, rcond=None)[0]
-    return t, hats @ v
-
-
-def conv_exp_knots(t: np.ndarray, c: np.ndarray, thetas: np.ndarray) -> np.ndarray:
-    """Exact ``y(t_k) = int_0^t_k c(s) exp(-theta (t_k - s)) ds`` for a piecewise-linear ``c`` (knots ``t``,
-    minutes) and every rate ``thetas`` (1/min, > 0).  Returns (K, n) in activity x min."""
-    thetas = np.asarray(thetas, dtype=float).reshape(-1)
-    y = np.zeros((t.size, thetas.size))
-    cur = np.zeros(thetas.size)
-    for k in range(1, t.size):
-        h = t[k] - t[k - 1]
-        if h <= 0:
-            y[k] = cur
-            continue
-        slope = (c[k] - c[k - 1]) / h
-        x = thetas * h
-        em1 = np.expm1(-x)  # exp(-x) - 1
-        e1 = -em1 / thetas  # int_0^h exp(-theta (h - u)) du
-        # int_0^h u exp(-theta (h - u)) du = (x - (1 - exp(-x))) / theta^2, series for small x
-        small = x < 1e-3
-        xs = np.where(small, x, 0.0)
-        e2 = np.where(small, h * h * (0.5 - xs / 6.0 + xs * xs / 24.0), (x + em1) / (thetas * thetas))
-        cur = cur * (em1 + 1.0) + c[k - 1] * e1 + slope * e2
-        y[k] = cur
-    return y
-
-
-def basis_functions(reference: np.ndarray, frames: FrameTiming, thetas: np.ndarray,
-                    input_model: str = "frame_mean") -> np.ndarray:
-    """Frame averages of ``Cr (x) exp(-theta t)`` (activity x min), shape (F, n), for rates ``thetas`` (1/min).
-
-    Exact for the piecewise-linear reference of :func:`reference_knots`: with ``y' = Cr - theta y``, the
-    frame integral is ``int y = (int Cr - [y(end) - y(start)]) / theta``."""
-    thetas = np.asarray(thetas, dtype=float).reshape(-1)
-    if thetas.size and not (np.all(np.isfinite(thetas)) and np.all(thetas > 0)):
-        raise ValueError("basis-function rates must be finite and positive (1/min)")
-    t, c = reference_knots(reference, frames, input_model)
-    y = conv_exp_knots(t, c, thetas)
-    cum = np.concatenate([[0.0], np.cumsum(0.5 * (c[1:] + c[:-1]) * np.diff(t))])  # exact for linear c
-    i0 = np.searchsorted(t, frames.start_min)
-    i1 = np.searchsorted(t, frames.end_min)
-    # knots are unique floats; frame bounds are knots exactly
-    icr = (cum[i1] - cum[i0])[:, None]
-    dy = y[i1] - y[i0]
-    return (icr - dy) / (thetas[None, :] * frames.duration_min[:, None])
-
-
-def theta_grid(theta3_range: tuple[float, float] | None = None, n_basis: int = DEFAULT_N_BASIS,
-               bp_max: float = DEFAULT_BP_MAX, k2prime: float | None = None) -> np.ndarray:
-    """Log-spaced theta3 (= k2a) grid, 1/min.
-
-    Default range: ``[k2_low / (1 + bp_max), max(1, 4 k2')]`` with ``k2_low = 0.5 k2'`` (k2' given) or
-    0.03/min; i.e. [0.005, 1.0]/min for the defaults."""
-    if theta3_range is None:
-        k2_low = 0.5 * k2prime if k2prime is not None else DEFAULT_K2_LOW
-        hi = max(1.0, 4.0 * k2prime) if k2prime is not None else 1.0
-        theta3_range = (k2_low / (1.0 + bp_max), hi)
-    lo, hi = (float(v) for v in theta3_range)
-    return np.geomspace(lo, hi, int(n_basis))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -242,7 +140,7 @@ class _BasisModel(ReferenceModel):
 
     def fit(self, tacs: np.ndarray, reference: np.ndarray, frames: FrameTiming, **kwargs: Any) -> ModelFit:
         """As :meth:`ReferenceModel.fit` (TACs n x F, reference F, frame timing), host BLAS on one thread."""
-        with _blas_single_thread():
+        with blas_single_thread():
             return super().fit(tacs, reference, frames, **kwargs)
 
     def grid(self, k2prime: float | None = None) -> np.ndarray:
@@ -251,9 +149,9 @@ class _BasisModel(ReferenceModel):
                           self.k2prime if k2prime is None else k2prime)
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "theta3_range_per_min": list(self.theta3_range) if self.theta3_range else "auto",
+        return {**super().options(), "theta3_range": list(self.theta3_range) if self.theta3_range else None,
                 "n_basis": self.n_basis, "bp_max": self.bp_max, "refine": self.refine,
-                "input_model": self.input_model, "k2prime_per_min": self.k2prime}
+                "input_model": self.input_model, "k2prime": self.k2prime}
 
     def _common(self, reference: np.ndarray, frames: FrameTiming, thetas: np.ndarray) -> Prepared:
         prep = ReferenceModel._prepare(self, reference, frames)
@@ -278,14 +176,29 @@ class _BasisModel(ReferenceModel):
                 "log_step": prep.extra["log_step"]}
 
     @staticmethod
-    def _fitted_frames(be: Backend, tacs: Any, prep: Prepared) -> Any:
+    def _constants(be: Backend, prep: Prepared) -> dict[str, Any]:
+        """The per-scan arrays the device path reads, uploaded once per scan and backend (see
+        :meth:`Prepared.on_device`); ``xnorm`` and ``alpha``/``beta`` only where the model has them."""
+        ex = prep.extra
+
+        def build() -> dict[str, np.ndarray]:
+            out = {"z32": ex["z32"], "m5": np.asarray(M5, dtype=np.float64), "used_idx": ex["used_idx"]}
+            for k in ("wu", "zt", "thetas", "alpha", "beta", "xnorm"):
+                if k in ex:
+                    out[k] = np.asarray(ex[k], dtype=np.float64)
+            return out
+
+        return prep.on_device(be, "srtm", build)
+
+    @classmethod
+    def _fitted_frames(cls, be: Backend, tacs: Any, prep: Prepared) -> Any:
         """The chunk's fitted frames (a contiguous window is a slice, otherwise an index array on the device)."""
         if prep.extra["all_used"]:
             return tacs
         idx = prep.extra["used_idx"]
         if idx[-1] - idx[0] + 1 == idx.size:
             return be.xp.ascontiguousarray(tacs[:, int(idx[0]):int(idx[-1]) + 1])
-        return tacs[:, be.asarray(idx)]
+        return tacs[:, cls._constants(be, prep)["used_idx"]]
 
 
 class SRTM(_BasisModel):
@@ -334,7 +247,7 @@ class SRTM(_BasisModel):
         ex = prep.extra
         y = self._fitted_frames(be, tacs, prep)
         if be.is_gpu:
-            p = y @ be.asarray(ex["z32"])  # (V, n+1) float32: c0, q_1..q_n
+            p = y @ self._constants(be, prep)["z32"]  # (V, n+1) float32: c0, q_1..q_n
             return self._select_kernel(be, y, p, prep)
         best = best_basis(xp, y, ex["z32"], signed=False)
         return srtm_select_xp(xp, best, y, prep, self.refine)
@@ -348,11 +261,9 @@ class SRTM(_BasisModel):
         out = {k: xp.empty(n, dtype=np.float32) for k in self.param_names}
         status = xp.empty(n, dtype=np.uint8)
         kern = be.kernel("srtm", "srtm_select")
-        be.launch(kern, n, (y, be.asarray(ex["wu"], dtype=np.float64), xp.ascontiguousarray(p),
-                            be.asarray(ex["zt"], dtype=np.float64),
-                            be.asarray(ex["thetas"], dtype=np.float64), be.asarray(ex["alpha"], dtype=np.float64),
-                            be.asarray(ex["beta"], dtype=np.float64), be.asarray(M5, dtype=np.float64),
-                            np.float64(ex["gamma"]),
+        c = self._constants(be, prep)
+        be.launch(kern, n, (y, c["wu"], xp.ascontiguousarray(p), c["zt"], c["thetas"], c["alpha"], c["beta"],
+                            c["m5"], np.float64(ex["gamma"]),
                             np.float64(ex["log_step"]), np.int32(n), np.int32(f), np.int32(nb),
                             np.int32(1 if self.refine else 0), out["bp_nd"], out["r1"], out["k2"],
                             out["k2prime"], out["theta3"], out["wrss"], status))
@@ -372,9 +283,11 @@ class SRTM2(_BasisModel):
     Parameters (keyword-only)
     -------------------------
     k2prime : reference efflux rate k2', 1/min; or None / ``"median"``: estimated from a first SRTM pass over
-        the TACs being fitted: the median k2' = k2/R1 over TACs with status ``ok``, BPND at or above the
-        ``k2prime_bp_quantile`` quantile of the ``ok`` BPNDs, and relative residual (wrss / sum(w Ct^2)) at
-        or below the median of those (the same rule as MRTM2's ``median``).
+        the TACs being fitted: the median k2' = k2/R1 over the fitted TACs whose tissue/reference ratio is at or
+        above its ``k2prime_bp_quantile`` quantile (the same rule as MRTM2's ``median``; see
+        :mod:`voxelkit.models.k2prime`, which also says why the ratio, not the noisy BPND, selects).
+    k2prime_tac : the TAC (F,) of a high-binding region: k2' = k2/R1 of its SRTM fit; ``k2prime_name`` describes
+        it (for ``fit.info``).  :func:`voxelkit.fit` / ``fit_tacs`` pass a region this way.
     k2prime_mask : boolean mask over the TAC rows (a high-binding region): k2' = k2/R1 of an SRTM fit of the
         mean of its finite TACs.  ``k2prime_region`` is accepted as another name (as MRTM2 calls it).
     k2prime_bp_quantile : see ``k2prime`` (default 0.9).
@@ -395,7 +308,8 @@ class SRTM2(_BasisModel):
 
     def __init__(self, *, k2prime: float | str | None = None, k2prime_mask: np.ndarray | None = None,
                  k2prime_region: np.ndarray | None = None, k2prime_bp_quantile: float = 0.9,
-                 k2prime_window: tuple[float | None, float | None] | None = None, **kwargs: Any) -> None:
+                 k2prime_window: tuple[float | None, float | None] | None = None,
+                 k2prime_tac: np.ndarray | None = None, k2prime_name: str | None = None, **kwargs: Any) -> None:
         k2prime = parse_k2prime(k2prime, allow_median=True)
         if k2prime == "median":
             k2prime = None
@@ -417,15 +331,19 @@ class SRTM2(_BasisModel):
             if not k2prime_mask.any():
                 raise InputError("k2prime_mask selects no TAC")
         self.k2prime_mask = None if k2prime_mask is None else k2prime_mask.reshape(-1)
+        if k2prime_tac is not None and (self.k2prime is not None or self.k2prime_mask is not None):
+            raise InputError("srtm2: give only one source of k2' (k2prime, k2prime_mask or k2prime_tac)")
+        self.k2prime_tac = None if k2prime_tac is None else np.asarray(k2prime_tac, dtype=float).reshape(-1)
+        self.k2prime_name = k2prime_name
         if not 0.0 <= float(k2prime_bp_quantile) < 1.0:
             raise InputError(f"k2prime_bp_quantile must be in [0, 1), got {k2prime_bp_quantile}")
         self.k2prime_bp_quantile = float(k2prime_bp_quantile)
 
     def options(self) -> dict[str, Any]:
         out = super().options()
-        out["k2prime_per_min"] = (self.k2prime if self.k2prime is not None else
-                                  "region mask" if self.k2prime_mask is not None else "median")
-        if self.k2prime is None and self.k2prime_mask is None:
+        region = self.k2prime_mask is not None or self.k2prime_tac is not None
+        out["k2prime"] = self.k2prime if self.k2prime is not None else None if region else "median"
+        if self.k2prime is None and not region:
             out["k2prime_bp_quantile"] = self.k2prime_bp_quantile
         if self.k2prime is None:
             out["k2prime_window"] = list(self.k2prime_window) if self.k2prime_window else None
@@ -443,30 +361,24 @@ class SRTM2(_BasisModel):
 
     def estimate_k2prime(self, tacs: np.ndarray, reference: np.ndarray, frames: FrameTiming,
                          names: list[str] | None = None) -> tuple[float, dict[str, Any]]:
-        """k2' (1/min) from a first SRTM pass, and a description of the source (see the class docstring)."""
+        """k2' (1/min) from the SRTM pass (see the class docstring), and a description of the source."""
         tacs = np.atleast_2d(np.asarray(tacs))
         srtm = self.first_pass()
+        if self.k2prime_tac is not None:
+            what = self.k2prime_name or "the k2' region TAC"
+            k2p, extra = region_k2prime(srtm, self.k2prime_tac, reference, frames, what, "srtm2")
+            return k2p, {"k2prime_source": f"SRTM fit of {what}", **extra}
         if self.k2prime_mask is not None:
             if self.k2prime_mask.size != tacs.shape[0]:
                 raise InputError(f"k2prime_mask has {self.k2prime_mask.size} entries for {tacs.shape[0]} TACs")
-            rows = np.asarray(tacs[self.k2prime_mask], dtype=np.float64)
-            rows = rows[np.isfinite(rows).all(axis=1)]
-            if rows.shape[0] == 0:
+            sel = self.k2prime_mask & np.isfinite(tacs).all(axis=1)
+            if not sel.any():
                 raise InputError("srtm2: the k2prime mask selects no TAC with finite values")
-            f = srtm.fit(rows.mean(axis=0), reference, frames, keep_inputs=False)
-            k2p, st = float(f.k2prime[0]), Status(int(f.status[0]))
-            if st != Status.OK or not (np.isfinite(k2p) and k2p > 0):
-                raise InputError(f"srtm2: the SRTM fit of the k2' region's mean TAC gives no usable k2' (status "
-                                 f"{st.name.lower()}, k2' = {k2p:.6g}/min, BPND = {float(f.bp_nd[0]):.4g}); "
-                                 "choose a high-binding region or give k2prime")
+            k2p, extra = region_k2prime(srtm, mean_tac(tacs, sel), reference, frames,
+                                        "the k2' region's mean TAC", "srtm2")
             return k2p, {"k2prime_source": "SRTM fit of the mean TAC of the k2' region mask",
-                         "k2prime_region_n": int(rows.shape[0]), "k2prime_region_bp_nd": float(f.bp_nd[0]),
-                         "k2prime_region_r1": float(f.r1[0])}
-        f = srtm.fit(tacs, reference, frames, keep_inputs=False)
-        return median_k2prime(f, tacs, srtm._prepare(reference, frames).weights, self.k2prime_bp_quantile,
-                              "median of SRTM k2' over well-fitted high-BPND TACs", names,
-                              "srtm2: no TAC gives a usable SRTM fit, so k2' cannot be estimated; give k2prime "
-                              "or a high-binding region")
+                         "k2prime_region_n": int(sel.sum()), **extra}
+        return estimate_k2prime(srtm, tacs, reference, frames, self.k2prime_bp_quantile, names, self.name)
 
     def _prepare(self, reference: np.ndarray, frames: FrameTiming) -> Prepared:
         prep = ReferenceModel._prepare(self, reference, frames)
@@ -477,12 +389,7 @@ class SRTM2(_BasisModel):
     def _prepare_tacs(self, tacs: np.ndarray, prep: Prepared, names: list[str] | None) -> None:
         if "z32" not in prep.extra:
             k2p, info = self.estimate_k2prime(tacs, prep.reference, prep.frames, names)
-            info["k2prime_window_min"] = list(self.k2prime_window) if self.k2prime_window else None
-            if self.k2prime_window is not None and not self.quiet:
-                prep.frames.describe_window(*self.k2prime_window, what="srtm2 k2' window")
-            log.info("srtm2: k2' = %.5g/min (%s, from %s)", k2p, info["k2prime_source"],
-                     "all frames" if self.k2prime_window is None else
-                     f"frames in {self.k2prime_window[0]}-{self.k2prime_window[1]} min")
+            record_k2prime(self.name, k2p, info, self.k2prime_window, prep.frames, self.quiet)
             self._build(prep, k2p, info)
 
     def _build(self, prep: Prepared, k2p: float, info: dict[str, Any]) -> None:
@@ -511,15 +418,14 @@ class SRTM2(_BasisModel):
         ex = prep.extra
         y = self._fitted_frames(be, tacs, prep)
         if be.is_gpu:
-            p = y @ be.asarray(ex["z32"])  # (V, n+1) float32: c0, s_1..s_n
+            c = self._constants(be, prep)
+            p = y @ c["z32"]  # (V, n+1) float32: c0, s_1..s_n
             y = xp.ascontiguousarray(y)
             n, f = y.shape
             out = {k: xp.empty(n, dtype=np.float32) for k in self.param_names}
             status = xp.empty(n, dtype=np.uint8)
             kern = be.kernel("srtm", "srtm2_select")
-            be.launch(kern, n, (y, be.asarray(ex["wu"], dtype=np.float64), xp.ascontiguousarray(p),
-                                be.asarray(ex["zt"], dtype=np.float64), be.asarray(ex["thetas"], dtype=np.float64),
-                                be.asarray(ex["xnorm"], dtype=np.float64), be.asarray(M5, dtype=np.float64),
+            be.launch(kern, n, (y, c["wu"], xp.ascontiguousarray(p), c["zt"], c["thetas"], c["xnorm"], c["m5"],
                                 np.float64(ex["k2prime"]),
                                 np.float64(ex["log_step"]), np.int32(n), np.int32(f),
                                 np.int32(ex["thetas"].size), np.int32(1 if self.refine else 0), out["bp_nd"],
@@ -546,146 +452,3 @@ def _predict(reference: np.ndarray, frames: FrameTiming, r1: np.ndarray, theta2:
         b = basis_functions(ref, frames, rate[ok], input_model)  # (F, n_ok)
         out[ok] = r1[ok, None] * ref[None, :] + theta2[ok, None] * b.T
     return out
-
-
-# ------------------------------------------------------------------------------------------------------------
-# vectorized selection (NumPy, or CuPy without the kernel): same math as kernels/srtm.cu
-# ------------------------------------------------------------------------------------------------------------
-def _status(xp: Any, yy: Any, c0: Any) -> Any:
-    finite = xp.isfinite(yy) & xp.isfinite(c0)
-    st = xp.zeros(yy.shape[0], dtype=xp.uint8)
-    st = xp.where(c0 > 0, st, np.uint8(Status.NONPOSITIVE))
-    return xp.where(finite, st, np.uint8(Status.NONFINITE_INPUT)).astype(xp.uint8)
-
-
-#: quartic through the 5 equally spaced nodes -2..2: coefficients ``a = M5 @ values`` (``a_k`` of t^k)
-M5 = np.linalg.inv(np.vander(np.arange(-2.0, 3.0), 5, increasing=True))
-#: Newton steps on q'(t) = 0 of the refinement
-NEWTON_STEPS = 4
-
-
-#: voxels per float32 product block in :func:`best_basis` (the block x n_basis projections stay in cache)
-BLOCK_VOXELS = 2048
-
-
-def best_basis(xp: Any, y: Any, z32: np.ndarray, signed: bool) -> Any:
-    """Index (V,) of the basis function with the largest projection ``|q_j|`` (SRTM) or ``s_j`` (SRTM2,
-    ``signed``): ``(y @ z32)[:, 1:]`` in float32 blocks of :data:`BLOCK_VOXELS` voxels, so the (voxels x basis)
-    projections never exist for the whole chunk.  First index on ties (numpy.argmax), as the kernels."""
-    z = xp.asarray(z32)
-    n = y.shape[0]
-    best = xp.empty(n, dtype=xp.int64)
-    for sl in chunks(n, BLOCK_VOXELS):
-        q = (y[sl] @ z)[:, 1:]
-        if not signed:
-            q = xp.abs(q, out=q)
-        best[sl] = xp.argmax(q, axis=1)
-    return best
-
-
-def _stencil(xp: Any, best: Any, nb: int, y: Any, prep: Prepared) -> tuple[Any, Any, Any, Any, Any]:
-    """Stencil of 5 grid points around ``best`` (centre ``c`` = best clipped to [2, nb-3]): the grid indices
-    (V, 5), the offset ``tb = best - c``, and in float64 from the TACs ``y`` (V, F): the projection ``c0`` on
-    the reference (V,), the projections at the stencil (V, 5) and ``yy = sum(w y^2)`` (V,)."""
-    ex = prep.extra
-    zt = xp.asarray(ex["zt"])
-    c = xp.clip(best, 2, nb - 3)
-    idx = c[:, None] + xp.asarray(np.arange(-2, 3))[None, :]
-    y64 = y.astype(xp.float64)
-    q5 = xp.einsum("vkf,vf->vk", zt[idx + 1], y64)  # 10x faster than broadcasting + sum
-    c0 = y64 @ zt[0]
-    yy = (y64 * y64) @ xp.asarray(ex["wu"])
-    return idx, (best - c).astype(xp.float64), c0, q5, yy
-
-
-def _powers(xp: Any, t: Any) -> Any:
-    return xp.stack([xp.ones_like(t), t, t * t, t * t * t, t * t * t * t], axis=1)
-
-
-def _refine(xp: Any, q5: Any, tb: Any, use: Any) -> tuple[Any, Any]:
-    """Position ``t`` (grid steps from the stencil centre) of the extremum of the quartic through the stencil
-    values ``q5`` (V, 5) nearest the best grid point ``tb``, and the (V, 5) weights that interpolate any stencil
-    quantity at ``t``.  Start: parabola through the best point and its neighbours; then Newton steps on
-    q'(t) = 0, kept inside the stencil [-2, 2]; the start or the grid point wins if the quartic says they are
-    better.  ``t = tb`` where not ``use`` (grid edges, no refinement)."""
-    m5 = xp.asarray(M5)
-    a = q5 @ m5.T  # (V, 5) coefficients
-    rows = xp.arange(q5.shape[0])
-    j0 = xp.clip(tb + 2.0, 1.0, 3.0).astype(xp.int64)  # grid edges (tb = +-2) are not refined
-    s_m = q5[rows, j0 - 1] ** 2
-    s_0 = q5[rows, j0] ** 2
-    s_p = q5[rows, j0 + 1] ** 2
-    d = s_m - 2.0 * s_0 + s_p
-    conc = use & (d < 0)
-    t0 = tb + xp.clip(xp.where(conc, (s_m - s_p) / xp.where(conc, 2.0 * d, -1.0), 0.0), -0.5, 0.5)
-    t = t0
-    for _ in range(NEWTON_STEPS):
-        d1 = a[:, 1] + t * (2.0 * a[:, 2] + t * (3.0 * a[:, 3] + t * 4.0 * a[:, 4]))
-        d2 = 2.0 * a[:, 2] + t * (6.0 * a[:, 3] + t * 12.0 * a[:, 4])
-        step = xp.where(d2 != 0, d1 / xp.where(d2 != 0, d2, 1.0), 0.0)
-        t = xp.clip(t - step, -2.0, 2.0)  # anywhere inside the stencil: the float32 choice may be one off
-
-    def val(x: Any) -> Any:
-        return a[:, 0] + x * (a[:, 1] + x * (a[:, 2] + x * (a[:, 3] + x * a[:, 4])))
-
-    qn, q0 = xp.abs(val(t)), xp.abs(val(t0))
-    t = xp.where(qn >= q0, t, t0)
-    t = xp.where(xp.maximum(qn, q0) >= xp.abs(q5[rows, j0]), t, tb)  # never worse than the grid point
-    t = xp.where(use, t, tb)
-    return t, _powers(xp, t) @ m5
-
-
-def srtm_select_xp(xp: Any, best: Any, y: Any, prep: Prepared, refine: bool = True) -> tuple[dict[str, Any], Any]:
-    """SRTM parameters from the best grid index ``best`` (V,) (see :func:`best_basis`) and the fitted frames
-    ``y`` (V x F, float32); everything after the choice of the grid point is float64."""
-    ex = prep.extra
-    nb = int(ex["thetas"].size)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        idx, tb, c0, q5, yy = _stencil(xp, best, nb, y, prep)
-        edge = (best == 0) | (best == nb - 1)
-        t, w = _refine(xp, q5, tb, ~edge & refine)
-        t2_5 = q5 / xp.asarray(ex["beta"])[idx]
-        r1_5 = (c0[:, None] - t2_5 * xp.asarray(ex["alpha"])[idx]) / ex["gamma"]
-        q = xp.sum(w * q5, axis=1)
-        r1 = xp.sum(w * r1_5, axis=1)
-        t2 = xp.sum(w * t2_5, axis=1)
-        theta3 = xp.asarray(ex["thetas"])[idx[:, 2]] * xp.exp(t * ex["log_step"])
-        wrss = xp.maximum(yy - c0 * c0 - q * q, 0.0)
-        k2 = t2 + r1 * theta3
-        bp = k2 / theta3 - 1.0
-        st = _status(xp, yy, c0)
-        ok = st == 0
-        st = xp.where(ok & edge, np.uint8(Status.GRID_EDGE), st)
-        st = xp.where(ok & ((r1 <= 0) | (k2 <= 0)), np.uint8(Status.IMPLAUSIBLE), st)
-        bad = (st == Status.NONFINITE_INPUT) | (st == Status.NONPOSITIVE)
-        nan = xp.float64(np.nan)
-        out = {"bp_nd": bp, "r1": r1, "k2": k2, "k2prime": k2 / r1, "theta3": theta3, "wrss": wrss}
-        out = {k: xp.where(bad, nan, v).astype(xp.float32) for k, v in out.items()}
-    return out, st.astype(xp.uint8)
-
-
-def srtm2_select_xp(xp: Any, best: Any, y: Any, prep: Prepared, refine: bool = True) -> tuple[dict[str, Any], Any]:
-    """SRTM2 parameters from the best grid index ``best`` (V,) (see :func:`best_basis`) and the fitted frames
-    ``y`` (V x F, float32); everything after the choice of the grid point is float64."""
-    ex = prep.extra
-    nb = int(ex["thetas"].size)
-    k2p = ex["k2prime"]
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        idx, tb, c0, s5, yy = _stencil(xp, best, nb, y, prep)
-        edge = (best == 0) | (best == nb - 1)
-        t, w = _refine(xp, s5, tb, ~edge & refine)
-        s = xp.sum(w * s5, axis=1)
-        r1 = xp.sum(w * (s5 / xp.asarray(ex["xnorm"])[idx]), axis=1)
-        k2a = xp.asarray(ex["thetas"])[idx[:, 2]] * xp.exp(t * ex["log_step"])
-        wrss = xp.maximum(yy - s * s, 0.0)
-        k2 = r1 * k2p
-        bp = k2 / k2a - 1.0
-        st = _status(xp, yy, c0)
-        ok = st == 0
-        st = xp.where(ok & edge, np.uint8(Status.GRID_EDGE), st)
-        st = xp.where(ok & (r1 <= 0), np.uint8(Status.IMPLAUSIBLE), st)
-        bad = (st == Status.NONFINITE_INPUT) | (st == Status.NONPOSITIVE)
-        nan = xp.float64(np.nan)
-        out = {"bp_nd": bp, "r1": r1, "k2": k2, "k2a": k2a, "k2prime": xp.full(r1.shape, k2p), "wrss": wrss}
-        out = {k: xp.where(bad, nan, v).astype(xp.float32) for k, v in out.items()}
-    return out, st.astype(xp.uint8)

@@ -29,10 +29,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..constants import C11_HALF_LIFE_MIN  # the one C-11 half-life (minutes), shared with the models
 from ..frames import FrameTiming
-
-#: Half-life of carbon-11 in minutes.
-C11_HALF_LIFE_MIN = 20.4
 
 __all__ = [
     "C11_HALF_LIFE_MIN",
