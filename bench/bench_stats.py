@@ -130,17 +130,19 @@ def run_mne(folder: Path, a: list[str], b: list[str], setting: str, maxt_chunk: 
     return time.perf_counter() - t0
 
 
-def run_voxelkit(folder: Path, a: list[str], b: list[str], setting: str, connectivity: int = 6) -> float:
+def run_voxelkit(folder: Path, a: list[str], b: list[str], setting: str, connectivity: int = 6,
+                 env: dict | None = None) -> float:
+    """Whole-process seconds of ``voxelkit stats paired`` for ``setting`` (``env``: the process environment, e.g.
+    ``NUMBA_CACHE_DIR`` of a fresh install)."""
     s = SETTINGS[setting]
     cmd = [sys.executable, "-m", "voxelkit", "stats", "paired", "--a", *a, "--b", *b, "--n-perm",
            str(s["n_perm"]), "--two-sided", "--seed", "0", "--quiet", "--device", "cpu",
            "--connectivity", str(connectivity), "--overwrite", "-o", str(folder / f"voxelkit_{setting}_{connectivity}")]
-    if s["cluster_p"]:
-        cmd += ["--cluster-p", str(s["cluster_p"])]
-    if s["tfce"]:
-        cmd += ["--tfce"]
+    # TFCE and clusters at p < 0.001 are the defaults: switch off what the setting does not time
+    cmd += ["--cluster-p", str(s["cluster_p"])] if s["cluster_p"] else ["--no-clusters"]
+    cmd += ["--tfce"] if s["tfce"] else ["--no-tfce"]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
     return time.perf_counter() - t0
 
 
@@ -170,6 +172,18 @@ if pytest is not None:
         benchmark.pedantic(fn, args=(folder, a, b, setting), rounds=1, iterations=1, warmup_rounds=0)
 
 
+def cold_start(folder: Path, a: list[str], b: list[str], reps: int) -> None:
+    """First run after installation vs warm runs (whole process, the TFCE setting)."""
+    import os  # noqa: PLC0415
+
+    for r in range(reps):
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(folder / f"numba-cache-{r}")}
+        cold = run_voxelkit(folder, a, b, "tfce", 26, env=env)
+        warm = [run_voxelkit(folder, a, b, "tfce", 26, env=env) for _ in range(2)]
+        print(f"fresh cache {cold:.2f} s, warm {warm[0]:.2f} s and {warm[1]:.2f} s: first run "
+              f"{100 * (cold / min(warm) - 1):+.0f} % vs warm", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=list(SETTINGS), nargs="*", default=list(SETTINGS))
@@ -177,10 +191,16 @@ def main() -> None:
     ap.add_argument("--skip-mne", action="store_true")
     ap.add_argument("--mne-maxt-chunk", type=int, default=0,
                     help="run MNE's permutation_t_test in calls of this many permutations (memory; 0: one call)")
+    ap.add_argument("--cold-start", type=int, default=0, metavar="REPS",
+                    help="instead: time the TFCE setting (26-connectivity) on a fresh numba cache (NUMBA_CACHE_DIR "
+                         "set to an empty folder: a fresh install) and then twice warm, REPS times")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         a, b = make_data(folder)
+        if args.cold_start:
+            cold_start(folder, a, b, args.cold_start)
+            return
         run_voxelkit(folder, a, b, "tfce")  # warm-up (numba cache)
         print(f"{'setting':10s} {'nilearn s':>10s} {'MNE s':>8s} {'voxelkit(6) s':>14s} {'voxelkit(26) s':>15s} "
               f"{'vs nilearn':>11s} {'vs MNE':>7s}")

@@ -66,7 +66,7 @@ def one_rep(rng: np.random.Generator, n: int, mask: np.ndarray, fwhm: float, kin
     kw = dict(n_perm=n_perm, seed=seed, two_sided=two_sided, connectivity=connectivity, device=NUMPY,
               variance_smoothing=variance_smoothing, accel=accel)
     r1 = permutation_test(y, mk, one_sample_design(n), cluster_p=0.01, tfce=True, **kw)
-    r2 = permutation_test(y, mk, one_sample_design(n), cluster_p=0.001, **kw)
+    r2 = permutation_test(y, mk, one_sample_design(n), cluster_p=0.001, tfce=False, **kw)
 
     def err(null: np.ndarray) -> bool:
         return bool(fwe_p(np.array([null[0]]), null)[0] <= alpha)

@@ -65,7 +65,7 @@ def main() -> None:
     mk = Masker(mask, np.diag([2.0, 2.0, 2.0, 1.0]))
     t0 = time.perf_counter()
     ref = permutation_test(y, mk, one_sample_design(args.n), n_perm=args.n_ref, seed=args.seed, cluster_p=0.01,
-                           tfce=not args.no_tfce, device=NUMPY)
+                           tfce=not args.no_tfce, device=NUMPY, two_sided=False)
     t_ref = time.perf_counter() - t0
     print(f"{int(mask.sum())} voxels, n = {args.n}: reference {ref.settings['n_perm']} flips in {t_ref:.1f} s; "
           f"{args.runs} runs of {args.n_perm}", flush=True)

@@ -85,7 +85,7 @@ def main() -> None:
         for lab, vs in zip(labels, [None, *args.vs], strict=True):
             t1 = time.perf_counter()
             r = permutation_test(y, mk, one_sample_design(args.n), n_perm=args.n_perm, seed=seed, tfce=args.tfce,
-                                 variance_smoothing=vs, device=NUMPY)
+                                 variance_smoothing=vs, device=NUMPY, two_sided=False, cluster_p=None)
             times[lab] += time.perf_counter() - t1
             for k in stats_kinds:
                 lp = r.maps["logp_fwe_voxel" if k == "max_t" else "logp_fwe_tfce"]

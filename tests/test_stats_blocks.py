@@ -89,7 +89,7 @@ def test_three_sessions_equal_brute_force():
     c[2] = 1.0   # session 3 vs baseline
     blocks = list(np.repeat(np.arange(n_subj), k))
     mk = Masker(np.ones(SHAPE, bool), AFF)
-    r = permutation_test(y, mk, Design(X, c, blocks=blocks), n_perm=2000, device=NUMPY)
+    r = permutation_test(y, mk, Design(X, c, blocks=blocks), n_perm=2000, device=NUMPY, two_sided=False)
     orders = r.null["permutations"]
     assert r.settings["exhaustive"] and orders.shape[0] == 1296
     # brute force: Freedman-Lane (permute reduced-model residuals within subjects, refit) for every order

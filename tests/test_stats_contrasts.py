@@ -78,8 +78,12 @@ def test_bad_f_contrasts():
         FDesign(X, [[0, 1.0, 0, 0], [0, 2.0, 0, 0]])
     with pytest.raises(InputError, match="columns"):
         FDesign(X, [[0, 1.0, 0]])
-    with pytest.raises(InputError, match="no sides"):
-        permutation_test(y, mk, FDesign(X, [[0, 1.0, 0, 0]]), n_perm=40, two_sided=True)
+    # F has no sides: two_sided (the default) does not apply, the upper tail is tested
+    f2 = permutation_test(y, mk, FDesign(X, [[0, 1.0, 0, 0]]), n_perm=40, two_sided=True, tfce=False)
+    f1 = permutation_test(y, mk, FDesign(X, [[0, 1.0, 0, 0]]), n_perm=40, two_sided=False, tfce=False)
+    assert f2.settings["two_sided"] is False
+    for m in f1.maps:
+        np.testing.assert_array_equal(f2.maps[m], f1.maps[m])
     with pytest.raises(InputError, match="one scale"):
         run_contrasts(y, mk, Design(X, [0, 1.0, 0, 0]), make_specs(["a", "b", "c", "d"], ["b"], [["c", "d"]]),
                       fwe_across_contrasts=True, n_perm=40)

@@ -188,8 +188,9 @@ def test_engine_default_gpu_batch_is_the_device_batch(fake_gpu, monkeypatch):
     V = y.shape[1]
     _set_free(monkeypatch, 30 * V * bytes_per_cell(True, False, 4) * 5 // 2)  # 0.4 x that: 30 permutations
     fake_cupy.LAUNCHES.clear()
-    res = permutation_test(y, mk, one_sample_design(n), device=fake_gpu, n_perm=100, seed=1, tfce=True)
+    res = permutation_test(y, mk, one_sample_design(n), device=fake_gpu, n_perm=100, seed=1, tfce=True,
+                           cluster_p=None)
     names = [name for name, _, _ in fake_cupy.LAUNCHES]
     assert names.count("stats_tfce_max") == 4   # 100 permutations in batches of 30
-    cpu = permutation_test(y, mk, one_sample_design(n), device=NUMPY, n_perm=100, seed=1, tfce=True)
+    cpu = permutation_test(y, mk, one_sample_design(n), device=NUMPY, n_perm=100, seed=1, tfce=True, cluster_p=None)
     np.testing.assert_allclose(res.null["h0_max_tfce"], cpu.null["h0_max_tfce"], rtol=1e-5)

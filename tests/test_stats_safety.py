@@ -63,7 +63,7 @@ def test_overwrite_removes_stale_tfce_and_clusters(maps, capsys):
     assert len(err) == 1 and "not empty" in err[0] and "--overwrite" in err[0]
     assert _snapshot(out) == {**first, "notes.txt": _snapshot(out)["notes.txt"]}
     # with --overwrite and without TFCE / clusters: the stale maps and table are gone
-    assert _paired(a, b, out, "--overwrite") == 0
+    assert _paired(a, b, out, "--overwrite", "--no-tfce", "--no-clusters") == 0
     now = _snapshot(out)
     for stale in ("tfce.nii.gz", "logp_fwe_tfce.nii.gz", "clusters.tsv", "logp_fwe_cluster_extent.nii.gz",
                   "logp_fwe_cluster_mass.nii.gz"):
@@ -105,7 +105,7 @@ def test_non_empty_folder_without_overwrite_writes_nothing(maps, capsys):
 
 def test_save_api_refuses_non_empty_and_keeps_inputs(maps):
     tmp, a, b = maps
-    res = paired(a, b, n_perm=64, device="cpu")
+    res = paired(a, b, n_perm=64, device="cpu", tfce=False, cluster_p=None)
     paths = res.save(tmp / "R")
     assert set(paths) == {"t", "logp_uncorrected", "logp_fdr", "logp_fwe_voxel", "mask", "null", "json"}
     assert all(p.is_file() for p in paths.values()) and (tmp / "R" / MANIFEST_NAME).is_file()

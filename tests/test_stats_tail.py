@@ -94,13 +94,15 @@ def test_tail_p_close_to_exhaustive_reference():
     n = 12   # 2^12 = 4096 sign flips: the exact reference null of max t
     y = _data(n)
     mk = Masker(np.ones(SHAPE, bool), AFF)
-    ref = permutation_test(y, mk, one_sample_design(n), n_perm=4096, device=NUMPY)
+    ref = permutation_test(y, mk, one_sample_design(n), n_perm=4096, device=NUMPY, two_sided=False, tfce=False,
+                           cluster_p=None)
     assert ref.settings["exhaustive"]
     p_ref = np.array([0.002, 0.005, 0.01, 0.02, 0.05])
     x = np.quantile(ref.null["h0_max_t"], 1 - p_ref)
     err_tail, err_plain = [], []
     for seed in (7, 8, 9):
-        fast = permutation_test(y, mk, one_sample_design(n), n_perm=500, seed=seed, accel="tail", device=NUMPY)
+        fast = permutation_test(y, mk, one_sample_design(n), n_perm=500, seed=seed, accel="tail", device=NUMPY,
+                                two_sided=False, tfce=False, cluster_p=None)
         fit = TailFit(**fast.settings["tail_fits"]["h0_max_t"])
         assert fit.ok and fast.settings["accel"] == "tail"
         null = fast.null["h0_max_t"]

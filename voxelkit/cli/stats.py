@@ -3,7 +3,7 @@
 Examples::
 
     voxelkit stats paired --a A1.nii.gz A2.nii.gz ... --b B1.nii.gz B2.nii.gz ... \\
-        --n-perm 5000 --cluster-p 0.001 --tfce --two-sided --seed 0 -o OUTDIR
+        --n-perm 5000 --cluster-p 0.001 --seed 0 -o OUTDIR      # two-sided, TFCE and clusters: the defaults
     voxelkit stats one-sample --maps D1.nii.gz ... -o OUTDIR
     voxelkit stats two-sample --a G1_*.nii.gz --b G2_*.nii.gz -o OUTDIR
     voxelkit stats glm --design design.tsv --contrast pain --covariates pain age sex -o OUTDIR
@@ -17,6 +17,11 @@ average covariate values, so ``--contrast intercept`` (e.g. on map - map_b diffe
 for the covariates.  ``--raw-covariates`` keeps raw values (the intercept is then tested at covariate value 0, with
 a warning).  A slope contrast gives the same t either way.  ``--contrast`` is a column name (test its coefficient)
 or a vector over the design columns [intercept, covariate columns...] such as ``"0 1 0 0"``.
+
+Inference defaults (two-sided, TFCE, clusters at p < 0.001, 5000 permutations, 26-connectivity, seed 0) are those
+of :class:`voxelkit.stats.settings.Inference`, shared with the Python API and the study file of ``voxelkit run``;
+``--one-sided``, ``--no-tfce`` and ``--no-clusters`` turn them off (``--two-sided`` and ``--tfce`` are accepted and
+change nothing).
 
 Every design writes through :class:`voxelkit.outputs.OutputFolder`: a non-empty ``-o`` folder is refused unless
 ``--overwrite``, which removes exactly the files the previous voxelkit command recorded in the folder's manifest;
@@ -70,35 +75,71 @@ are added to the model), or with --sign-flip flips whole subjects.
 
 
 def _common_stats_options(p: argparse.ArgumentParser) -> None:
+    """The inference options; their defaults and help come from :data:`voxelkit.stats.settings.DEFAULTS` (the
+    one set of defaults shared with the Python API and the study file's ``[inference]`` table)."""
+    from ..stats.settings import DEFAULTS as D  # noqa: PLC0415  (light: no numba, no scipy)
+
     g = p.add_argument_group("inference")
     g.add_argument("--mask", help="mask image (default: voxels finite in all maps and non-zero in one)")
-    g.add_argument("--n-perm", type=int, default=5000,
-                   help="permutations including the identity (all 2^n sign flips if 2^n <= N; default 5000)")
+    g.add_argument("--n-perm", type=int, default=D.n_perm,
+                   help=f"permutations including the identity (all 2^n sign flips if 2^n <= N; default {D.n_perm})")
     thr = g.add_mutually_exclusive_group()
     thr.add_argument("--cluster-p", type=float, default=None,
-                     help="cluster-forming threshold as uncorrected p (e.g. 0.001): cluster extent and mass FWE")
+                     help="cluster-forming threshold as uncorrected p: cluster extent and mass FWE (default "
+                          f"{float(D.cluster_p) if D.cluster_p is not None else 'none'})")
     thr.add_argument("--cluster-t", type=float, default=None, help="cluster-forming threshold in t units")
-    g.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26,
-                   help="voxel connectivity for clusters and TFCE (default 26, as FSL; nilearn uses 6)")
-    g.add_argument("--tfce", action="store_true", help="exact TFCE with FWE p from the max-TFCE null")
-    g.add_argument("--tfce-h", type=float, default=2.0, help="TFCE height exponent H (default 2)")
-    g.add_argument("--tfce-e", type=float, default=0.5, help="TFCE extent exponent E (default 0.5)")
-    g.add_argument("--two-sided", action="store_true", help="two-sided test (maps signed by the sign of t)")
-    g.add_argument("--variance-smoothing", type=float, default=None, metavar="MM",
+    thr.add_argument("--no-clusters", action="store_true", help="form no clusters (max-T and TFCE only)")
+    g.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=D.connectivity,
+                   help=f"voxel connectivity for clusters and TFCE (default {D.connectivity}, as FSL; nilearn uses 6)")
+    tf = g.add_mutually_exclusive_group()
+    tf.add_argument("--tfce", dest="tfce", action="store_true", default=None,
+                    help="exact TFCE with FWE p from the max-TFCE null" + (" (the default)" if D.tfce else ""))
+    tf.add_argument("--no-tfce", dest="tfce", action="store_false", help="no TFCE")
+    g.add_argument("--tfce-h", type=float, default=D.tfce_H, help=f"TFCE height exponent H (default {D.tfce_H:g})")
+    g.add_argument("--tfce-e", type=float, default=D.tfce_E, help=f"TFCE extent exponent E (default {D.tfce_E:g})")
+    sides = g.add_mutually_exclusive_group()
+    sides.add_argument("--two-sided", dest="two_sided", action="store_true", default=None,
+                       help="two-sided test (maps signed by the sign of t)" + (" (the default)" if D.two_sided else ""))
+    sides.add_argument("--one-sided", dest="two_sided", action="store_false",
+                       help="one-sided test of t > 0 (A > B; swap A and B for the other tail)")
+    g.add_argument("--variance-smoothing", type=float, default=D.variance_smoothing, metavar="MM",
                    help="smooth the variance image within the mask (Gaussian FWHM in mm) before forming t "
                         "(pseudo-t, as randomise -v, which takes sigma); in every permutation alike")
-    g.add_argument("--accel", choices=("tail",), default=None,
+    g.add_argument("--accel", choices=("tail",), default=D.accel,
                    help="'tail': FWE p from a generalized Pareto fit to the tail of each null of maxima (PALM's "
                         "-accel tail): p below 1/n-perm from a few hundred permutations, with tens of percent error "
                         "near p = 0.001 (README); the plain p is kept where the fit is poor")
-    g.add_argument("--seed", type=int, default=0, help="random seed of the permutations (default 0)")
-    g.add_argument("--batch-size", type=int, default=None, help="permutations per batch (memory bound)")
+    g.add_argument("--seed", type=int, default=D.seed, help=f"random seed of the permutations (default {D.seed})")
+    g.add_argument("--batch-size", type=int, default=D.batch_size, help="permutations per batch (memory bound)")
     g.add_argument("--atlas", help="label atlas (same space) for the cluster table's region column")
     g.add_argument("--atlas-lookup", help="atlas look-up table: lines 'index<TAB>name'")
     g.add_argument("-o", "--output", required=True, help="output directory")
     g.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty output folder: first remove exactly the files the previous voxelkit "
                         "command recorded there (never an input)")
+
+
+def inference_from_args(args: argparse.Namespace, *, f_only: bool = False) -> object:
+    """The :class:`voxelkit.stats.settings.Inference` of the parsed options (flags not given keep the defaults;
+    ``--no-clusters`` turns clusters off; ``f_only``: only F contrasts, which are tested in the upper tail)."""
+    from ..stats.settings import DEFAULTS  # noqa: PLC0415
+
+    kw = dict(n_perm=args.n_perm, tfce_H=args.tfce_h, tfce_E=args.tfce_e, connectivity=args.connectivity,
+              seed=args.seed, batch_size=args.batch_size, variance_smoothing=args.variance_smoothing,
+              accel=args.accel)
+    if args.tfce is not None:
+        kw["tfce"] = args.tfce
+    if args.two_sided is not None:
+        kw["two_sided"] = args.two_sided
+    elif f_only:
+        kw["two_sided"] = False
+    if args.no_clusters:
+        kw["cluster_p"] = None
+    elif args.cluster_p is not None:
+        kw["cluster_p"] = args.cluster_p
+    elif args.cluster_t is not None:
+        kw["cluster_t"] = args.cluster_t
+    return DEFAULTS.replace(**kw)
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -152,6 +193,23 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     _common_stats_options(q)
     q.set_defaults(func=run)
 
+    q = ssub.add_parser("warmup", parents=[parent], help="compile the TFCE kernels into numba's cache ahead "
+                        "(once per installation, e.g. when building an image)",
+                        description="Compile (or load) the numba TFCE kernels and write them to numba's cache "
+                                    "($NUMBA_CACHE_DIR when set), so that the first TFCE run does not compile.")
+    q.set_defaults(func=run_warmup)
+
+
+def run_warmup(args: argparse.Namespace) -> int:
+    """``voxelkit stats warmup``: compile the TFCE kernels into numba's on-disk cache and say where it is."""
+    t0 = time.perf_counter()
+    from ..stats import tfce  # noqa: PLC0415
+
+    tfce.warm_up()
+    print(f"voxelkit stats warmup: TFCE kernels ready in {time.perf_counter() - t0:.1f} s "
+          f"(numba cache: {tfce.cache_dir() or 'not reported by numba'})")
+    return 0
+
 
 def run(args: argparse.Namespace) -> int:
     from ..stats import api  # noqa: PLC0415
@@ -159,17 +217,22 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise CliError(f"{out}: exists and is not a directory")
-    kw = dict(mask=args.mask, n_perm=args.n_perm, two_sided=args.two_sided, cluster_p=args.cluster_p,
-              cluster_t=args.cluster_t, tfce=args.tfce, tfce_H=args.tfce_h, tfce_E=args.tfce_e,
-              connectivity=args.connectivity, seed=args.seed, device=args.device, batch_size=args.batch_size,
-              progress=not args.quiet, atlas=args.atlas, atlas_lookup=args.atlas_lookup,
-              variance_smoothing=args.variance_smoothing, accel=args.accel)
     if args.atlas_lookup and not args.atlas:
         raise CliError("--atlas-lookup needs --atlas")
     if args.variance_smoothing is not None and not args.variance_smoothing >= 0:
         raise CliError(f"--variance-smoothing: the FWHM in mm must be >= 0, got {args.variance_smoothing}")
+    f_only = bool(getattr(args, "f_contrast", None)) and not getattr(args, "contrast", None)
+    if getattr(args, "f_contrast", None) and args.two_sided:
+        raise CliError("F contrasts have no sides: drop --two-sided (F contrasts are tested in the upper tail)")
+    inf = inference_from_args(args, f_only=f_only)
+    if inf.tfce:  # load (or, on a fresh install, compile) the TFCE kernels while the inputs are checked and read
+        from ..stats.engine import start_tfce_warmup  # noqa: PLC0415
+
+        start_tfce_warmup()
+    kw = dict(mask=args.mask, device=args.device, progress=not args.quiet, atlas=args.atlas,
+              atlas_lookup=args.atlas_lookup, **inf.as_kwargs())
     glm_in = _read_glm(args) if _kind(args) == "glm" else None
-    folder = _output_folder(args, out, glm_in)
+    folder = _output_folder(args, out, glm_in, inf)
     t0 = time.perf_counter()
     if args.design == "paired":
         res = api.paired(args.a, args.b, **kw)
@@ -239,15 +302,14 @@ def _glm(args: argparse.Namespace, kw: dict, g: dict) -> object:
                    **kw)
 
 
-def _output_folder(args: argparse.Namespace, out: Path, glm_in: dict | None) -> object:
-    """Check the cheap things (pairing, smallest attainable p, outputs vs inputs), then open the output folder
-    (refusing a non-empty one without --overwrite) -- all before any map is loaded or permuted."""
+def _output_folder(args: argparse.Namespace, out: Path, glm_in: dict | None, inf: object) -> object:
+    """Check the cheap things (settings, pairing, smallest attainable p, outputs vs inputs), then open the output
+    folder (refusing a non-empty one without --overwrite) -- all before any map is loaded or permuted.  ``inf``:
+    the validated :class:`voxelkit.stats.settings.Inference`."""
     from ..outputs import OutputFolder, check_not_input  # noqa: PLC0415
-    from ..stats.api import output_names  # noqa: PLC0415
-    from ..stats.design import check_attainable, check_settings  # noqa: PLC0415
+    from ..stats.design import check_attainable  # noqa: PLC0415
+    from ..stats.result import output_names  # noqa: PLC0415
 
-    check_settings(n_perm=args.n_perm, cluster_p=args.cluster_p, cluster_t=args.cluster_t, tfce_H=args.tfce_h,
-                   tfce_E=args.tfce_e, seed=args.seed, batch_size=args.batch_size)
     groups = None
     kind = _kind(args)
     if kind == "glm":
@@ -265,7 +327,7 @@ def _output_folder(args: argparse.Namespace, out: Path, glm_in: dict | None) -> 
             n, method, groups = len(args.a) + len(args.b), "permute", [len(args.a), len(args.b)]
     inputs += [p for p in (args.mask, args.atlas, args.atlas_lookup) if p]
     if n >= 1:
-        check_attainable(n, method, args.two_sided, args.n_perm, groups)
+        check_attainable(n, method, inf.two_sided, inf.n_perm, groups)
     for name in output_names():
         check_not_input(out / name, inputs)
     return OutputFolder(out, f"stats {kind}", overwrite=args.overwrite, inputs=inputs)

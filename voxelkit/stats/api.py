@@ -1,5 +1,8 @@
 """Python API: ``one_sample``, ``paired``, ``two_sample`` and ``glm`` permutation tests.
 
+Inference settings (their one definition and defaults): :class:`voxelkit.stats.settings.Inference`; the result
+objects, cluster table and settings record: :mod:`voxelkit.stats.result`.
+
 Each returns a :class:`PermutationResult` holding maps (``t``, ``logp_uncorrected``, ``logp_fdr``,
 ``logp_fwe_voxel``, and when requested ``logp_fwe_cluster_extent``, ``logp_fwe_cluster_mass``, ``tfce``,
 ``logp_fwe_tfce``), the null distributions, the cluster table and every setting; ``.save(outdir)`` writes them.
@@ -21,180 +24,74 @@ tested.  ``.save(outdir)`` refuses a non-empty folder unless ``overwrite=True`` 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-from .. import __version__
 from ..backend import get_backend
-from ..io import ImageLike, InputError, Masker, check_same_space, image_name, load_image, write_json, write_tsv
-from ..outputs import MANIFEST_NAME, OutputFolder
+from ..io import ImageLike, InputError, Masker, check_same_space, image_name, load_image
 from . import engine as _engine
-from .clusters import label_clusters, local_maxima
 from .covariates import code_covariates
 from .design import (
     MIN_SUBJECTS,
     Design,
     check_attainable,
-    check_settings,
     make_permutation_set,
     one_sample_design,
     two_sample_design,
 )
-from .inference import fdr_bh, fwe_p, fwe_threshold, logp
-from .io import load_maps, read_lookup, save_null
-from .neighbors import DEFAULT_CONNECTIVITY, check_connectivity
+from .inference import fdr_bh, logp, t_isf
+from .io import load_maps, read_lookup
+from .result import (  # noqa: F401  (re-exported: imported from voxelkit.stats.api today)
+    CLUSTER_COLUMNS,
+    MAP_NAMES,
+    OTHER_OUTPUTS,
+    MultiContrastResult,
+    PermutationResult,
+    cluster_table,
+    output_names,
+    settings_record,
+)
+from .settings import DEFAULTS, Inference
 from .tail import TailInference
 
 log = logging.getLogger("voxelkit")
 
-MAP_NAMES = ("t", "logp_uncorrected", "logp_fdr", "logp_fwe_voxel", "logp_fwe_cluster_extent",
-             "logp_fwe_cluster_mass", "tfce", "logp_fwe_tfce")
-CLUSTER_COLUMNS = ["cluster_id", "sign", "size_voxels", "size_mm3", "mass", "peak_t", "peak_x", "peak_y",
-                   "peak_z", "p_fwe_extent", "p_fwe_mass", "region"]
-#: Files besides the maps that :meth:`PermutationResult.save` may write.
-OTHER_OUTPUTS = ("mask.nii.gz", "null_distributions.npz", "clusters.tsv", "stats.json")
+_D = DEFAULTS  # the one set of inference defaults (voxelkit.stats.settings)
 
 
-def output_names() -> list[str]:
-    """Every file name a stats command may write into its output folder (for the input check before work)."""
-    return [*(f"{m}.nii.gz" for m in MAP_NAMES), *OTHER_OUTPUTS, MANIFEST_NAME]
-
-
-@dataclass
-class PermutationResult:
-    """Maps (over the mask's voxels, C order), null distributions, cluster table and settings."""
-
-    maps: dict[str, np.ndarray]
-    masker: Masker
-    null: dict[str, np.ndarray]
-    clusters: list[dict]
-    settings: dict[str, Any]
-    analysed: np.ndarray = field(repr=False, default=None)  # (V,) bool: voxels not excluded
-    input_files: list[str] = field(default_factory=list)  # image paths read (never overwritten by save)
-
-    def image(self, name: str) -> nib.Nifti1Image:
-        """The map ``name`` as a NIfTI image (0 outside the mask and in excluded voxels)."""
-        if name not in self.maps:
-            raise KeyError(f"no map {name!r}; maps are {', '.join(self.maps)}")
-        return self.masker.to_image(self.maps[name], fill=0.0)
-
-    def fwe_threshold(self, which: str = "t", alpha: float = 0.05) -> float:
-        """Statistic value needed for FWE p <= alpha from the saved null (``which``: t, tfce, cluster_extent,
-        cluster_mass) -- re-thresholding without re-running."""
-        key = {"t": "h0_max_t", "tfce": "h0_max_tfce", "cluster_extent": "h0_max_cluster_extent",
-               "cluster_mass": "h0_max_cluster_mass"}[which]
-        return fwe_threshold(self.null[key], alpha)
-
-    def save(self, outdir: str | Path | OutputFolder, *, overwrite: bool = False,
-             inputs: Sequence[str | Path] = ()) -> dict[str, Path]:
-        """Write ``<map>.nii.gz`` for every map, ``mask.nii.gz`` (analysed voxels), ``null_distributions.npz``,
-        ``clusters.tsv`` (when clusters were formed), ``stats.json`` (all settings) and the folder manifest
-        ``voxelkit_manifest.json`` (what was written), through :class:`voxelkit.outputs.OutputFolder`.
-
-        A non-empty ``outdir`` is refused unless ``overwrite=True``; then exactly the files the previous voxelkit
-        command recorded in the folder's manifest are removed first (never an input).  An output whose path is
-        one of ``inputs`` or of the images this result was computed from is refused before anything is written.
-        ``outdir`` may also be an :class:`OutputFolder` already checked by the caller.  Returns name -> path.
-        """
-        if isinstance(outdir, OutputFolder):
-            folder = outdir
-        else:
-            command = f"stats {self.settings.get('test', '')}".strip()
-            folder = OutputFolder(outdir, command, overwrite=overwrite, inputs=[*self.input_files, *inputs])
-        out = folder.path
-        has_clusters = self.settings.get("cluster_threshold_t") is not None
-        planned = [f"{name}.nii.gz" for name in self.maps] + ["mask.nii.gz", "null_distributions.npz",
-                                                               "stats.json"] + (["clusters.tsv"] * has_clusters)
-        folder.check_planned([out / q for q in planned])
-        paths: dict[str, Path] = {}
-        for name in self.maps:
-            p = folder.file(f"{name}.nii.gz")
-            nib.save(self.image(name), str(p))
-            paths[name] = p
-        p = folder.file("mask.nii.gz")
-        nib.save(self.masker.to_image(self.analysed.astype(np.uint8), fill=0, dtype=np.uint8), str(p))
-        paths["mask"] = p
-        paths["null"] = save_null(folder.file("null_distributions.npz"), **self.null)
-        if has_clusters:
-            paths["clusters"] = folder.file("clusters.tsv")
-            write_tsv(self.clusters, paths["clusters"], columns=CLUSTER_COLUMNS)
-        paths["json"] = write_json(self.settings, folder.file("stats.json"))
-        folder.write_manifest()
-        return paths
-
-
-def _cluster_outputs(t3d: np.ndarray, mask3d: np.ndarray, thr: float, two_sided: bool, connectivity: int,
-                     h0_ext: np.ndarray, h0_mass: np.ndarray, affine: np.ndarray,
-                     atlas: tuple[np.ndarray, dict[int, str]] | None, pfun_ext=fwe_p,
-                     pfun_mass=fwe_p) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Per-voxel signed logp maps (3-D) for extent and mass FWE, and the cluster table rows (``pfun_*``: the FWE
-    p-value function of each null, :func:`fwe_p` or the tail approximation's)."""
-    lp_ext = np.zeros(t3d.shape)
-    lp_mass = np.zeros(t3d.shape)
-    rows: list[dict] = []
-    vox_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
-    found = []
-    for sgn in ((1.0, -1.0) if two_sided else (1.0,)):
-        stat = sgn * t3d
-        labels, ext, mass = label_clusters(stat, thr, mask3d, connectivity)
-        if ext.size <= 1:
-            continue
-        p_e = pfun_ext(ext[1:], h0_ext)
-        p_m = pfun_mass(mass[1:], h0_mass)
-        sign_map = sgn if two_sided else 1.0
-        lab_e = np.r_[0.0, logp(p_e) * sign_map]
-        lab_m = np.r_[0.0, logp(p_m) * sign_map]
-        lp_ext += lab_e[labels]
-        lp_mass += lab_m[labels]
-        for k in range(1, ext.size):
-            found.append((ext[k], sgn, k, labels, stat, p_e[k - 1], p_m[k - 1], mass[k]))
-    found.sort(key=lambda f: (-f[0], -f[7]))
-    for cid, (ext_k, sgn, k, labels, stat, pe, pm, mass_k) in enumerate(found, start=1):
-        peaks = local_maxima(stat, labels, k, affine)
-        for j, pk in enumerate(peaks):
-            xyz = affine[:3, :3] @ np.asarray(pk, float) + affine[:3, 3]
-            row: dict[str, Any] = {"cluster_id": str(cid) if j == 0 else f"{cid}{chr(ord('a') + j - 1)}",
-                                   "peak_t": float(t3d[pk]), "peak_x": round(float(xyz[0]), 2),
-                                   "peak_y": round(float(xyz[1]), 2), "peak_z": round(float(xyz[2]), 2)}
-            if j == 0:
-                row.update(sign="+" if sgn > 0 else "-", size_voxels=int(ext_k),
-                           size_mm3=round(float(ext_k * vox_mm3), 3), mass=float(mass_k),
-                           p_fwe_extent=float(pe), p_fwe_mass=float(pm))
-            else:
-                row.update(sign="", size_voxels="", size_mm3="", mass="", p_fwe_extent="", p_fwe_mass="")
-            if atlas is not None:
-                idx = int(atlas[0][pk])
-                row["region"] = atlas[1].get(idx, "n/a" if idx == 0 else str(idx))
-            else:
-                row["region"] = "n/a"
-            rows.append(row)
-    return lp_ext, lp_mass, rows
-
-
-def permutation_test(Y: np.ndarray, masker: Masker, design: Design, *, n_perm: int = 5000,
-                     two_sided: bool = False, cluster_p: float | None = None, cluster_t: float | None = None,
-                     tfce: bool = False, tfce_H: float = 2.0, tfce_E: float = 0.5,
-                     connectivity: int = DEFAULT_CONNECTIVITY, seed: int | None = 0,
-                     device: Any = None, batch_size: int | None = None, dtype: str = "auto",
+def permutation_test(Y: np.ndarray, masker: Masker, design: Design, *, n_perm: int = _D.n_perm,
+                     two_sided: bool = _D.two_sided, cluster_p: float | None = _D.cluster_p,
+                     cluster_t: float | None = _D.cluster_t, tfce: bool = _D.tfce, tfce_H: float = _D.tfce_H,
+                     tfce_E: float = _D.tfce_E, connectivity: int = _D.connectivity, seed: int | None = _D.seed,
+                     device: Any = None, batch_size: int | None = _D.batch_size, dtype: str = _D.dtype,
                      progress: bool = False, atlas: ImageLike | None = None,
                      atlas_lookup: str | Path | Mapping[int, str] | None = None,
                      inputs: Sequence[str] = (), extra_settings: Mapping[str, Any] | None = None,
-                     variance_smoothing: float | None = None, accel: str | None = None,
+                     variance_smoothing: float | None = _D.variance_smoothing, accel: str | None = _D.accel,
                      ) -> PermutationResult:
     """Permutation inference on stacked maps ``Y`` (n x V over ``masker``'s voxels) for ``design``.
+
+    The inference keywords are the fields of :class:`voxelkit.stats.settings.Inference`, with its defaults
+    (two-sided, TFCE, clusters at p < 0.001, 5000 permutations, 26-connectivity, seed 0); an ``Inference``
+    object ``inf`` is passed as ``**inf.as_kwargs()``.  Three steps: :func:`validate` (settings, design and data
+    checks, residualised data), :func:`run_engine` (the permutations) and :func:`assemble` (maps, p-values,
+    cluster table and the settings record).
 
     Parameters
     ----------
     n_perm : number of permutations/sign flips including the identity (all 2^n flips are used, an exact
         test, when 2^n <= n_perm; likewise all n! orders for permutation designs when n! <= n_perm).
-    two_sided : test |t| (maps signed by the sign of t); otherwise t > 0.
+    two_sided : test |t| (maps signed by the sign of t); otherwise t > 0.  F contrasts are always tested in
+        the upper tail (F has no sides; ``two_sided`` does not apply to them).
     cluster_p, cluster_t : cluster-forming threshold as an uncorrected parametric p (converted with the t
-        distribution on the residual df; halved for two-sided tests, as nilearn) or directly in t units.
+        distribution on the residual df; halved for two-sided tests, as nilearn) or directly in t units
+        (``cluster_t`` alone replaces the default ``cluster_p``); both None: no clusters.
     tfce, tfce_H, tfce_E : exact TFCE with height exponent H and extent exponent E (extent in voxels).
     connectivity : 6, 18 or 26 (default 26, as FSL; nilearn uses 6).
     seed : seed of the random flips/permutations (recorded in the settings).
@@ -209,32 +106,50 @@ def permutation_test(Y: np.ndarray, masker: Masker, design: Design, *, n_perm: i
         tail of each null of maxima (PALM's -accel tail), accurate with a few hundred permutations; the plain
         permutation p is kept (with a warning) where the fit is poor.  See :mod:`voxelkit.stats.tail`.
     """
-    if tfce:
+    inf = Inference(n_perm=n_perm, two_sided=two_sided, cluster_p=cluster_p, cluster_t=cluster_t, tfce=tfce,
+                    tfce_H=tfce_H, tfce_E=tfce_E, connectivity=connectivity, seed=seed, batch_size=batch_size,
+                    dtype=dtype, variance_smoothing=variance_smoothing, accel=accel)
+    run = validate(Y, masker, design, inf, device)
+    res = run_engine(run, progress)
+    return assemble(run, res, atlas=atlas, atlas_lookup=atlas_lookup, inputs=inputs, extra_settings=extra_settings)
+
+
+@dataclass
+class Checked:
+    """What :func:`validate` established: the settings (``inf``; two_sided off for F contrasts), the design, the
+    residualised data (``prep``), the backend, the cluster-forming threshold in t (or F) units, the
+    permutations, the 3-D mask of analysed voxels and the tail approximation."""
+
+    inf: Inference
+    masker: Masker
+    design: Design
+    prep: _engine.Prepared
+    be: Any
+    thr_t: float | None
+    perms: Any
+    mask3d: np.ndarray
+    tail: TailInference
+
+
+def validate(Y: np.ndarray, masker: Masker, design: Design, inf: Inference, device: Any = None) -> Checked:
+    """Check the data, design and settings together (``InputError`` naming the argument and the CLI flag) and
+    prepare the engine's inputs; starts loading the TFCE kernels in the background when TFCE is asked for."""
+    if inf.tfce:
         _engine.start_tfce_warmup()
     n = Y.shape[0]
     if n < MIN_SUBJECTS:
         raise InputError(f"{n} maps: at least {MIN_SUBJECTS} are needed (with n = 4 there are only 2^4 = 16 sign "
                          "flips, so the smallest attainable p is 1/16 = 0.0625 and nothing can reach p < 0.05)")
-    connectivity = check_connectivity(connectivity)
-    if cluster_p is not None and cluster_t is not None:
-        raise InputError("give the cluster-forming threshold as cluster_p (--cluster-p) or cluster_t "
-                         "(--cluster-t), not both")
-    if cluster_p is not None and not 0 < cluster_p < 1:
-        raise InputError(f"cluster_p (--cluster-p) must be in (0, 1), got {cluster_p}")
-    check_settings(n_perm=n_perm, cluster_p=cluster_p, cluster_t=cluster_t, tfce_H=tfce_H, tfce_E=tfce_E, seed=seed,
-                   batch_size=batch_size)
+    f_rank = int(getattr(design, "f_rank", 0))  # F contrast (voxelkit.stats.contrasts.FDesign)
+    if f_rank and inf.two_sided:
+        inf = inf.replace(two_sided=False)  # F: the upper tail
     groups = None
     if design.kind == "two_sample":
         n_a = int(round(float(design.matrix[:, 1].sum())))
         groups = [n_a, n - n_a]
-    check_attainable(n, design.method, two_sided, n_perm, groups)
-    if variance_smoothing is not None and not (np.isfinite(variance_smoothing) and variance_smoothing >= 0):
-        raise InputError(f"variance_smoothing (FWHM in mm) must be >= 0, got {variance_smoothing}")
-    tail = TailInference(accel, seed)
-    f_rank = int(getattr(design, "f_rank", 0))  # F contrast (voxelkit.stats.contrasts.FDesign)
-    if f_rank and two_sided:
-        raise InputError("F contrasts have no sides: drop two_sided (--two-sided)")
-    if f_rank and variance_smoothing is not None:
+    check_attainable(n, design.method, inf.two_sided, inf.n_perm, groups)
+    tail = TailInference(inf.accel, inf.seed)
+    if f_rank and inf.variance_smoothing is not None:
         raise InputError("variance_smoothing (--variance-smoothing) is not available with F contrasts")
     be = get_backend(device)
     prep = _engine.prepare(Y, design)
@@ -245,18 +160,17 @@ def permutation_test(Y: np.ndarray, masker: Masker, design: Design, *, n_perm: i
                     prep.n_constant + prep.n_nonfinite, prep.n_constant, prep.n_nonfinite, n_valid)
     if n_valid == 0:
         raise InputError("no voxel can be analysed: every voxel is constant or non-finite in some map")
-    thr_t = cluster_t
-    if cluster_p is not None:
-        from scipy.special import stdtrit  # noqa: PLC0415  (t quantile; scipy.stats costs ~1 s to import)
-
-        thr_t = float(stdtrit(prep.df, 1.0 - (cluster_p / 2 if two_sided else cluster_p)))
+    thr_t = inf.cluster_t
+    if inf.cluster_p is not None:
+        cp = float(inf.cluster_p)
+        thr_t = t_isf(cp / 2 if inf.two_sided else cp, prep.df)  # t quantile without importing scipy.special
         if f_rank:
             from scipy.special import fdtri  # noqa: PLC0415
 
-            thr_t = float(fdtri(f_rank, prep.df, 1.0 - cluster_p))
-    perms = make_permutation_set(design, n_perm, seed)
+            thr_t = float(fdtri(f_rank, prep.df, 1.0 - cp))
+    perms = make_permutation_set(design, inf.n_perm, inf.seed)
     N = perms.n_perm
-    min_p = (2.0 if two_sided and design.method == "flip" else 1.0) / N
+    min_p = (2.0 if inf.two_sided and design.method == "flip" else 1.0) / N
     if min_p > 0.05:
         log.warning("voxelkit stats: only %d distinct permutations: the smallest attainable p is %.3g", N, min_p)
     if perms.exhaustive:
@@ -264,22 +178,39 @@ def permutation_test(Y: np.ndarray, masker: Masker, design: Design, *, n_perm: i
                  "sign flips" if design.method == "flip" else "permutations")
     mask3d = masker.mask.copy()
     mask3d[masker.mask] = prep.valid
-    cfg = _engine.EngineConfig(two_sided=two_sided, cluster_t=thr_t, tfce=tfce, tfce_H=tfce_H, tfce_E=tfce_E,
-                               connectivity=connectivity, batch_size=batch_size, dtype=dtype,
-                               variance_smoothing=variance_smoothing, affine=masker.affine)
+    return Checked(inf, masker, design, prep, be, thr_t, perms, mask3d, tail)
+
+
+def run_engine(run: Checked, progress: bool = False) -> _engine.EngineResult:
+    """All permutations through :func:`voxelkit.stats.engine.run` (a progress bar on a terminal)."""
+    inf = run.inf
+    cfg = _engine.EngineConfig(two_sided=inf.two_sided, cluster_t=run.thr_t, tfce=inf.tfce, tfce_H=inf.tfce_H,
+                               tfce_E=inf.tfce_E, connectivity=inf.connectivity, batch_size=inf.batch_size,
+                               dtype=inf.dtype, variance_smoothing=inf.variance_smoothing,
+                               affine=run.masker.affine)
     bar = None
-    if progress and getattr(__import__("sys").stderr, "isatty", lambda: False)():  # bars on a terminal only
+    if progress and getattr(sys.stderr, "isatty", lambda: False)():  # bars on a terminal only
         from tqdm.auto import tqdm  # noqa: PLC0415
 
-        bar = tqdm(total=N, unit="perm", desc=f"voxelkit stats {design.kind}", leave=False)
+        bar = tqdm(total=run.perms.n_perm, unit="perm", desc=f"voxelkit stats {run.design.kind}", leave=False)
     try:
-        res = _engine.run(prep, perms, mask3d, be, cfg, progress=bar.update if bar is not None else None)
+        return _engine.run(run.prep, run.perms, run.mask3d, run.be, cfg,
+                           progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
 
+
+def assemble(run: Checked, res: _engine.EngineResult, *, atlas: ImageLike | None = None,
+             atlas_lookup: str | Path | Mapping[int, str] | None = None, inputs: Sequence[str] = (),
+             extra_settings: Mapping[str, Any] | None = None) -> PermutationResult:
+    """Maps over the mask (uncorrected, FDR and FWE -log10 p), null distributions, the cluster table and the
+    settings record (:func:`voxelkit.stats.result.settings_record`) from the engine's result."""
+    inf, masker, tail, thr_t, perms = run.inf, run.masker, run.tail, run.thr_t, run.perms
+    two_sided = inf.two_sided
+    N = perms.n_perm
     V = masker.n_voxels
-    valid = prep.valid
+    valid = run.prep.valid
     sign = np.sign(res.t) if two_sided else None
 
     def full(v: np.ndarray) -> np.ndarray:
@@ -297,7 +228,7 @@ def permutation_test(Y: np.ndarray, masker: Masker, design: Design, *, n_perm: i
     clusters: list[dict] = []
     if thr_t is not None:
         t3d = np.zeros(masker.shape)
-        t3d[mask3d] = t
+        t3d[run.mask3d] = t
         atlas_pair = None
         if atlas is not None:
             aimg = load_image(atlas)
@@ -306,14 +237,14 @@ def permutation_test(Y: np.ndarray, masker: Masker, design: Design, *, n_perm: i
             lut = dict(atlas_lookup) if isinstance(atlas_lookup, Mapping) else (
                 read_lookup(atlas_lookup) if atlas_lookup is not None else {})
             atlas_pair = (np.rint(np.asarray(aimg.dataobj)).astype(np.int64).reshape(masker.shape), lut)
-        lp_e, lp_m, clusters = _cluster_outputs(t3d, mask3d, thr_t, two_sided, connectivity,
-                                                res.h0_max_extent, res.h0_max_mass, masker.affine, atlas_pair,
-                                                tail.pfun("h0_max_cluster_extent"), tail.pfun("h0_max_cluster_mass"))
+        lp_e, lp_m, clusters = cluster_table(t3d, run.mask3d, thr_t, two_sided, inf.connectivity,
+                                             res.h0_max_extent, res.h0_max_mass, masker.affine, atlas_pair,
+                                             tail.pfun("h0_max_cluster_extent"), tail.pfun("h0_max_cluster_mass"))
         maps["logp_fwe_cluster_extent"] = lp_e[masker.mask].astype(np.float32)
         maps["logp_fwe_cluster_mass"] = lp_m[masker.mask].astype(np.float32)
         null["h0_max_cluster_extent"] = res.h0_max_extent
         null["h0_max_cluster_mass"] = res.h0_max_mass
-    if tfce:
+    if inf.tfce:
         maps["tfce"] = full(res.tfce)
         maps["logp_fwe_tfce"] = full(logp(tail.pfun("h0_max_tfce")(np.abs(res.tfce), res.h0_max_tfce), sign))
         null["h0_max_tfce"] = res.h0_max_tfce
@@ -323,46 +254,17 @@ def permutation_test(Y: np.ndarray, masker: Masker, design: Design, *, n_perm: i
         null["permutations"] = perms.orders
     null["cluster_threshold_t"] = np.array(np.nan if thr_t is None else thr_t)
     null["two_sided"] = np.array(two_sided)
-
-    settings: dict[str, Any] = {
-        "voxelkit_version": __version__, "test": design.kind, "method": design.method,
-        "permutation_scheme": ("sign flipping" if design.method == "flip" else "permutation") + (
-            " (Freedman-Lane)" if design.nuisance().shape[1] and design.kind == "glm" else ""),
-        "n_maps": n, "n_perm_requested": int(n_perm), "n_perm": N, "exhaustive": perms.exhaustive,
-        "seed": seed, "two_sided": two_sided, "df": prep.df,
-        "design_columns": design.names, "design_matrix": design.matrix, "contrast": design.contrast,
-        "cluster_p": cluster_p, "cluster_threshold_t": thr_t,
-        "cluster_threshold_rule": "t > threshold (two-sided: |t| > threshold, p halved)",
-        "cluster_mass": "sum of (t - threshold) over the cluster", "connectivity": connectivity,
-        "tfce": tfce, "tfce_H": tfce_H, "tfce_E": tfce_E, "tfce_method": "exact (union-find, no step size)",
-        "tfce_two_sided": "positive and negative parts enhanced separately; null = max over both",
-        "p_value_maps": "-log10(p)" + (", signed by the sign of t" if two_sided else ""),
-        "uncorrected_p": "permutation p (identity counted)",
-        "backend": be.name, "dtype": res.dtype, "batch_size": res.extra.get("batch_size", batch_size),
-        "n_voxels_mask": V, "n_voxels_analysed": n_valid,
-        "n_voxels_excluded_constant": prep.n_constant, "n_voxels_excluded_nonfinite": prep.n_nonfinite,
-        "fwe_threshold_t_0.05": fwe_threshold(res.h0_max_t, 0.05),
-        "inputs": list(inputs),
-        "variance_smoothing_fwhm_mm": variance_smoothing,
-    }
-    if variance_smoothing is not None:
-        settings["statistic"] = ("pseudo-t: variance smoothed within the mask (Gaussian FWHM "
-                                 f"{variance_smoothing:g} mm, normalised by the smoothed mask) before forming t, "
-                                 "in the observed and every permuted map")
-        settings["variance_smoothing_sigma_vox"] = res.extra.get("variance_smoothing_sigma_vox")
-    settings.update(tail.settings())
-    if f_rank:
-        settings["statistic"] = f"F on ({f_rank}, {prep.df}) degrees of freedom (map 't' holds F)"
-        settings["f_rank"] = f_rank
-    if extra_settings:
-        settings.update(extra_settings)
+    settings = settings_record(inf, design=run.design, perms=perms, prep=run.prep, res=res, backend=run.be.name,
+                               n_maps=int(run.prep.E.shape[0]), n_voxels_mask=V, n_voxels_analysed=int(valid.sum()),
+                               cluster_threshold_t=thr_t, inputs=inputs, tail_settings=tail.settings(),
+                               extra_settings=extra_settings)
     return PermutationResult(maps, masker, null, clusters, settings, analysed=valid)
 
 
 def _load_maps(images: Sequence[ImageLike], mask: ImageLike | None,
                kwargs: Mapping[str, Any]) -> tuple[np.ndarray, Masker, list[str]]:
     """:func:`load_maps`, with the TFCE kernels loading in the background meanwhile when TFCE is asked for."""
-    if kwargs.get("tfce"):
+    if kwargs.get("tfce", DEFAULTS.tfce):
         _engine.start_tfce_warmup()
     return load_maps(images, mask)
 

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
-from ..io import InputError, Masker, write_json, write_tsv
+from ..io import InputError, Masker
 from .design import Design, _null_space
 from .inference import logp
+from .result import MultiContrastResult, cluster_table
+
+__all__ = ["ContrastSpec", "FDesign", "MultiContrastResult", "make_specs", "run_contrasts"]
 
 log = logging.getLogger("voxelkit")
 
@@ -150,94 +151,24 @@ def _text(c: Any) -> str:
     return "; ".join(" ".join(str(x) for x in row) for row in np.atleast_2d(a))
 
 
-@dataclass
-class MultiContrastResult:
-    """One :class:`~voxelkit.stats.api.PermutationResult` per contrast (label -> result), and the run's settings."""
-
-    results: dict[str, Any]
-    specs: list[ContrastSpec]
-    settings: dict[str, Any]
-    input_files: list[str] = field(default_factory=list)
-
-    def __getitem__(self, label: str) -> Any:
-        return self.results[label]
-
-    @property
-    def clusters(self) -> list[dict]:
-        """Cluster rows of all contrasts (each with its ``contrast`` label)."""
-        return [{**row, "contrast": lab} for lab, r in self.results.items() for row in r.clusters]
-
-    def output_names(self) -> dict[str, list[str]]:
-        """label -> file names this result writes for that contrast."""
-        out = {}
-        for sp in self.specs:
-            r = self.results[sp.label]
-            files = [f"{sp.label}_{_map_name(sp, m)}.nii.gz" for m in r.maps]
-            files.append(f"{sp.label}_null_distributions.npz")
-            if r.settings.get("cluster_threshold_t") is not None:
-                files.append(f"{sp.label}_clusters.tsv")
-            out[sp.label] = files
-        return out
-
-    def save(self, outdir: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> dict:
-        """Write every contrast's files with its label as prefix, ``mask.nii.gz`` and one ``stats.json`` (through
-        :class:`voxelkit.outputs.OutputFolder`: a non-empty folder is refused unless ``overwrite``)."""
-        from ..outputs import OutputFolder  # noqa: PLC0415
-        from .api import CLUSTER_COLUMNS  # noqa: PLC0415
-        from .io import save_null  # noqa: PLC0415
-
-        if isinstance(outdir, OutputFolder):
-            folder = outdir
-        else:
-            folder = OutputFolder(outdir, "stats glm", overwrite=overwrite, inputs=[*self.input_files, *inputs])
-        names = self.output_names()
-        folder.check_planned([folder.path / f for fl in names.values() for f in fl]
-                             + [folder.path / "mask.nii.gz", folder.path / "stats.json"])
-        paths: dict[str, Path] = {}
-        first = self.results[self.specs[0].label]
-        p = folder.file("mask.nii.gz")
-        nib.save(first.masker.to_image(first.analysed.astype(np.uint8), fill=0, dtype=np.uint8), str(p))
-        paths["mask"] = p
-        for sp in self.specs:
-            r = self.results[sp.label]
-            for m in r.maps:
-                p = folder.file(f"{sp.label}_{_map_name(sp, m)}.nii.gz")
-                nib.save(r.image(m), str(p))
-                paths[f"{sp.label}_{_map_name(sp, m)}"] = p
-            paths[f"{sp.label}_null"] = save_null(folder.file(f"{sp.label}_null_distributions.npz"), **r.null)
-            if r.settings.get("cluster_threshold_t") is not None:
-                p = folder.file(f"{sp.label}_clusters.tsv")
-                write_tsv(r.clusters, p, columns=CLUSTER_COLUMNS)
-                paths[f"{sp.label}_clusters"] = p
-        settings = dict(self.settings)
-        settings["outputs"] = names
-        paths["json"] = write_json(settings, folder.file("stats.json"))
-        folder.write_manifest()
-        return paths
-
-
-def _map_name(sp: ContrastSpec, m: str) -> str:
-    return "f" if (sp.kind == "F" and m == "t") else m
-
-
 def run_contrasts(Y: np.ndarray, masker: Masker, base: Design, specs: Sequence[ContrastSpec], *,
                   fwe_across_contrasts: bool = False, extra_settings: dict | None = None,
                   inputs: Sequence[str] = (), **kwargs: Any) -> MultiContrastResult:
     """Test every contrast of ``specs`` on the model ``base.matrix`` (same permutations), see the module docstring.
     Keyword arguments as :func:`voxelkit.stats.permutation_test`."""
-    from .api import _cluster_outputs, permutation_test  # noqa: PLC0415
+    from .api import permutation_test  # noqa: PLC0415
+    from .settings import DEFAULTS  # noqa: PLC0415
     from .tail import TailInference  # noqa: PLC0415
 
-    two_sided = bool(kwargs.get("two_sided", False))
+    two_sided = bool(kwargs.get("two_sided", DEFAULTS.two_sided))  # of the t contrasts; F has no sides
     if fwe_across_contrasts:
         kinds = {(sp.kind, sp.weights.shape[0] if sp.kind == "F" else 1) for sp in specs}
         if len(kinds) > 1:
             raise InputError("fwe_across_contrasts (--fwe-across-contrasts) needs statistics on one scale: all t "
                              "contrasts, or all F contrasts with the same number of rows")
     if any(sp.kind == "F" for sp in specs):
-        if two_sided:
-            raise InputError("F contrasts have no sides: run them without two_sided (--two-sided), or give the "
-                             "t contrasts in a separate run")
+        if all(sp.kind == "F" for sp in specs):
+            two_sided = False
         if kwargs.get("variance_smoothing") is not None:
             raise InputError("variance_smoothing (--variance-smoothing) is not available with F contrasts")
     results: dict[str, Any] = {}
@@ -294,7 +225,7 @@ def run_contrasts(Y: np.ndarray, masker: Masker, base: Design, specs: Sequence[C
                 mask3d[masker.mask] = valid
                 t3d = np.zeros(masker.shape)
                 t3d[masker.mask] = r.maps["t"]
-                lp_e, lp_m, rows = _cluster_outputs(
+                lp_e, lp_m, rows = cluster_table(
                     t3d, mask3d, thr, two_sided, r.settings["connectivity"], across["h0_max_cluster_extent"],
                     across["h0_max_cluster_mass"], masker.affine, None, tail.pfun("h0_max_cluster_extent"),
                     tail.pfun("h0_max_cluster_mass"))

@@ -239,24 +239,12 @@ def check_attainable(n: int, method: str, two_sided: bool, n_perm: int, group_si
 def check_settings(*, n_perm: int, cluster_p: float | None = None, cluster_t: float | None = None,
                    tfce_H: float = 2.0, tfce_E: float = 0.5, seed: int | None = 0,
                    batch_size: int | None = None) -> None:
-    """Validate inference settings; messages name the Python argument and the CLI flag (``n_perm (--n-perm)``)."""
-    def bad(api: str, flag: str, rule: str, value: object) -> InputError:
-        return InputError(f"{api} ({flag}) must be {rule}, got {value}")
+    """Validate inference settings; messages name the Python argument and the CLI flag (``n_perm (--n-perm)``).
+    The rules are those of :class:`voxelkit.stats.settings.Inference` (kept for callers of this function)."""
+    from .settings import Inference  # noqa: PLC0415
 
-    if int(n_perm) != n_perm or n_perm < 1:
-        raise bad("n_perm", "--n-perm", ">= 1", n_perm)
-    if cluster_p is not None and not 0 < cluster_p < 1:
-        raise bad("cluster_p", "--cluster-p", "in (0, 1)", cluster_p)
-    if cluster_t is not None and not (math.isfinite(cluster_t) and cluster_t > 0):
-        raise bad("cluster_t", "--cluster-t", "a finite t > 0", cluster_t)
-    if not (math.isfinite(tfce_H) and tfce_H > 0):
-        raise bad("tfce_H", "--tfce-h", "> 0", tfce_H)
-    if not (math.isfinite(tfce_E) and tfce_E > 0):
-        raise bad("tfce_E", "--tfce-e", "> 0", tfce_E)
-    if seed is not None and (int(seed) != seed or seed < 0):
-        raise bad("seed", "--seed", "an integer >= 0", seed)
-    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
-        raise bad("batch_size", "--batch-size", ">= 1", batch_size)
+    Inference(n_perm=n_perm, cluster_p=cluster_p, cluster_t=cluster_t, tfce_H=tfce_H, tfce_E=tfce_E, seed=seed,
+              batch_size=batch_size)
 
 
 def make_permutation_set(design: Design, n_perm: int, seed: int | None) -> PermutationSet:

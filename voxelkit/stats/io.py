@@ -1,4 +1,6 @@
-"""Stats-specific input/output: stacking maps, design tables, atlas look-up tables, null distributions."""
+"""Stats-specific input/output: stacking maps, design tables, atlas look-up tables, null distributions.
+
+Tables are read by the one TSV reader, :mod:`voxelkit.io.tables` (``read_lookup`` is re-exported from there)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..io import ImageLike, InputError, Masker, check_same_space, image_name, load_image, load_mask, read_tsv
+from ..io import ImageLike, InputError, Masker, check_same_space, image_data, image_name, load_image, load_mask
+from ..io.tables import read_lookup, read_tsv  # noqa: F401 - read_lookup: the look-up table reader, re-exported
 
 log = logging.getLogger("voxelkit")
 
 
 def _data3d(img: nib.spatialimages.SpatialImage, name: str) -> np.ndarray:
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    data = image_data(img, name, np.float32)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -89,30 +92,6 @@ def read_design_table(path: str | Path, map_column: str = "map", map_column_b: s
     else:
         labels = [f"line {i + 2} ({Path(v).name})" for i, v in enumerate(raw_maps)]
     return maps, maps_b, cols, labels
-
-
-def read_lookup(path: str | Path) -> dict[int, str]:
-    """Atlas look-up table: TSV/whitespace lines ``index name`` (a header line ``index name`` is skipped;
-    BIDS ``dseg.tsv`` with columns ``index`` and ``name`` also works)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    out: dict[int, str] = {}
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    header = lines[0].split("\t") if lines else []
-    idx_col, name_col = 0, 1
-    if "index" in header and "name" in header:
-        idx_col, name_col = header.index("index"), header.index("name")
-        lines = lines[1:]
-    for ln in lines:
-        parts = ln.split("\t") if "\t" in ln else ln.split(None, 1)
-        try:
-            out[int(float(parts[idx_col]))] = parts[name_col].strip()
-        except (ValueError, IndexError):
-            continue
-    if not out:
-        raise InputError(f"{path}: no 'index name' lines found")
-    return out
 
 
 def save_null(path: str | Path, **arrays: np.ndarray) -> Path:
