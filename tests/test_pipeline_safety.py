@@ -23,7 +23,7 @@ from voxelkit.pipeline import StudyConfig, layout, run_study
 from voxelkit.pipeline.bids import read_participants
 
 N_SUBJECTS = 6
-CONTRAST = "bp_ndanakinraminusplacebo"
+CONTRAST = "BPNDanakinraMinusPlacebo"  # layout.contrast_label("bp_nd", "anakinra", "placebo")
 
 
 @pytest.fixture(scope="module")

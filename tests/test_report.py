@@ -56,21 +56,51 @@ def _qc(subject: str, session: str, rng: np.random.Generator) -> dict:
             "histograms": hist, "n_voxels": 3000, "fit_seconds": 0.4, "backend": "numpy"}
 
 
-def make_output_dir(out: Path, n_subjects: int = 2) -> Path:
+def _release_qc(qc: dict, session: str, rng: np.random.Generator) -> dict:
+    """What voxelkit.pipeline.run stores for an lp-ntPET fit: examples with the fit without the release term,
+    release/t_d histograms and the BP(t) curve per region (``release_curves``)."""
+    t_fr = (np.asarray(qc["frames"]["start_s"]) + np.asarray(qc["frames"]["duration_s"]) / 2) / 60.0
+    for v in qc["example_voxels"]:
+        fit = np.asarray(v["fitted"] if v["fitted"] is not None else v["tac"], float)
+        v["fitted"] = fit.tolist()
+        v["fitted_without_release"] = (fit * (1 + 0.15 * (t_fr > 45) * (1 - np.exp(-(t_fr - 45) / 10)))).tolist()
+        v["params"] = {"bp_nd": v["params"]["bp_nd"], "release": 0.12, "t_d": 46.0, "f_stat": 9.0}
+    rel, td = rng.normal(0.1, 0.05, 3000), rng.normal(50, 3, 3000)
+    qc["histograms"].update({k: {"edges": np.histogram(v, 30)[1].tolist(), "counts": np.histogram(v, 30)[0].tolist()}
+                             for k, v in (("release", rel), ("t_d", td))})
+    qc["model"] = "lpntpet2"
+    t = np.arange(0, 60.5, 0.5)
+    occ = (0.2 if session == "anakinra" else 0.1) * np.clip((t - 45) / 10, 0, 1) \
+        * np.exp(-np.clip(t - 55, 0, None) / 10)
+    qc["release_curves"] = {"t_min": t.tolist(), "regions": {
+        r: {"bp_t": ((1.0 + i) * (1 - occ)).tolist(), "n_voxels": 50, "release": float(occ.max()), "t_d": 45.0}
+        for i, r in enumerate(REGIONS)}}
+    return qc
+
+
+def make_output_dir(out: Path, n_subjects: int = 2, release: bool = False) -> Path:
     """A small pipeline output directory following voxelkit/pipeline/layout.py, with the files as
     voxelkit.pipeline.run and voxelkit.stats write them (study.json = StudyConfig.to_dict(), provenance.json,
-    group/stats/ from PermutationResult.save)."""
+    group/stats/ from PermutationResult.save).  ``release``: as ``voxelkit run --contrast release`` writes it
+    (lpntpet2 maps incl. release and t_d, QC records with release curves, roi_values with a quantity column,
+    an atlas look-up with an effect column)."""
     from voxelkit.pipeline import layout
 
     rng = np.random.default_rng(0)
     out.mkdir(parents=True, exist_ok=True)
     subjects = [f"{i:02d}" for i in range(1, n_subjects + 1)]
+    model = "lpntpet2" if release else "srtm"
+    lut = "/data/atlas.tsv"
+    if release:
+        lut = str(out.parent / "atlas.tsv")
+        Path(lut).write_text("index\tname\teffect\n1\tthalamus\t1\n2\tinsula\t1\n3\tcaudate\t0\n")
     study = {"bids_dir": "/data/anakinra-study", "output_dir": str(out), "conditions": CONDITIONS,
              "ref_mask": "/data/ref.nii.gz", "brain_mask": None, "atlas": "/data/atlas.nii.gz",
-             "atlas_labels": "/data/atlas.tsv", "model": "srtm", "model_options": {"k2prime": 0.1}, "windows": None,
-             "contrast": "bp_nd", "smoothing_fwhm": 6.0, "covariates": [], "n_perm": 500, "cluster_p": 0.001,
-             "tfce": True, "two_sided": True, "seed": 7, "on_missing": "drop", "jobs": 1, "device": None,
-             "report": True}
+             "atlas_labels": lut, "model": model,
+             "model_options": {"challenge_window": [45, 60], "k2prime": "median"} if release else {"k2prime": 0.1},
+             "windows": None, "contrast": "release" if release else "bp_nd", "smoothing_fwhm": 6.0, "covariates": [],
+             "n_perm": 500, "cluster_p": 0.001, "tfce": True, "two_sided": True, "seed": 7, "on_missing": "drop",
+             "jobs": 1, "device": None, "report": True}
     (out / "study.json").write_text(json.dumps(study))
     (out / "provenance.json").write_text(json.dumps({
         "voxelkit": "0.1.0", "command": ["voxelkit", "run", "study.toml"], "settings": study, "seed": 7,
@@ -85,9 +115,16 @@ def make_output_dir(out: Path, n_subjects: int = 2) -> Path:
     brain[3:17, 3:21, 3:17] = True
     for s in subjects:
         for c in CONDITIONS:
-            _save(layout.map_path(out, s, c, "srtm", "bp_nd"), np.where(brain, rng.gamma(4, 0.4, SHAPE), 0))
-            qc = layout.qc_path(out, s, c, "srtm")
-            qc.write_text(json.dumps(_qc(s, c, rng)))
+            _save(layout.map_path(out, s, c, model, "bp_nd"), np.where(brain, rng.gamma(4, 0.4, SHAPE), 0))
+            qc = layout.qc_path(out, s, c, model)
+            rec = _qc(s, c, rng)
+            if release:
+                rec = _release_qc(rec, c, rng)
+                drug = 0.1 if c == "anakinra" else 0.0
+                _save(layout.map_path(out, s, c, model, "release"),
+                      np.where(brain, rng.normal(0.1 + drug, 0.05, SHAPE), np.nan))
+                _save(layout.map_path(out, s, c, model, "t_d"), np.where(brain, rng.normal(48, 2, SHAPE), np.nan))
+            qc.write_text(json.dumps(rec))
     stats = layout.stats_dir(out)
     t = np.where(brain, rng.normal(0, 1, SHAPE), 0)
     t[8:12, 10:14, 8:12] += 6.0
@@ -118,12 +155,15 @@ def make_output_dir(out: Path, n_subjects: int = 2) -> Path:
                                                   "design_matrix": [[1.0]] * n_subjects, "tfce_H": 2.0}))
     roi = layout.roi_dir(out)
     roi.mkdir(parents=True, exist_ok=True)
-    lines = ["subject\tcondition\tphase\tregion\tvalue"]
+    lines = ["subject\tcondition\tphase\tregion" + ("\tquantity" if release else "") + "\tvalue"]
     for s in subjects:
         for r_i, r in enumerate(REGIONS):
             base = 1.0 + r_i + rng.normal(0, 0.2)
             for c in CONDITIONS:
-                lines.append(f"{s}\t{c}\tn/a\t{r}\t{base * (0.92 if c == 'anakinra' else 1.0):.4f}")
+                q = "\tbp_nd" if release else ""
+                lines.append(f"{s}\t{c}\tn/a\t{r}{q}\t{base * (0.92 if c == 'anakinra' else 1.0):.4f}")
+                if release:
+                    lines.append(f"{s}\t{c}\tn/a\t{r}\trelease\t{0.2 if c == 'anakinra' else 0.1:.4f}")
     (roi / "roi_values.tsv").write_text("\n".join(lines) + "\n")
     (roi / "roi_tests.tsv").write_text(
         "region\tn\tmean_a\tmean_b\tmean_diff\tt\tp\tp_fdr\n"
@@ -137,6 +177,60 @@ def make_output_dir(out: Path, n_subjects: int = 2) -> Path:
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = make_output_dir(tmp_path_factory.mktemp("study") / "derivatives" / "voxelkit", n_subjects=3)
     return write_report(out)
+
+
+@pytest.fixture(scope="module")
+def release_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = make_output_dir(tmp_path_factory.mktemp("release") / "derivatives" / "voxelkit", n_subjects=3,
+                          release=True)
+    return write_report(out)
+
+
+def _section(text: str, sid: str) -> str:
+    i = text.index(f'id="{sid}"')
+    i = text.rindex("<", 0, i)
+    return text[i:text.index("</section>", i)]
+
+
+def test_report_release_section(release_report: Path, report: Path) -> None:
+    text = html.unescape(release_report.read_text(encoding="utf-8"))
+    assert "could not be rendered" not in text
+    sec = _section(text, "release")
+    assert "Release and onset maps (mean over subjects)" in sec
+    assert sec.count("<img ") == 2 + 1 + 1 + 2  # release and t_D maps, regional release, BP(t), 2 voxel panels
+    assert "BP(t) of the planted regions" in sec and "Regions: the planted regions (atlas look-up column effect" in sec
+    assert "dashed: the same fit without the release term" in sec
+    assert "anakinra − placebo" in sec and "challenge window 45–60 min" in sec
+    # the effect sentence names the quantity and its unit (the fixture's ROI tests: thalamus significant)
+    assert "The peak release (lp-ntPET: fractional receptor occupancy by the released neurotransmitter) lower " \
+           "under anakinra than under placebo by 0.16 (fraction of receptors) in thalamus" in text
+    # the BPND figure of the ROI section uses the bp_nd rows only; the release rows have their own figure
+    assert "Regional release by condition (paired)" in sec
+    # the bp_nd report has no release section
+    assert 'id="release"' not in report.read_text(encoding="utf-8")
+
+
+def test_report_release_planted_regions_choice(release_report: Path) -> None:
+    from voxelkit.report.report import _Report
+
+    rep = _Report(release_report.parent)
+    rep.design()
+    assert rep.planted_regions(["thalamus", "insula", "caudate"])[0] == ["thalamus", "insula"]
+    rep.study["atlas_labels"] = "/nonexistent.tsv"
+    assert rep.planted_regions(["thalamus", "insula", "caudate"])[0] == ["thalamus", "insula", "caudate"]
+
+
+def test_map_slices_and_bp_curves_figures() -> None:
+    from voxelkit.report import figures
+
+    vol = np.full((8, 8, 6), np.nan)
+    vol[2:6, 2:6, 1:5] = 0.1
+    a = figures.map_slices([("a", vol), ("b", vol * 2)], "t", "release", 0.0, 0.3)
+    assert a[:8] == b"\x89PNG\r\n\x1a\n" and a != figures.map_slices([("a", vol), ("b", vol * 3)], "t", "r", 0, 0.3)
+    t = np.arange(0, 10.0)
+    c = figures.bp_curves({"thalamus": {"anakinra": {"mean": (2 - 0.1 * t).tolist(), "subjects": []}}}, t,
+                          ["anakinra", "placebo"], [4, 8])
+    assert c[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_content(report: Path) -> None:
@@ -336,7 +430,9 @@ def test_chromium_check_detects_failures(tmp_path: Path) -> None:
     assert any(e.startswith("resource: IMG") and "missing.png" in e for e in res["errors"]), res
 
 
-def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", ["report", "release_report"])
+def test_report_renders_in_chromium(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    report = request.getfixturevalue(which)
     exe = _chromium()
     text = report.read_text(encoding="utf-8")
     res = _check_in_chromium(exe, text, tmp_path)
@@ -348,14 +444,35 @@ def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
     assert res["sections"] >= 6
 
 
-def test_report_screenshot(report: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", ["report", "release_report"])
+def test_report_screenshot(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """The unmodified report renders to a non-blank screenshot (set VOXELKIT_REPORT_SHOT=path to keep it)."""
+    report = request.getfixturevalue(which)
     exe = _chromium()
     shot = Path(os.environ.get("VOXELKIT_REPORT_SHOT") or tmp_path / "report.png")
     with tempfile.TemporaryDirectory(prefix="vk-chromium-") as profile:
         proc = _run_chromium(exe, ["--virtual-time-budget=3000", f"--screenshot={shot}", "--window-size=1400,3000",
                                    report.as_uri()], Path(profile))
     assert shot.is_file() and shot.stat().st_size > 20_000, proc.stderr[-2000:]
+
+
+def test_report_release_section_screenshot_not_blank(release_report: Path, tmp_path: Path) -> None:
+    """The release section alone (the report's head and that section) renders with content: maps, curves and
+    TAC panels (VOXELKIT_REPORT_SHOT_DIR=dir keeps report_release.png for a human look)."""
+    exe = _chromium()
+    text = release_report.read_text(encoding="utf-8")
+    head = text[:text.index(">", text.index("<body")) + 1]
+    page = tmp_path / "release_only.html"
+    page.write_text(head + "<main>" + _section(text, "release") + "</section></main></body></html>", encoding="utf-8")
+    folder = Path(os.environ.get("VOXELKIT_REPORT_SHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    shot = folder / "report_release.png"
+    with tempfile.TemporaryDirectory(prefix="vk-chromium-") as profile:
+        proc = _run_chromium(exe, ["--virtual-time-budget=3000", f"--screenshot={shot}", "--window-size=1200,2600",
+                                   page.as_uri()], Path(profile))
+    assert shot.is_file(), proc.stderr[-2000:]
+    ink, spread = _png_stats(shot)
+    assert ink > 0.05 and spread > 0.05, (ink, spread)
 
 
 # ------------------------------------------------------------------------------- what a reader needs to see

@@ -291,8 +291,8 @@ def test_demo_release_planted_vs_found(tmp_path, capsys, caplog):
 
     caplog.set_level(logging.INFO)
     out = tmp_path / "demo"
-    rc = main(["demo", "-o", str(out), "--design", "release", "--n-subjects", "6", "--resolution", "4",
-               "--n-perm", "32", "--noise", "0", "--quiet"])
+    rc = main(["demo", "-o", str(out), "--design", "release", "--analysis", "activation", "--n-subjects", "6",
+               "--resolution", "4", "--n-perm", "32", "--noise", "0", "--quiet"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert (cap.out + cap.err + caplog.text).count("wrote 12 PET scans") == 1  # the simulation summary once
@@ -313,8 +313,8 @@ def test_demo_release_refused_combination_writes_nothing(tmp_path, capsys):
     from voxelkit.cli import main
 
     out = tmp_path / "demo"
-    rc = main(["demo", "-o", str(out), "--design", "release", "--model", "srtm", "--protocol", "bolus",
-               "--n-subjects", "5", "--resolution", "4", "--quiet"])
+    rc = main(["demo", "-o", str(out), "--design", "release", "--analysis", "activation", "--model", "srtm",
+               "--protocol", "bolus", "--n-subjects", "5", "--resolution", "4", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "refused" in err and len(err.splitlines()) == 1
     assert not out.exists()

@@ -27,17 +27,28 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mask", dest="brain_mask", default=None, help="brain mask")
     g.add_argument("--atlas", default=None, help="integer label atlas for region names and ROI tables")
     g.add_argument("--atlas-labels", default=None, help="TSV lookup of the atlas: index, name")
-    g.add_argument("--model", default=None, help="kinetic model (default srtm)")
+    g.add_argument("--model", default=None,
+                   help="kinetic model (default: srtm for --contrast bp_nd; the validated default for activation "
+                        "(mrtm2, k2' from the baseline window); lpntpet2 for release, k2' median over the frames "
+                        "before --challenge-window, or lpntpet without a challenge window)")
     from ..models.options import add_model_arguments  # noqa: PLC0415
 
     add_model_arguments(p.add_argument_group("model options (also [model_options] in the study file)"), "run")
     g.add_argument("--window", nargs=3, action="append", metavar=("NAME", "START", "END"), default=None,
                    help="a named time window in minutes (repeat: --window baseline 0 45 --window challenge 45 90)")
-    g.add_argument("--contrast", choices=("bp_nd", "activation"), default=None,
-                   help="bp_nd: condition difference of BPND; activation: of baseline - challenge BPND")
+    g.add_argument("--contrast", choices=("bp_nd", "activation", "release"), default=None,
+                   help="bp_nd: condition difference of BPND; activation: of baseline - challenge BPND (--window); "
+                        "release: of the lp-ntPET release map (peak fractional occupancy by the released "
+                        "neurotransmitter; whole-scan fits, give --challenge-window START END)")
     g.add_argument("--smoothing-fwhm", type=float, default=None, metavar="MM", help="smoothing before statistics")
     g.add_argument("--covariates", nargs="+", default=None, help="participants.tsv columns (nuisance)")
     g.add_argument("--jobs", type=int, default=None, help="scans fitted in parallel (threads; default 1)")
+    g.add_argument("--scheduler", default=None, metavar="threads|dask|tcp://HOST:PORT",
+                   help="where the per-scan fits and permutation batches run: threads in this process (default), "
+                        "dask (a local Dask cluster of --workers processes) or the address of a running Dask "
+                        "scheduler (workers must see the same files); needs pip install \"voxelkit[dask]\"")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of --scheduler dask (default: one per CPU)")
     g.add_argument("--on-missing", choices=("drop", "stop"), default=None,
                    help="subjects lacking a condition: report and drop (default) or stop")
     g.add_argument("--keep-failed-scans", dest="keep_failed_scans", action="store_true", default=None,
@@ -58,7 +69,8 @@ def study_overrides(args: argparse.Namespace) -> dict:
     opts = {}
     for key in ("conditions", "ref_mask", "brain_mask", "atlas", "atlas_labels", "model", "contrast",
                 "smoothing_fwhm", "covariates", "on_missing", "jobs", "n_perm", "cluster_p", "tfce", "two_sided",
-                "seed", "report", "device", "keep_failed_scans", "condition_column", "input_derivatives", "space"):
+                "seed", "report", "device", "keep_failed_scans", "condition_column", "input_derivatives", "space",
+                "scheduler", "workers"):
         val = getattr(args, key, None)
         if val is not None:
             opts[key] = val
@@ -119,6 +131,16 @@ def print_summary(result) -> None:
               + f": {f['n_failed']} of {f['n_voxels']} voxels failed, mostly {f['main_status']} (likely cause: "
               f"{f['likely_cause']}); " + ("kept (--keep-failed-scans)" if f.get("kept") else
                                          "subject left out of the group test (--keep-failed-scans keeps it)"))
+    choice = getattr(cfg, "model_choice", None)
+    if choice:
+        print(f"model (not given): {choice['model']} ({choice.get('reason', '')})")
+    check = getattr(cfg, "activation_check", None)
+    if check:
+        print(f"protocol: {check.get('protocol') or 'unknown'}"
+              + (f", Kbol {check['kbol_min']:g} min" if check.get("kbol_min") is not None else "")
+              + f" ({check.get('source', '')})")
+        for w in check.get("warnings", []):
+            print(f"WARNING: {w}")
     k2 = getattr(result, "k2prime", {})
     if k2:
         vals = [v["value"] for v in k2.values()]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
@@ -12,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 
 from ..frames import FrameTiming
-from ..io import InputError, sidecar_path
+from ..io import InputError, read_table, sidecar_path
 
 log = logging.getLogger("voxelkit")
 
@@ -122,11 +121,10 @@ def read_participants(bids_dir: Path) -> dict[str, dict[str, str]]:
     path = Path(bids_dir) / "participants.tsv"
     if not path.exists():
         return {}
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    if rows and "participant_id" not in rows[0]:
+    table = read_table(path, what="participants table", min_rows=0)  # the one TSV reader (voxelkit.io.tables)
+    if not table.has("participant_id"):
         raise InputError(f"{path}: no participant_id column")
-    return {r["participant_id"].removeprefix("sub-"): r for r in rows}
+    return table.index_by("participant_id", strip_prefix="sub-")
 
 
 def find_derivative(bids_dir: Path, pattern: str, exclude: str = "voxelkit") -> Path | None:
@@ -231,12 +229,10 @@ def read_sessions_tsv(bids_dir: Path, subject: str) -> dict[str, dict[str, str]]
     path = Path(bids_dir) / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
     if not path.exists():
         return None
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh, delimiter="\t")]
-    if rows and "session_id" not in rows[0]:
+    table = read_table(path, what="sessions table", min_rows=0)  # the one TSV reader (voxelkit.io.tables)
+    if not table.has("session_id"):
         raise InputError(f"{path}: no session_id column")
-    return {str(r["session_id"]).strip().removeprefix("ses-"): {k: (v or "").strip() for k, v in r.items()}
-            for r in rows}
+    return table.index_by("session_id", strip_prefix="ses-")
 
 
 _NOT_CONDITION = {"session_id", "acq_time", "acq_date", "date", "time", "age"}

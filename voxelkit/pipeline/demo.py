@@ -3,14 +3,18 @@ on it, and say which planted regions were found at what FWE level.
 
 Designs (``design``): ``scan`` (a whole-scan BPND change, fitted with ``model`` over the whole scan: the demo as
 it always was) and ``release`` (the study's finding: pain-induced release in both sessions, enhanced by the drug
-during the challenge; see :mod:`voxelkit.simulate.study`), analysed by :data:`RELEASE_ANALYSIS`.  Today that is
-windowed activation (``contrast = "activation"``) with the default combination of
-:func:`voxelkit.models.activation.default_activation` on a bolus-plus-infusion study, and the summary adds
-planted vs found activation difference (drug - placebo) per planted region."""
+during the challenge; see :mod:`voxelkit.simulate.study`), on a bolus-plus-infusion study, analysed by
+:data:`RELEASE_ANALYSIS` (``analysis``): ``release`` (default: lp-ntPET fitted to every whole scan,
+``contrast = "release"``, the paired test on the per-subject release maps; the summary adds planted vs found
+release difference, drug - placebo, per planted region) or ``activation`` (windowed activation with the default
+combination of :func:`voxelkit.models.activation.default_activation`; planted vs found activation difference).
+
+The FWE table's cells: ``p=0.002 89%`` = the smallest FWE p in the region and the share of its voxels with
+FWE p < 0.05 (``p=0.31``: no voxel below 0.05; ``-``: p = 1).  With ``n_perm`` >= 2^n (default 1024 with 10
+subjects) the test uses all 2^n sign flips exactly."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -20,7 +24,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ..io import InputError
+from ..io import InputError, read_rows
+from ..io.derivatives import stats_map_name
 from ..simulate.options import DEMO_DEFAULT_DESIGN
 from . import layout
 from .config import StudyConfig
@@ -31,8 +36,13 @@ log = logging.getLogger("voxelkit")
 #: The design ``voxelkit demo`` runs without ``--design``: defined in voxelkit/simulate/options.py
 #: (DEMO_DEFAULT_DESIGN, light for the CLI); flip it there.
 DEFAULT_DESIGN = DEMO_DEFAULT_DESIGN
-#: How the release design is analysed: "activation" (windowed, today); "release" once the pipeline has it.
-RELEASE_ANALYSIS = "activation"
+#: How the release design is analysed without ``analysis``: "release" (lp-ntPET release contrast) or
+#: "activation" (windowed).
+RELEASE_ANALYSIS = "release"
+#: Analyses of the release design.
+RELEASE_ANALYSES = ("release", "activation")
+#: Permutations of the demo: 2^10 = all sign flips of the default 10 subjects (an exact test).
+DEMO_N_PERM = 1024
 #: Protocol and challenge window (minutes) of the release demo unless given.
 RELEASE_PROTOCOL = "bolus-infusion"
 RELEASE_CHALLENGE_WINDOW = (45.0, 90.0)
@@ -53,11 +63,10 @@ class RegionFinding:
 def region_findings(out: Path, atlas: Path, atlas_tsv: Path, alpha: float = 0.05) -> list[RegionFinding]:
     """Smallest FWE p and fraction of significant voxels per atlas region, for every FWE map present."""
     labels = np.asarray(nib.load(str(atlas)).dataobj).astype(int)
-    with atlas_tsv.open(newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
+    rows = read_rows(atlas_tsv, what="atlas look-up table")
     sdir = layout.stats_dir(out)
-    maps = {m: np.abs(np.asarray(nib.load(str(sdir / f"{m}.nii.gz")).dataobj, dtype=float))
-            for m in FWE_MAPS if (sdir / f"{m}.nii.gz").exists()}
+    maps = {m: np.abs(np.asarray(nib.load(str(sdir / stats_map_name(m))).dataobj, dtype=float))
+            for m in FWE_MAPS if (sdir / stats_map_name(m)).exists()}
     found = []
     for r in rows:
         k = int(r["index"])
@@ -74,8 +83,14 @@ def region_findings(out: Path, atlas: Path, atlas_tsv: Path, alpha: float = 0.05
     return found
 
 
+def findings_legend(alpha: float = 0.05) -> str:
+    """What a cell of :func:`format_findings` means."""
+    return (f"cells: smallest FWE p in the region, share of its voxels with FWE p < {alpha:g} "
+            f"(e.g. 'p=0.002 89%'); 'p=0.31': no voxel below {alpha:g}; '-': p = 1")
+
+
 def format_findings(findings: list[RegionFinding], alpha: float = 0.05) -> str:
-    lines = []
+    lines = [findings_legend(alpha)]
     maps = [m for m in FWE_MAPS if findings and m in findings[0].best]
     short = {"logp_fwe_tfce": "TFCE", "logp_fwe_cluster_extent": "cluster extent",
              "logp_fwe_cluster_mass": "cluster mass", "logp_fwe_voxel": "voxel max-T"}
@@ -105,20 +120,25 @@ def _pcell(p: float, frac: float, alpha: float) -> str:
 
 
 def run_demo(outdir: str | Path, *, n_subjects: int = 10, resolution: float = 3, effect: float = 0.08,
-             noise: float | None = None, seed: int = 0, n_perm: int = 1000, model: str | None = None,
+             noise: float | None = None, seed: int = 0, n_perm: int = DEMO_N_PERM, model: str | None = None,
              smoothing_fwhm: float = 4.0, overwrite: bool = False, device: str | None = None,
              progress: bool = True, design: str | None = None, sim_options: dict[str, Any] | None = None,
-             ) -> tuple[StudyResult, str, Any]:
+             analysis: str | None = None) -> tuple[StudyResult, str, Any]:
     """Simulate (``outdir/bids``), analyse (``outdir/bids/derivatives/voxelkit``) and summarise.
 
-    ``design``: "scan" or "release" (None: :data:`DEFAULT_DESIGN`).  ``model``: the kinetic model (None: srtm for
-    the scan design, the default activation combination for the release design).  ``sim_options``: further
-    :class:`voxelkit.simulate.study.StudyConfig` fields (protocol, kbol, challenge_window_min, ...)."""
+    ``design``: "scan" or "release" (None: :data:`DEFAULT_DESIGN`).  ``analysis`` (release design): "release"
+    or "activation" (None: :data:`RELEASE_ANALYSIS`).  ``model``: the kinetic model (None: srtm for the scan
+    design; for the release design the release contrast's default (lpntpet2) or the default activation
+    combination).  ``sim_options``: further :class:`voxelkit.simulate.study.StudyConfig` fields (protocol,
+    kbol, challenge_window_min, ...)."""
     from ..simulate.study import simulate_study  # noqa: PLC0415
 
     design = design or DEFAULT_DESIGN
     if design not in ("scan", "release"):
         raise InputError(f"--design must be 'scan' or 'release', got {design!r}")
+    analysis = analysis or RELEASE_ANALYSIS
+    if analysis not in RELEASE_ANALYSES:
+        raise InputError(f"--analysis must be one of {', '.join(RELEASE_ANALYSES)}, got {analysis!r}")
     outdir = Path(outdir)
     bids = outdir / "bids"
     extra: dict[str, Any] = {} if noise is None else {"noise": noise}
@@ -134,12 +154,12 @@ def run_demo(outdir: str | Path, *, n_subjects: int = 10, resolution: float = 3,
         return result, text, sim
     return _run_release_demo(bids, n_subjects=n_subjects, resolution=resolution, effect=effect, seed=seed,
                              n_perm=n_perm, model=model, smoothing_fwhm=smoothing_fwhm, overwrite=overwrite,
-                             device=device, progress=progress, sim_options=extra)
+                             device=device, progress=progress, sim_options=extra, analysis=analysis)
 
 
 def _run_release_demo(bids: Path, *, n_subjects: int, resolution: float, effect: float, seed: int, n_perm: int,
                       model: str | None, smoothing_fwhm: float, overwrite: bool, device: str | None, progress: bool,
-                      sim_options: dict[str, Any]) -> tuple[StudyResult, str, Any]:
+                      sim_options: dict[str, Any], analysis: str = RELEASE_ANALYSIS) -> tuple[StudyResult, str, Any]:
     from ..models.activation import check_activation, default_activation, default_windows  # noqa: PLC0415
     from ..simulate.study import StudyConfig as SimConfig  # noqa: PLC0415
     from ..simulate.study import simulate_study  # noqa: PLC0415
@@ -151,8 +171,11 @@ def _run_release_demo(bids: Path, *, n_subjects: int, resolution: float, effect:
     probe = SimConfig(**{**opts, "design": "release"})
     probe.validate()  # bad settings fail before anything is written
     protocol = probe.protocol_name
-    if RELEASE_ANALYSIS != "activation":  # pragma: no cover - the lead flips this with the release contrast
-        raise InputError(f"release analysis {RELEASE_ANALYSIS!r} is not available yet")
+    if analysis == "release":
+        return _run_release_contrast_demo(bids, probe, opts, n_subjects=n_subjects, resolution=resolution,
+                                          effect=effect, seed=seed, n_perm=n_perm, model=model,
+                                          smoothing_fwhm=smoothing_fwhm, overwrite=overwrite, device=device,
+                                          progress=progress)
     end = float(probe.scan_frames().end_min[-1])
     windows = default_windows(float(probe.challenge_window_min[0]), end)
     # k2' of the default combination: the simulator's high-binding regions (desc-highbinding_mask)
@@ -181,6 +204,81 @@ def _run_release_demo(bids: Path, *, n_subjects: int, resolution: float, effect:
         lines.append(format_findings(region_findings(result.output_dir, atlas, atlas_tsv)))
         lines.append(format_planted_found(planted_vs_found(result, sim, model, model_options, windows)))
     return result, "\n".join(lines), sim
+
+
+def _run_release_contrast_demo(bids: Path, probe: Any, opts: dict[str, Any], *, n_subjects: int, resolution: float,
+                               effect: float, seed: int, n_perm: int, model: str | None, smoothing_fwhm: float,
+                               overwrite: bool, device: str | None, progress: bool) -> tuple[StudyResult, str, Any]:
+    """The release design analysed by the release contrast: lp-ntPET on every whole scan (challenge window of
+    the simulation centring the release grid), paired test of the ``release`` maps, planted vs found."""
+    from ..simulate.study import simulate_study  # noqa: PLC0415
+    from .config import RELEASE_MODELS  # noqa: PLC0415
+
+    on, off = probe.challenge_window_min
+    end = float(probe.scan_frames().end_min[-1])
+    model_options: dict[str, Any] = {"challenge_window": [float(on), float(end if off is None else off)]}
+    if model is not None and model.lower() not in RELEASE_MODELS:
+        raise InputError(f"--model {model} is refused for the release contrast: it needs an lp-ntPET model "
+                         f"({', '.join(RELEASE_MODELS)}); --analysis activation analyses by windows")
+    if model is not None and model.lower() == "lpntpet2":
+        model_options.update(k2prime="median", k2prime_window=[0.0, float(on)])
+    # settings checked before anything is written (StudyConfig raises InputError on bad ones)
+    StudyConfig(bids_dir=bids, model=model, model_options=dict(model_options), contrast="release")
+    sim = simulate_study(bids, preset="demo", n_subjects=n_subjects, resolution=resolution, effect=effect,
+                         seed=seed, overwrite=overwrite, design="release", **opts)
+    cfg = StudyConfig(bids_dir=bids, model=model, model_options=model_options, contrast="release", n_perm=n_perm,
+                      seed=seed, smoothing_fwhm=smoothing_fwhm, device=device)
+    result = run_study(cfg, progress=progress)
+    rc = result.config
+    lines = [f"analysis: release = lp-ntPET peak release (1 - BP(t_P)/BP_0) of every whole scan, model {rc.model}"
+             + (f" ({', '.join(f'{k}={_short(v)}' for k, v in rc.model_options.items())})" if rc.model_options
+                else "") + f", {rc.conditions[0]} - {rc.conditions[1]}"]
+    if rc.model_choice:
+        lines.append(f"model not given: {rc.model_choice['model']} ({rc.model_choice['reason']})")
+    atlas, atlas_tsv = rc.atlas, rc.atlas_labels
+    if atlas and atlas_tsv:
+        lines.append(format_findings(region_findings(result.output_dir, atlas, atlas_tsv)))
+        lines.append(format_planted_found(planted_vs_found_release(result, sim), quantity="release"))
+    roi_tests = getattr(result, "roi_tests", None) or []
+    if roi_tests:
+        sig = [f"{r['region']} ({r['mean_diff']:+.3f}, q={r['p_fdr']:.3f})" for r in roi_tests
+               if np.isfinite(r.get("p_fdr", np.nan)) and r["p_fdr"] < 0.05]
+        lines.append("regions with ROI paired t-test FDR q < 0.05 (region mean release, drug - placebo): "
+                     + (", ".join(sig) if sig else "none"))
+    return result, "\n".join(lines), sim
+
+
+def planted_vs_found_release(result: StudyResult, sim: Any) -> list[dict[str, Any]]:
+    """Per planted region: the true and the estimated mean release difference (drug - placebo) over subjects.
+
+    True release of a scan and region = the region mean of the simulator's peak occupancy map
+    (``desc-truepeakoccupancy``: ``1 - BP(t_P)/BP``); found = the region mean of the fitted ``release`` map
+    (before smoothing)."""
+    cfg = result.config
+    deriv = Path(sim.derivatives)
+    labels = np.asarray(nib.load(str(cfg.atlas)).dataobj).astype(int)
+    lookup = {int(r["index"]): r for r in _read_tsv(cfg.atlas_labels)}
+    drug, placebo = cfg.conditions
+    truth: dict[tuple[str, str], np.ndarray] = {}
+    found: dict[tuple[str, str], np.ndarray] = {}
+    for sub in result.subjects:
+        for ses in (drug, placebo):
+            tp = sorted((deriv / f"sub-{sub}" / f"ses-{ses}" / "pet").glob("*desc-truepeakoccupancy_mimap.nii.gz"))
+            if not tp:
+                raise InputError(f"{deriv}: no true peak occupancy map of sub-{sub} ses-{ses} (release design?)")
+            truth[(sub, ses)] = np.asarray(nib.load(str(tp[0])).dataobj, dtype=float)
+            found[(sub, ses)] = np.asarray(nib.load(str(layout.map_path(result.output_dir, sub, ses, cfg.model,
+                                                                       "release"))).dataobj, dtype=float)
+    rows = []
+    for idx, r in sorted(lookup.items()):
+        if r.get("effect") != "1":
+            continue
+        reg = labels == idx
+        td = [float(np.mean(truth[(s, drug)][reg]) - np.mean(truth[(s, placebo)][reg])) for s in result.subjects]
+        fd = [float(np.nanmean(found[(s, drug)][reg]) - np.nanmean(found[(s, placebo)][reg])) for s in result.subjects]
+        rows.append({"region": r["name"], "planted": float(np.mean(td)), "found": float(np.mean(fd)),
+                     "found_sd": float(np.std(fd, ddof=1)) if len(fd) > 1 else 0.0, "n": len(fd)})
+    return rows
 
 
 def planted_vs_found(result: StudyResult, sim: Any, model: str, model_options: dict[str, Any],
@@ -241,14 +339,15 @@ def _short(v: Any) -> str:
     return Path(v).name if isinstance(v, str) and "/" in v else str(v)
 
 
-def format_planted_found(rows: list[dict[str, Any]]) -> str:
-    lines = ["activation difference (drug - placebo), mean over subjects: planted (true window BPND) vs found",
-             f"{'region':<22}{'planted':>10}{'found':>10}{'sd':>8}"]
+def format_planted_found(rows: list[dict[str, Any]], quantity: str = "activation") -> str:
+    head = ("release difference (drug - placebo), mean over subjects: planted (true peak occupancy) vs found "
+            "(lp-ntPET release, region mean)" if quantity == "release" else
+            "activation difference (drug - placebo), mean over subjects: planted (true window BPND) vs found")
+    lines = [head, f"{'region':<22}{'planted':>10}{'found':>10}{'sd':>8}"]
     for r in rows:
         lines.append(f"{r['region']:<22}{r['planted']:>10.4f}{r['found']:>10.4f}{r['found_sd']:>8.3f}")
     return "\n".join(lines)
 
 
 def _read_tsv(path: Path) -> list[dict[str, str]]:
-    with Path(path).open(newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
+    return read_rows(path)  # the one TSV reader (voxelkit.io.tables)

@@ -123,23 +123,38 @@ def _load_dynamic(scan: Scan) -> DynamicPET:
 def _qc_record(result: Any, scan: Scan, phase: str | None, cfg: StudyConfig, ref_tac: np.ndarray,
                ref_desc: str, labels: np.ndarray | None, names: dict[int, str]) -> dict[str, Any]:
     """Reference TAC, a few voxel TACs with fitted curves, histograms and status counts for the report."""
+    release = is_release_model(cfg.model)
     ok = np.flatnonzero((result.status == Status.OK) & np.isfinite(result.bp_nd))
+    if release:  # lp-ntPET: examples ranked by the release F statistic (values kept on grid_edge)
+        ok = np.flatnonzero(np.isin(result.status, (Status.OK, Status.GRID_EDGE)) & np.isfinite(result.bp_nd)
+                            & np.isfinite(result.params["f_stat"]))
     examples = []
     if ok.size:
-        order = ok[np.argsort(result.bp_nd[ok], kind="stable")]
+        key = result.params["f_stat"] if release else result.bp_nd
+        order = ok[np.argsort(key[ok], kind="stable")]
         for q in (0.1, 0.5, 0.9, 0.99):
             idx = int(order[min(order.size - 1, int(q * order.size))])
             if any(e["index"] == idx for e in examples):
                 continue
+            without = None
             try:
-                fitted = np.asarray(result.fitted(idx), dtype=float).tolist()
+                if release:
+                    from ..models.lpntpet import fitted_curves  # noqa: PLC0415
+
+                    with_r, wo = fitted_curves(result, idx)
+                    fitted, without = np.asarray(with_r, float).tolist(), np.asarray(wo, float).tolist()
+                else:
+                    fitted = np.asarray(result.fitted(idx), dtype=float).tolist()
             except (NotImplementedError, ValueError):
                 fitted = None
             ijk = np.argwhere(result.masker.mask)[idx].tolist()
             lab = int(labels[tuple(ijk)]) if labels is not None else 0
-            examples.append({"index": idx, "ijk": ijk, "label": names.get(lab, ""),
-                             "tac": np.asarray(result.inputs[0][idx], dtype=float).tolist(), "fitted": fitted,
-                             "params": {k: float(v[idx]) for k, v in result.params.items()}})
+            ex = {"index": idx, "ijk": ijk, "label": names.get(lab, ""),
+                  "tac": np.asarray(result.inputs[0][idx], dtype=float).tolist(), "fitted": fitted,
+                  "params": {k: float(v[idx]) for k, v in result.params.items()}}
+            if release:
+                ex["fitted_without_release"] = without
+            examples.append(ex)
     hists = {}
     for k, v in result.params.items():
         vals = v[ok] if ok.size else v[:0]
@@ -155,10 +170,84 @@ def _qc_record(result: Any, scan: Scan, phase: str | None, cfg: StudyConfig, ref
             "used_frames": np.flatnonzero(result.used_frames).tolist(),
             "reference_tac": np.asarray(ref_tac, dtype=float).tolist(), "reference_desc": ref_desc,
             "example_voxels": examples, "status_counts": result.status_counts(), "histograms": hists,
-            "n_voxels": result.n, "fit_seconds": result.seconds, "backend": result.backend}
+            "n_voxels": result.n, "fit_seconds": result.seconds, "backend": result.backend,
+            **({"release_curves": release_curves(result, labels, names)} if release else {})}
 
 
-def scan_failure(counts: dict[str, int], qc: dict[str, Any] | None = None) -> dict[str, Any] | None:
+#: Time step (minutes) of the BP(t) curves stored in the QC record of an lp-ntPET fit.
+BP_CURVE_STEP_MIN = 0.5
+
+
+def is_release_model(model: str | None) -> bool:
+    """Whether ``model`` is an lp-ntPET model (release over time)."""
+    from .config import RELEASE_MODELS  # noqa: PLC0415
+
+    return model is not None and model.lower() in RELEASE_MODELS
+
+
+def release_curves(result: Any, labels: np.ndarray | None, names: dict[int, str]) -> dict[str, Any]:
+    """Per atlas region, the mean over its voxels (status ok or grid_edge, finite parameters) of
+    ``BP(t) = k2 / (k2a + gamma h(t)) - 1`` from the fitted k2, k2a, gamma, t_D, t_P, alpha of an lp-ntPET fit,
+    on a grid of :data:`BP_CURVE_STEP_MIN` minutes over the scan; also the region's mean ``release``, ``t_d``
+    and voxel count.  Times in minutes, BP unitless."""
+    from ..models.lpntpet import release_shape  # noqa: PLC0415
+
+    end = float(result.frames.end_min[-1])
+    t = np.arange(0.0, end + 1e-9, BP_CURVE_STEP_MIN)
+    out: dict[str, Any] = {"t_min": t.tolist(), "regions": {}}
+    if labels is None:
+        return out
+    p = result.params
+    lab = labels[result.masker.mask]
+    good = np.isin(result.status, (Status.OK, Status.GRID_EDGE))
+    for k in ("k2", "k2a", "gamma"):
+        good &= np.isfinite(p[k])
+    # voxels share the grid's basis functions: h(t) once per distinct (t_D, t_P, alpha)
+    shape = np.stack([p["t_d"], p["t_p"], p["alpha"]], axis=1).astype(float)
+    has_all = good & np.isfinite(shape).all(axis=1)
+    uniq, inv = np.unique(shape[has_all], axis=0, return_inverse=True)
+    h_u = release_shape(t[None, :], uniq[:, :1], uniq[:, 1:2], uniq[:, 2:3]) if uniq.size else np.zeros((0, t.size))
+    row = np.full(shape.shape[0], -1)
+    row[has_all] = np.asarray(inv).reshape(-1)
+    active = np.flatnonzero(h_u.any(axis=0)) if h_u.size else np.zeros(0, int)  # times after the first onset
+    for k in sorted(names):
+        sel = np.flatnonzero(good & (lab == k))
+        if k <= 0 or not sel.size:
+            continue
+        k2, k2a = p["k2"][sel].astype(float), p["k2a"][sel].astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bp0 = k2 / k2a - 1.0  # BP(t) where h = 0 (before every onset)
+            fin0 = np.isfinite(bp0)
+            curve = np.full(t.size, float(bp0[fin0].mean()) if fin0.any() else np.nan)
+            if active.size:
+                h = np.zeros((sel.size, active.size))
+                has = row[sel] >= 0
+                h[has] = h_u[row[sel][has]][:, active]
+                bp = k2[:, None] / (k2a[:, None] + p["gamma"][sel].astype(float)[:, None] * h) - 1.0
+                fin = np.isfinite(bp)
+                n_fin = fin.sum(axis=0)
+                curve[active] = np.where(n_fin > 0, np.where(fin, bp, 0.0).sum(axis=0) / np.maximum(n_fin, 1), np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["regions"][names[k]] = {"bp_t": curve.round(6).tolist(), "n_voxels": int(sel.size),
+                                        "release": float(np.nanmean(p["release"][sel])),
+                                        "t_d": float(np.nanmean(p["t_d"][sel]))}
+    return out
+
+
+def usable_statuses(model: str | None) -> tuple[str, ...]:
+    """Statuses whose values the group test uses: ``ok``; for lp-ntPET also ``grid_edge`` (values kept: the
+    release term passed the F test with the chosen basis function on the grid's edge; on noiseless data nearly
+    every voxel without release is flagged so, F being meaningless there)."""
+    if model is None:
+        return ("ok",)
+    from ..models import model_class  # noqa: PLC0415
+
+    return ("ok", *(Status(k).name.lower() for k in model_class(model).kept_statuses))
+
+
+def scan_failure(counts: dict[str, int], qc: dict[str, Any] | None = None,
+                 usable: tuple[str, ...] = ("ok",)) -> dict[str, Any] | None:
     """None for a usable fit; else ``n_voxels``, ``n_failed``, ``share``, ``main_status`` and ``likely_cause`` of
     a fit in which more than ``voxelkit.models.base.QC_MAX_FAILED_SHARE`` (one half) of the voxels are not ``ok``
     (``counts``: status name -> voxel count, as ``ModelFit.status_counts()``; ``qc``: ``ModelFit.qc()``, whose
@@ -167,10 +256,10 @@ def scan_failure(counts: dict[str, int], qc: dict[str, Any] | None = None) -> di
     from ..models.base import LIKELY_CAUSE, QC_MAX_FAILED_SHARE  # noqa: PLC0415
 
     n = int(sum(counts.values()))
-    failed = n - int(counts.get("ok", 0))
+    failed = n - int(sum(counts.get(k, 0) for k in usable))
     if n == 0 or failed <= QC_MAX_FAILED_SHARE * n:
         return None
-    main = max((k for k in counts if k != "ok"), key=lambda k: counts[k])
+    main = max((k for k in counts if k not in usable), key=lambda k: counts[k])
     cause = qc.get("likely_cause") if isinstance(qc, dict) else None
     if not cause:
         cause = LIKELY_CAUSE.get(int(Status[main.upper()]), main) if main.upper() in Status.__members__ else main
@@ -198,7 +287,7 @@ def _describe_scan(subject: str, session: str, phase: str | None) -> str:
 def k2prime_estimated(cfg: StudyConfig) -> bool:
     """Whether the model estimates k2' from the data (MRTM2/SRTM2 without a numeric ``k2prime``: ``"median"``,
     or a k2' region mask)."""
-    if cfg.model.lower() not in ("mrtm2", "srtm2"):
+    if cfg.model.lower() not in ("mrtm2", "srtm2", "lpntpet2"):
         return False
     k = cfg.model_options.get("k2prime")
     return not (isinstance(k, int | float) and not isinstance(k, bool))
@@ -241,8 +330,8 @@ def _read_record(path: Path) -> dict[str, Any] | None:
 
 
 def _note_failure(res: _ScanFits, scan: Scan, phase: str | None, counts: dict[str, int],
-                  qc: dict[str, Any] | None) -> None:
-    bad = scan_failure(counts, qc)
+                  qc: dict[str, Any] | None, usable: tuple[str, ...] = ("ok",)) -> None:
+    bad = scan_failure(counts, qc, usable)
     if bad is None:
         return
     res.failures.append({"subject": scan.subject, "session": scan.session, "phase": phase, **bad})
@@ -268,9 +357,10 @@ def _fit_scan(scan: Scan, cfg: StudyConfig, out: Path, sums: _Checksums, brain: 
     for phase in cfg.phases:
         rec = _read_record(layout.fit_record_path(out, scan.subject, scan.session, cfg.model, phase))
         if rec is not None and rec.get("inputs") == inputs and rec.get("settings") == settings \
-                and all(Path(p).exists() for p in rec.get("outputs", [])):
+                and all(Path(p).exists() for p in rec.get("outputs", [])) \
+                and layout.map_path(out, scan.subject, scan.session, cfg.model, "bp_nd", phase).exists():
             res.reused += 1
-            _note_failure(res, scan, phase, rec.get("status_counts", {}), rec.get("qc"))
+            _note_failure(res, scan, phase, rec.get("status_counts", {}), rec.get("qc"), usable_statuses(cfg.model))
             if rec.get("k2prime"):
                 res.k2prime = rec["k2prime"]
             continue
@@ -302,6 +392,8 @@ def _fit_scan(scan: Scan, cfg: StudyConfig, out: Path, sums: _Checksums, brain: 
             for key in ("k2prime_mask", "k2prime_window"):
                 opts.pop(key, None)
             opts["k2prime"] = per_scan["value"]
+        if "k2prime_mask" in opts:  # the study file's key; the API takes a region mask as k2prime=
+            opts["k2prime"] = opts.pop("k2prime_mask")
         result = fit(dpet, reference=ref_tac, model=cfg.model, mask=brain_img, device=cfg.device, **opts)
         k2rec = per_scan if per_scan is not None else (_k2prime_record(result.info, cfg) if estimated else None)
         if estimated and cfg.windows and per_scan is None and k2rec is not None:
@@ -340,9 +432,9 @@ def _fit_scan(scan: Scan, cfg: StudyConfig, out: Path, sums: _Checksums, brain: 
         # The record is written last: an interrupted fit is redone on the next run.
         write_json({"inputs": inputs, "settings": settings, "outputs": written, "voxelkit": __version__,
                     "seconds": result.seconds, "status_counts": counts, "k2prime": k2rec, "qc": qc,
-                    "failure": scan_failure(counts, qc)}, rec_path)
+                    "failure": scan_failure(counts, qc, usable_statuses(cfg.model))}, rec_path)
         res.fitted += 1
-        _note_failure(res, scan, phase, counts, qc)
+        _note_failure(res, scan, phase, counts, qc, usable_statuses(cfg.model))
         log.debug("fitted %s (%s) in %.2f s into %s", scan.pet.name, phase or "whole scan", result.seconds, sdir)
     return res
 
@@ -365,11 +457,14 @@ def smooth_in_mask(vol: np.ndarray, mask: np.ndarray, affine: np.ndarray, fwhm_m
 
 
 def _scan_value_map(out: Path, cfg: StudyConfig, subject: str, session: str) -> np.ndarray:
-    """The per-scan quantity the contrast is built from: BPND, or baseline BPND - challenge BPND."""
-    def load(phase: str | None) -> np.ndarray:
-        path = layout.map_path(out, subject, session, cfg.model, "bp_nd", phase)
+    """The per-scan quantity the contrast is built from: BPND, baseline BPND - challenge BPND, or the lp-ntPET
+    ``release`` map (peak fractional occupancy by the released neurotransmitter, whole-scan fit)."""
+    def load(phase: str | None, param: str = "bp_nd") -> np.ndarray:
+        path = layout.map_path(out, subject, session, cfg.model, param, phase)
         return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
 
+    if cfg.contrast == "release":
+        return load(None, "release")
     if cfg.contrast == "activation":
         return load("baseline") - load("challenge")
     if cfg.windows:
@@ -423,8 +518,16 @@ def _roi_tables(out: Path, cfg: StudyConfig, pairing: Pairing, labels: np.ndarra
                     v = vol[masks[k]]
                     v = v[np.isfinite(v)]
                     rows.append({"subject": sub, "condition": cond, "phase": phase or "n/a", "region": names[k],
-                                 "value": float(v.mean()) if v.size else float("nan"), "n_voxels": int(v.size)})
+                                 "quantity": "bp_nd", "value": float(v.mean()) if v.size else float("nan"),
+                                 "n_voxels": int(v.size)})
             vol = value_map if value_map is not None else _scan_value_map(out, cfg, sub, cond)
+            if cfg.contrast == "release":  # mean release per region (the contrast's quantity), beside BPND
+                for k in region_ids:
+                    v = vol[masks[k]]
+                    v = v[np.isfinite(v)]
+                    rows.append({"subject": sub, "condition": cond, "phase": "n/a", "region": names[k],
+                                 "quantity": "release", "value": float(v.mean()) if v.size else float("nan"),
+                                 "n_voxels": int(v.size)})
             with warnings.catch_warnings():  # a region all NaN (a failed scan kept) gives NaN, said in the log
                 warnings.simplefilter("ignore", RuntimeWarning)
                 per_cond[(sub, cond)] = np.array([np.nanmean(vol[masks[k]]) if masks[k].any() else np.nan
@@ -444,7 +547,9 @@ def _roi_tables(out: Path, cfg: StudyConfig, pairing: Pairing, labels: np.ndarra
         ma, mb = float(np.nanmean(a[:, j])), float(np.nanmean(b[:, j]))
         tests.append({"region": names[k], "n": int(np.isfinite(a[:, j] - b[:, j]).sum()), "quantity": cfg.contrast,
                       f"mean_{cfg.conditions[0]}": ma, f"mean_{cfg.conditions[1]}": mb, "mean_diff": ma - mb,
-                      "pct_change": 100.0 * (ma - mb) / mb if abs(mb) >= 0.1 else float("nan"),  # n/a at BPND ~ 0
+                      # n/a at BPND ~ 0, and for release (already a fraction of the receptors)
+                      "pct_change": 100.0 * (ma - mb) / mb if abs(mb) >= 0.1 and cfg.contrast != "release"
+                      else float("nan"),
                       "t": float(t[j]), "p": float(p[j]), "p_fdr": float(p_fdr[j])})
     write_tsv(tests, layout.roi_dir(out) / "roi_tests.tsv")
     return tests
@@ -535,19 +640,23 @@ def validate_study(cfg: StudyConfig, pairing: Pairing) -> _Plan:
     if len(pairing.subjects) < 2:
         raise InputError(f"only {len(pairing.subjects)} subject(s) with both conditions: nothing to compare")
     scans = [pairing.scans[(s, c)] for s in pairing.subjects for c in cfg.conditions]
+    for scan in scans:
+        _check_readable(scan.sidecar, "a PET sidecar")
+    protocol = scan_protocol(scans)
+    if cfg.contrast == "activation":
+        _check_activation(cfg, protocol)
+    if cfg.model_choice and cfg.model_choice.get("rule", "").endswith("default_release"):
+        _align_k2prime_window(cfg, scan_frames(scans[0]))
+    check_model = _build_check_model(cfg, None)
     headers = []
     for scan in scans:
         _check_readable(scan.pet, "a PET image")
-        _check_readable(scan.sidecar, "a PET sidecar")
         img = load_image(scan.pet)  # header only: nibabel reads data lazily
         if len(img.shape) != 4:
             raise InputError(f"{scan.pet}: expected a 4-D dynamic image, got shape {img.shape}")
         frames = scan_frames(scan)
         frames.check_count(int(img.shape[3]), str(scan.pet))
-        for name, (a, b) in (cfg.windows or {}).items():
-            if not frames.window_mask(a, b).any():
-                raise InputError(f"{scan.sidecar}: window {name!r} ({a:g}-{b:g} min) holds no frame of this scan "
-                                 f"(frames {frames.start_min[0]:g}-{frames.end_min[-1]:g} min)")
+        _check_scan_windows(cfg, check_model, frames, scan)
         headers.append((scan, img))
     first = headers[0][1]
     masks = [("--ref-mask", "the reference region mask", cfg.ref_mask), ("--mask", "the brain mask", cfg.brain_mask),
@@ -574,8 +683,9 @@ def validate_study(cfg: StudyConfig, pairing: Pairing) -> _Plan:
     return _Plan(first, brain, labels, names, covariates)
 
 
-def _check_model_options(cfg: StudyConfig) -> None:
-    """Build the model for every phase (no data): bad or missing options fail here, not after fits."""
+def _build_check_model(cfg: StudyConfig, phase: str | None) -> Any:
+    """The model of ``phase`` built from the options without data (input masks replaced by placeholders);
+    a bad or missing option is a one-line :class:`InputError`."""
     from ..models import get_model  # noqa: PLC0415
 
     try:
@@ -583,16 +693,153 @@ def _check_model_options(cfg: StudyConfig) -> None:
     except ImportError:  # pragma: no cover
         INPUT_OPTIONS = ("mask_threshold", "k2prime_mask", "k2prime_region")  # noqa: N806
     base = {k: v for k, v in cfg.model_options.items() if k not in INPUT_OPTIONS}
-    if cfg.model.lower() == "mrtm2" and "k2prime_mask" in cfg.model_options and base.get("k2prime") is None:
-        base["k2prime_tac"] = np.ones(2)  # stands for the region TAC api.fit derives from the mask
+    if "k2prime_mask" in cfg.model_options and base.get("k2prime") is None:
+        if cfg.model.lower() == "mrtm2":
+            base["k2prime_tac"] = np.ones(2)  # stands for the region TAC api.fit derives from the mask
+        elif cfg.model.lower() == "lpntpet2":
+            base["k2prime_mask"] = np.ones(1, dtype=bool)  # stands for the voxels api.fit selects
+    if phase is not None:
+        base["window"] = cfg.windows[phase]
+    try:
+        return get_model(cfg.model, **base)
+    except ValueError as exc:
+        raise InputError(f"model {cfg.model!r}: {exc}") from None
+
+
+def _check_model_options(cfg: StudyConfig) -> None:
+    """Build the model for every phase (no data): bad or missing options fail here, not after fits."""
     for phase in cfg.phases:
-        opts = dict(base)
-        if phase is not None:
-            opts["window"] = cfg.windows[phase]
-        try:
-            get_model(cfg.model, **opts)
-        except ValueError as exc:
-            raise InputError(f"model {cfg.model!r}: {exc}") from None
+        _build_check_model(cfg, phase)
+
+
+def _align_k2prime_window(cfg: StudyConfig, frames: Any) -> None:
+    """The default release model's k2' window ends at the challenge onset; end it at the last frame ending by the
+    onset instead (the frames used are the same: a frame belongs to the window holding its mid-time), so that no
+    frame straddles its bound."""
+    kw = cfg.model_options.get("k2prime_window")
+    if not kw:
+        return
+    ends = np.asarray(frames.end_min, dtype=float)
+    before = ends[ends <= float(kw[1]) + 1e-9]
+    if before.size and float(before[-1]) > float(kw[0]) and abs(float(before[-1]) - float(kw[1])) > 1e-9:
+        mids = (np.asarray(frames.start_min, float) + ends) / 2
+        same = np.array_equal(mids < float(kw[1]), mids < float(before[-1]) + 1e-9)
+        if same:
+            cfg.model_options["k2prime_window"] = [float(kw[0]), float(before[-1])]
+            if cfg.model_choice is not None:
+                cfg.model_choice["options"] = dict(cfg.model_options)
+                cfg.model_choice["reason"] = (f"k2' = median MRTM k2' over the frames before the challenge "
+                                              f"({float(kw[0]):g}-{float(before[-1]):g} min)")
+
+
+def _check_scan_windows(cfg: StudyConfig, model: Any, frames: Any, scan: Scan) -> None:
+    """Every window holds enough frames of this scan for the model
+    (:func:`voxelkit.models.activation.check_windows`); an lp-ntPET release grid has frames after every onset."""
+    from ..models.activation import check_windows  # noqa: PLC0415
+
+    try:
+        if cfg.windows:
+            check_windows(model, cfg.windows, frames)
+        if is_release_model(cfg.model):  # the release grid: every onset needs fitted frames after it
+            from ..models.lpntpet import MIN_FRAMES_AFTER_ONSET  # noqa: PLC0415
+
+            used = np.asarray(model.used_frames(frames), bool)
+            td = model.grid(frames, used, fine=bool(getattr(model, "refine", False)))[0]
+            end_used = np.asarray(frames.end_min, float)[used]
+            after = (end_used[None, :] > td[:, None] + 1e-9).sum(axis=1)
+            if end_used.size and (after < MIN_FRAMES_AFTER_ONSET).any():
+                bad = float(td[np.argmax(after < MIN_FRAMES_AFTER_ONSET)])
+                raise InputError(f"td_range: onset {bad:g} min has fewer than {MIN_FRAMES_AFTER_ONSET} fitted "
+                                 f"frames after it (the last fitted frame ends at {end_used[-1]:g} min); lower "
+                                 "td_range (--td-range) or widen the window")
+    except InputError as exc:
+        raise InputError(f"{scan.sidecar}: {exc}") from None
+
+
+@dataclass
+class ScanProtocol:
+    """How the tracer was given, from the scans' sidecars: ``protocol`` (``bolus`` / ``bolus-infusion`` / None =
+    unknown or mixed), ``kbol_min`` (Kbol in minutes when derivable), and where it came from (``source``)."""
+
+    protocol: str | None
+    kbol_min: float | None
+    source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "kbol_min": self.kbol_min, "source": self.source}
+
+
+def sidecar_kbol_min(meta: dict[str, Any]) -> float | None:
+    """Kbol (minutes) of a bolus-plus-infusion scan from its BIDS sidecar: the bolus activity over the infusion
+    activity per minute, ``(InjectedRadioactivity - InfusionRadioactivity) / (InfusionRadioactivity / T)`` with
+    the infusion's duration ``T = InjectedVolume / InfusionSpeed`` (minutes, mL and mL/min), to 0.1 min; None
+    when a field is missing or not positive."""
+    try:
+        total = float(meta["InjectedRadioactivity"])
+        inf = float(meta["InfusionRadioactivity"])
+        dur = float(meta["InjectedVolume"]) / float(meta["InfusionSpeed"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    if str(meta.get("InfusionSpeedUnits", "mL/min")).lower() not in ("ml/min", "ml.min-1", "ml min-1"):
+        return None
+    if not (total > inf > 0 and dur > 0):
+        return None
+    return float(round((total - inf) / (inf / dur), 1))  # 0.1 min: the sidecar activities are rounded
+
+
+def scan_protocol(scans: list[Scan]) -> ScanProtocol:
+    """The protocol of the study from every scan's sidecar ``ModeOfAdministration`` (``bolus``,
+    ``bolus-infusion``; BIDS also allows ``infusion``), and Kbol when every bolus-plus-infusion sidecar gives the
+    same one (:func:`sidecar_kbol_min`, within 1 min).  Mixed or missing: unknown (None)."""
+    from ..models.activation import PROTOCOLS  # noqa: PLC0415
+
+    modes, kbols = set(), []
+    for scan in scans:
+        meta: dict[str, Any] = {}
+        if scan.sidecar.suffix == ".json":
+            try:
+                meta = json.loads(scan.sidecar.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise InputError(f"{scan.sidecar}: cannot read JSON sidecar ({exc})") from None
+        mode = str(meta.get("ModeOfAdministration", "")).strip().lower().replace(" ", "-").replace("+", "-")
+        modes.add(mode or None)
+        kbols.append(sidecar_kbol_min(meta) if isinstance(meta, dict) else None)
+    if len(modes) != 1 or next(iter(modes)) not in PROTOCOLS:
+        return ScanProtocol(None, None, "ModeOfAdministration of the sidecars: "
+                            + (", ".join(sorted(str(m) for m in modes)) if modes else "none")
+                            + " (unknown or mixed)")
+    protocol = next(iter(modes))
+    kbol = None
+    if protocol == "bolus-infusion" and kbols and all(k is not None for k in kbols) \
+            and max(kbols) - min(kbols) <= 1.0:
+        kbol = float(np.median(kbols))
+    return ScanProtocol(protocol, kbol, "ModeOfAdministration of the sidecars"
+                        + (", Kbol from InjectedRadioactivity, InfusionRadioactivity, InjectedVolume / "
+                           "InfusionSpeed" if kbol is not None else ""))
+
+
+def _check_activation(cfg: StudyConfig, protocol: ScanProtocol) -> None:
+    """``contrast = "activation"``: without a model, pick :func:`voxelkit.models.activation.default_activation`
+    (logged, recorded in ``cfg.model_choice``); then :func:`~voxelkit.models.activation.check_activation` with
+    the sidecars' protocol: warnings logged and kept in ``cfg.activation_check``, a refused combination raises
+    (one line) before any fit."""
+    from ..models.activation import check_activation, default_activation  # noqa: PLC0415
+    from ..models.options import validate_model_options  # noqa: PLC0415
+
+    if cfg.model is None:
+        model, opts = default_activation(protocol.protocol, cfg.windows,
+                                         k2prime_mask=cfg.model_options.get("k2prime_mask"))
+        merged = {**opts, **cfg.model_options}  # the user's options win, key by key
+        merged = validate_model_options(merged, model, "default activation model options")
+        cfg.model, cfg.model_options = model, merged
+        cfg.model_choice = {"model": model, "options": merged, "rule": "voxelkit.models.activation."
+                            "default_activation", "reason": "contrast activation without a model"}
+        log.info("contrast activation without --model: %s with %s (voxelkit.models.activation.default_activation)",
+                 model, ", ".join(f"{k}={v}" for k, v in merged.items()))
+    warns = check_activation(cfg.model, cfg.model_options, protocol.protocol, cfg.windows, protocol.kbol_min)
+    for w in warns:
+        log.warning("WARNING: %s", w)
+    cfg.activation_check = {**protocol.as_dict(), "model": cfg.model, "warnings": warns}
 
 
 def _check_not_foreign(out: Path) -> None:
@@ -642,8 +889,11 @@ def run_study(cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
     failed scans left out, contrasts, statistics, ROI tables, and last ``study.json`` and ``provenance.json``
     beside the results they describe.  Operating-system errors (unreadable input, unwritable output) are one-line
     :class:`InputError`; a KeyboardInterrupt releases the lock and leaves the run resumable."""
+    from .scheduler import study_scheduler  # noqa: PLC0415
+
     try:
-        return _run_study(cfg, progress)
+        with study_scheduler(cfg):  # threads (default) or a Dask cluster (pipeline.scheduler), made on first use
+            return _run_study(cfg, progress)
     except OSError as exc:
         raise InputError(_os_error_line(exc)) from exc
 
@@ -699,7 +949,13 @@ def _run_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputF
             folder.write_manifest(complete=False)
         return res
 
-    if cfg.jobs > 1 and len(todo) > 1:
+    from .scheduler import current_scheduler, fit_scans  # noqa: PLC0415
+
+    sched = current_scheduler() if cfg.scheduler != "threads" else None
+    if sched is not None and sched.distributed:
+        # Dask: one task per scan (the worker writes the fits and records); the files join the manifest here
+        outcomes = fit_scans(sched, cfg, todo, sums, folder, str(first.get_filename()))
+    elif cfg.jobs > 1 and len(todo) > 1:
         # threads: NumPy's array work and zlib release the GIL; each scan writes only its own files
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
@@ -786,7 +1042,8 @@ def _run_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputF
         "inputs": sums.table(), "subjects": pairing.subjects, "dropped_subjects": pairing.dropped,
         "scans": scan_table(pairing), "spatial_conform": conform_notes([cfg.ref_mask, cfg.brain_mask, cfg.atlas,
                                                                       cfg.model_options.get("k2prime_mask")]),
-        "failed_scans": failed, "k2prime_per_scan": k2prime,
+        "failed_scans": failed, "k2prime_per_scan": k2prime, "model_choice": cfg.model_choice,
+        "activation_check": cfg.activation_check,
         "covariate_coding": covariates.as_dict() if covariates is not None else None,
         "fits": {"fitted": fitted, "reused": reused}, "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -829,6 +1086,9 @@ def run_group_stats(cfg: StudyConfig, maps_a: list[np.ndarray], maps_b: list[np.
     CodedCovariates`: numeric columns mean-centred, categorical effect-coded and centred), a GLM of the differences
     on ``[1, Z]`` whose intercept -- the mean difference at the sample's average covariate values -- is tested."""
     from ..stats import Design, one_sample_design, permutation_test  # noqa: PLC0415
+    from .scheduler import study_permutation_test  # noqa: PLC0415
+
+    permutation_test = study_permutation_test(permutation_test)  # Dask: the permutation batches on the cluster
 
     masker = Masker(mask, affine)
     a = np.stack([masker.transform(m) for m in maps_a]).astype(np.float64)

@@ -232,11 +232,17 @@ def _draw_scan_qc(axes: Sequence[Axes], qc: dict[str, Any], hist_keys: Sequence[
             f = _as_float(fit)
             if f.size == tac.size:
                 ax.plot(times(f.size), f, "-", color=color, linewidth=1.2)
+        wo = vox.get("fitted_without_release")  # lp-ntPET: the same fit with gamma = 0
+        if wo is not None:
+            f = _as_float(wo)
+            if f.size == tac.size:
+                ax.plot(times(f.size), f, "--", color=color, linewidth=0.9)
     if voxels:
         ax.legend(fontsize=6, frameon=False, loc="best")
     else:
         ax.text(0.5, 0.5, "no example voxels", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-    ax.set_title("voxel TACs (dots), fits (lines)", fontsize=9)
+    without = any(v.get("fitted_without_release") is not None for v in voxels)
+    ax.set_title("voxel TACs (dots), fits (lines" + ("; dashed: no release)" if without else ")"), fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(activity_label(qc), fontsize=8)
 
@@ -352,4 +358,80 @@ def null_histograms(items: Sequence[tuple[str, np.ndarray, float | None]], alpha
         ax.legend(fontsize=7, frameon=True, framealpha=0.85, edgecolor="none", loc="upper right")
         ax.set_title(f"{name} (n={null.size})", fontsize=9)
         _style(ax)
+    return to_png(fig)
+
+
+# ------------------------------------------------------------------------------------------------- release
+
+def map_slices(rows: Sequence[tuple[str, np.ndarray]], title: str, cbar_label: str, vmin: float, vmax: float,
+               n_slices: int = 6, cmap: str = "viridis") -> bytes:
+    """Axial slices of 3-D volumes, one row per ``(label, volume)`` (voxel order i, j, k; NaN transparent), the
+    same colour scale ``vmin``-``vmax`` for all rows, slices evenly over the volumes' finite extent in k."""
+    vols = [np.asarray(v, dtype=float) for _, v in rows]
+    finite_k = np.flatnonzero(np.any([np.isfinite(v).any(axis=(0, 1)) for v in vols], axis=0)) if vols else []
+    if len(finite_k):
+        ks = np.unique(np.linspace(finite_k[0], finite_k[-1], n_slices + 2)[1:-1].round().astype(int))
+    else:
+        ks = np.array([0])
+    nr, nc = max(len(rows), 1), len(ks)
+    left, right, top, panel = 1.3, 0.9, 0.4, 1.25
+    w, h = left + nc * panel + right, top + nr * panel + 0.1
+    fig = new_figure(w, h)
+    im = None
+    for r, (label, _) in enumerate(rows):
+        for c, k in enumerate(ks):
+            ax = fig.add_axes(((left + c * panel) / w, 1 - (top + (r + 1) * panel) / h, 0.96 * panel / w,
+                               0.96 * panel / h))
+            im = ax.imshow(np.ma.masked_invalid(vols[r][:, :, k].T), origin="lower", cmap=cmap, vmin=vmin,
+                           vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for sp in ax.spines.values():
+                sp.set_visible(False)
+            if c == 0:
+                ax.text(-0.06, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=8)
+            if r == 0:
+                ax.set_title(f"slice k={k}", fontsize=7)
+    if im is not None:
+        cax = fig.add_axes((1 - 0.75 / w, 0.15, 0.12 / w, 0.7))
+        cb = fig.colorbar(im, cax=cax)
+        cb.ax.tick_params(labelsize=7)
+        cb.set_label(cbar_label, fontsize=8)
+    fig.suptitle(title, fontsize=9, y=1 - 0.05 / h, va="top")
+    return to_png(fig)
+
+
+def bp_curves(curves: dict[str, dict[str, dict[str, Any]]], t_min: Sequence[float], conditions: Sequence[str],
+              challenge: Sequence[float] | None = None) -> bytes:
+    """BP(t) of regions, one panel per region: one line per condition (``curves[region][condition]`` =
+    ``{"mean": [...], "subjects": [[...], ...]}``, thin lines for the subjects); times in minutes; the challenge
+    window shaded."""
+    regions = list(curves)
+    n = max(len(regions), 1)
+    ncols = min(n, 5)
+    fig, axes = _grid(n, ncols, 2.2, 1.8, left=0.55)
+    t = np.asarray(t_min, dtype=float)
+    for ax, region in zip(axes, regions, strict=False):
+        _style(ax)
+        if challenge is not None and len(challenge) == 2:
+            ax.axvspan(float(challenge[0]), float(challenge[1]), color="#fff1c9", zorder=0, linewidth=0)
+        for i, cond in enumerate(conditions):
+            d = curves[region].get(cond)
+            if not d:
+                continue
+            color = PALETTE[i % len(PALETTE)]
+            for sub in d.get("subjects", []):
+                y = _as_float(sub)
+                if y.size == t.size:
+                    ax.plot(t, y, "-", color=color, linewidth=0.5, alpha=0.3)
+            y = _as_float(d.get("mean"))
+            if y.size == t.size:
+                ax.plot(t, y, "-", color=color, linewidth=1.6, label=cond)
+        ax.set_title(region.replace("_", " "), fontsize=9)
+        ax.set_xlabel("time (min)", fontsize=8)
+        ax.set_ylabel("BP(t)", fontsize=8)
+        ax.relim()
+        ax.autoscale_view()
+    if regions:
+        axes[0].legend(fontsize=7, frameon=False, loc="lower left")
     return to_png(fig)

@@ -9,7 +9,6 @@ such (with a warning) instead of stopping the report.  The output depends only o
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -22,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io import InputError
+from ..io import InputError, read_table
+from ..io import derivatives as dv
+from ..io.derivatives import entity_labels, find_scan_maps
 from . import figures
 from .html import (
     NOT_AVAILABLE,
@@ -50,6 +51,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 FWE_LABELS = {"cluster_extent": "cluster extent", "cluster_mass": "cluster mass", "tfce": "TFCE",
               "voxel": "voxel (max-T)", "cluster": "cluster"}
 MAX_TABLE_ROWS = 300
+#: Colour range limits of the release maps (fraction of the receptors; voxel estimates beyond are clipped).
+RELEASE_DISPLAY = (-0.5, 1.0)
 #: pct_change is not shown for a region whose condition-B mean is below this in magnitude (BPND about 0: a
 #: percentage of about nothing is meaningless, e.g. 288 % for a region at reference level).
 PCT_MIN_BASELINE = 0.1
@@ -75,13 +78,12 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def read_tsv(path: Path) -> tuple[list[str], list[list[object]]]:
-    """Header and rows (cells parsed to int/float/str) of a tab-separated file."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = [r for r in csv.reader(f, delimiter="\t") if r and any(c.strip() for c in r)]
-    if not rows:
+    """Header and rows (cells parsed to int/float/str) of a tab-separated file, read by the one TSV reader
+    (:func:`voxelkit.io.read_table`; an empty file is an empty table)."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
         return [], []
-    header = [h.strip() for h in rows[0]]
-    return header, [[parse_cell(c) for c in r] + [float("nan")] * (len(header) - len(r)) for r in rows[1:]]
+    table = read_table(path, min_rows=0)
+    return table.header, [[parse_cell(c) for c in r] for r in table.rows]
 
 
 def nifti_stem(path: Path) -> str:
@@ -168,8 +170,8 @@ class _Report:
 
     def __init__(self, out_dir: Path) -> None:
         self.out = Path(out_dir)
-        self.stats = self.out / "group" / "stats"
-        self.roi = self.out / "roi"
+        self.stats = dv.stats_dir(self.out)
+        self.roi = dv.roi_dir(self.out)
         self.problems: list[str] = []
         self.timings: dict[str, float] = {}
         self.study: dict[str, Any] = {}
@@ -276,18 +278,18 @@ class _Report:
 
     # -- design and settings
     def design(self) -> Section:
-        for name in ("study.json", "provenance.json"):
+        for name in (dv.STUDY_RECORD, dv.PROVENANCE):
             try:
                 obj = read_json(self.out / name) or {}
             except Exception as exc:  # noqa: BLE001
                 self.problems.append(f"{name}: {type(exc).__name__}: {exc}")
                 obj = {}
-            if name == "study.json":
+            if name == dv.STUDY_RECORD:
                 self.study = obj
             else:
                 self.prov = obj
         try:
-            self.stats_settings = read_json(self.stats / "stats.json") or {}
+            self.stats_settings = read_json(self.stats / dv.STATS_SETTINGS) or {}
         except Exception as exc:  # noqa: BLE001
             self.problems.append(f"group/stats/stats.json: {type(exc).__name__}: {exc}")
         both = {"study": self.study, "provenance": self.prov}
@@ -394,7 +396,7 @@ class _Report:
         """Mean BPND over the per-scan maps (same grid as ``ref``) as the slice background, else nilearn's MNI."""
         import nibabel as nib  # noqa: PLC0415
 
-        paths = sorted(self.out.glob("sub-*/ses-*/pet/*_meas-bp_nd_mimap.nii*"))[:MAX_BACKGROUND_MAPS]
+        paths = find_scan_maps(self.out, "bp_nd")[:MAX_BACKGROUND_MAPS]
         acc = None
         n = 0
         for p in paths:
@@ -557,7 +559,7 @@ class _Report:
     def rois(self) -> Section:
         parts = []
         subs = []
-        vpath = self.roi / "roi_values.tsv"
+        vpath = self.roi / dv.ROI_VALUES
         subs.append(("roi-values", "BPND by condition"))
         parts.append('<h3 id="roi-values">Regional BPND by condition (paired)</h3>')
         if vpath.is_file():
@@ -570,6 +572,8 @@ class _Report:
                 values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
                 seen: list[str] = []
                 for r in rows:
+                    if "quantity" in col and str(r[col["quantity"]]) not in ("bp_nd", "nan", ""):
+                        continue  # other quantities (release) have their own figure
                     cond = str(r[col["condition"]])
                     phase = r[col["phase"]] if "phase" in col else ""
                     phase = "" if isinstance(phase, float) and math.isnan(phase) else str(phase)
@@ -589,7 +593,7 @@ class _Report:
                     parts.append(note(f"{vpath.name} has no rows."))
         else:
             parts.append(note(f"Regional values (roi/roi_values.tsv): {NOT_COMPUTED}."))
-        tpath = self.roi / "roi_tests.tsv"
+        tpath = self.roi / dv.ROI_TESTS
         subs.append(("roi-tests", "ROI tests"))
         parts.append('<h3 id="roi-tests">Paired tests per region</h3>')
         if tpath.is_file():
@@ -611,14 +615,166 @@ class _Report:
             parts.append(note(f"ROI tests (roi/roi_tests.tsv): {NOT_COMPUTED}."))
         return Section("roi", "Regions of interest", "\n".join(parts), subs)
 
+    # -- release (contrast "release": lp-ntPET on every whole scan)
+    def scan_maps_by_condition(self, param: str) -> dict[str, list[tuple[str, Path]]]:
+        """Per condition (session label), the (subject, path) of every scan's map of ``param``."""
+        out: dict[str, list[tuple[str, Path]]] = {}
+        for path in find_scan_maps(self.out, param):
+            ent = dict(entity_labels(path.name))
+            if "sub" in ent and "ses" in ent and "desc" not in ent:
+                out.setdefault(ent["ses"], []).append((ent["sub"], path))
+        return out
+
+    def planted_regions(self, available: list[str]) -> tuple[list[str], str]:
+        """Regions for the BP(t) figure: the atlas look-up's ``effect`` = 1 rows (a simulated study's planted
+        regions), else the regions significant in the ROI tests, else the 5 of largest mean release."""
+        lut = find_key(self.study, "atlas_labels")
+        if isinstance(lut, str) and Path(lut).is_file():
+            header, rows = read_tsv(Path(lut))
+            if "effect" in header and "name" in header:
+                je, jn = header.index("effect"), header.index("name")
+                names = [str(r[jn]) for r in rows if r[je] in (1, 1.0, "1")]
+                names = [n for n in names if n in available]
+                if names:
+                    return names, "the planted regions (atlas look-up column effect = 1)"
+        sig = [str(r.get("region")) for r in self.sig_rois if str(r.get("region")) in available]
+        if sig:
+            return sig, f"the regions with {self.roi_p_name} < {ALPHA} in the ROI tests"
+        return available[:5], "the regions of largest mean release"
+
+    def release(self) -> Section:
+        import nibabel as nib  # noqa: PLC0415
+
+        parts: list[str] = []
+        subs: list[tuple[str, str]] = []
+        pair = self.condition_pair()
+        window = find_key(self.study.get("model_options") or {}, "challenge_window")
+        window = window if isinstance(window, list) and len(window) == 2 else None
+        parts.append("<p>lp-ntPET (Normandin et al. 2012) fitted to every whole scan: binding falls while the "
+                     "released neurotransmitter occupies receptors, <i>BP(t) = k2 / (k2a + γ h(t)) − 1</i>, with "
+                     "<i>h</i> rising from the onset t<sub>D</sub> to the peak t<sub>P</sub>. "
+                     "<code>release</code> = 1 − BP(t<sub>P</sub>)/BP<sub>0</sub>, the peak fractional occupancy; "
+                     "the group test is on the paired differences of the release maps"
+                     + (f" ({esc(pair[0])} − {esc(pair[1])})" if pair else "")
+                     + (f"; challenge window {fmt_value(window[0])}–{fmt_value(window[1])} min" if window else "")
+                     + ".</p>")
+        # maps: mean over subjects per condition
+        subs.append(("release-maps", "Release and onset maps"))
+        parts.append('<h3 id="release-maps">Release and onset maps (mean over subjects)</h3>')
+        for param, label, unit, cmap in (("release", "release", "fraction", "magma"),
+                                         ("t_d", "onset t_D", "min", "viridis")):
+            by_cond = self.scan_maps_by_condition(param)
+            if not by_cond:
+                parts.append(note(f"{label} maps (meas-{param}): {NOT_COMPUTED}."))
+                continue
+            conds = self.conditions(list(by_cond))
+            rows = []
+            for cond in conds:
+                acc, cnt, n = None, None, 0
+                for _, path in by_cond[cond]:
+                    v = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+                    acc = np.nan_to_num(v) if acc is None else acc + np.nan_to_num(v)
+                    cnt = np.isfinite(v).astype(float) if cnt is None else cnt + np.isfinite(v)
+                    n += 1
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
+                rows.append((f"{cond} (n={n})", mean))
+            vals = np.concatenate([r[1][np.isfinite(r[1])] for r in rows])
+            lo, hi = (np.percentile(vals, [2, 98]) if vals.size else (0.0, 1.0))
+            if param == "release":  # a fraction of the receptors: outlying voxel estimates are not shown apart
+                lo, hi = max(min(float(lo), 0.0), RELEASE_DISPLAY[0]), min(float(hi), RELEASE_DISPLAY[1])
+            hi = float(hi) if hi > lo else float(lo) + 1e-6
+            parts.append(figure(figures.map_slices(rows, f"{label}: mean over subjects", f"{label} ({unit})",
+                                                   float(lo), hi, cmap=cmap),
+                                f"Axial slices of the mean {label} map per condition (colour range: 2nd-98th "
+                                f"percentile" + (f", including 0, within {RELEASE_DISPLAY[0]:g} to "
+                                                 f"{RELEASE_DISPLAY[1]:g}" if param == "release" else "")
+                                + "); voxel-level estimates are noisy, compare conditions, not single voxels."))
+        # regional release (roi_values quantity = release)
+        vpath = self.roi / dv.ROI_VALUES
+        if vpath.is_file():
+            header, rows_t = read_tsv(vpath)
+            col = {h: i for i, h in enumerate(header)}
+            if {"quantity", "subject", "condition", "region", "value"} <= set(col):
+                values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+                seen: list[str] = []
+                for r in rows_t:
+                    if str(r[col["quantity"]]) != "release":
+                        continue
+                    cond = str(r[col["condition"]])
+                    if cond not in seen:
+                        seen.append(cond)
+                    v = r[col["value"]]
+                    values.setdefault((str(r[col["region"]]), ""), {}).setdefault(str(r[col["subject"]]), {})[
+                        cond] = float(v) if isinstance(v, (int, float)) else float("nan")
+                if values:
+                    subs.append(("release-roi", "Regional release"))
+                    parts.append('<h3 id="release-roi">Regional release by condition (paired)</h3>')
+                    parts.append(figure(figures.roi_paired(values, self.conditions(seen), ylabel="release"),
+                                        "Mean release (fraction of receptors) per region and condition; grey lines "
+                                        "join each subject's values, black diamonds are condition means."))
+        # BP(t) of the planted regions, from the per-scan QC records (release_curves)
+        curves: dict[str, dict[str, list[list[float]]]] = {}
+        t_min: list[float] | None = None
+        examples: dict[str, dict[str, Any]] = {}
+        for qpath in sorted(self.out.glob(dv.QC_GLOB)):
+            try:
+                qc = read_json(qpath) or {}
+            except Exception:  # noqa: BLE001
+                continue
+            rc = qc.get("release_curves")
+            if not isinstance(rc, dict):
+                continue
+            cond = str(qc.get("session"))
+            examples.setdefault(cond, qc)
+            t_min = t_min or rc.get("t_min")
+            for region, d in (rc.get("regions") or {}).items():
+                curves.setdefault(region, {}).setdefault(cond, []).append(d.get("bp_t") or [])
+        subs.append(("release-bpt", "BP(t)"))
+        parts.append('<h3 id="release-bpt">BP(t) of the planted regions</h3>')
+        if curves and t_min:
+            chosen, why = self.planted_regions(list(curves))
+            data = {}
+            for region in chosen:
+                data[region] = {}
+                for cond, ys in curves[region].items():
+                    arr = np.array([y for y in ys if len(y) == len(t_min)], dtype=float)
+                    if arr.size:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", RuntimeWarning)
+                            data[region][cond] = {"mean": np.nanmean(arr, axis=0).tolist(), "subjects": arr.tolist()}
+            conds = self.conditions(list({c for d in data.values() for c in d}))
+            parts.append(figure(figures.bp_curves(data, t_min, conds, window),
+                                f"BP(t) = k2/(k2a + γ h(t)) − 1 from the fitted k2, k2a, γ, t_D, t_P, α, averaged "
+                                f"over each region's voxels (status ok or grid_edge) per scan; thin lines: subjects, "
+                                f"thick: mean per condition; shaded: the challenge window. Regions: {why}."))
+        else:
+            parts.append(note(f"BP(t) curves (release_curves in the per-scan QC records): {NOT_COMPUTED}."))
+        if examples:
+            subs.append(("release-tacs", "Voxel fits"))
+            parts.append('<h3 id="release-tacs">Voxel TACs with and without the release term</h3>')
+            for cond in self.conditions(list(examples)):
+                qc = examples[cond]
+                name = f"sub-{qc.get('subject')} ses-{qc.get('session')}"
+                unit = self.activity_unit()
+                if unit and not qc.get("activity_unit"):
+                    qc["activity_unit"] = unit
+                hists = qc.get("histograms") or {}
+                qc = {**qc, "histograms": {k: hists[k] for k in ("release", "t_d") if k in hists}}
+                parts.append(figure(figures.scan_qc(qc, max_hists=2),
+                                    f"{name}: example voxels ranked by the release F statistic (10th-99th "
+                                    "percentile); solid: the lp-ntPET fit, dashed: the same fit without the release "
+                                    "term (γ = 0)."))
+        return Section("release", "Release (lp-ntPET)", "\n".join(parts), subs)
+
     # -- per-scan QC
     def qc(self) -> Section:
-        paths = sorted(self.out.glob("sub-*/ses-*/pet/*_qc.json"))
+        paths = sorted(self.out.glob(dv.QC_GLOB))
         if not paths:
             return Section("qc", "Per-scan QC", note(f"Per-scan QC (*_qc.json): {NOT_COMPUTED}."))
         records: list[tuple[str, dict[str, Any] | None, str]] = []
         for p in paths:
-            name = p.name[: -len("_qc.json")]
+            name = p.name[: -len(dv.QC_SUFFIX)]
             try:
                 records.append((name, read_json(p), ""))
             except Exception as exc:  # noqa: BLE001
@@ -744,7 +900,9 @@ class _Report:
             return []
         a, b = pair
         quantity = find_key(self.study, "contrast")
-        what = "BPND" if quantity in (None, "bp_nd") else "the challenge-induced BPND change (baseline − challenge)"
+        what = "BPND" if quantity in (None, "bp_nd") else (
+            "the peak release (lp-ntPET: fractional receptor occupancy by the released neurotransmitter)"
+            if quantity == "release" else "the challenge-induced BPND change (baseline − challenge)")
         out = []
         if self.sig_rois:
             for sign, word in ((-1, "lower"), (1, "higher")):
@@ -755,7 +913,8 @@ class _Report:
                 pcts = [abs(r["pct_change"]) for r in rows if is_number(r.get("pct_change"))
                         and math.isfinite(r["pct_change"])]
                 diffs = [abs(r["mean_diff"]) for r in rows]
-                size = f"by {_range(pcts)} %" if pcts else f"by {_range(diffs, 2)} (BPND units)"
+                units = "fraction of receptors" if quantity == "release" else "BPND units"
+                size = f"by {_range(pcts)} %" if pcts else f"by {_range(diffs, 2)} ({units})"
                 n = max((int(r["n"]) for r in rows if is_number(r.get("n"))), default=None)
                 regions = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
                 out.append(f"{what[0].upper() + what[1:]} {word} under {a} than under {b} {size} in {regions} "
@@ -926,13 +1085,15 @@ def write_report(out_dir: Path, path: Path | None = None) -> Path:
     out = Path(out_dir)
     if not out.is_dir():
         raise InputError(f"{out}: no such output directory")
-    dest = Path(path) if path is not None else out / "report.html"
+    dest = Path(path) if path is not None else dv.report_path(out)
     rep = _Report(out)
     t0 = time.perf_counter()
     sections = [rep.guarded("Design and settings", rep.design)]
     sections += [rep.guarded(n, f) for n, f in (("Statistical maps", rep.maps), ("Clusters", rep.clusters),
                                                  ("Regions of interest", rep.rois), ("Per-scan QC", rep.qc),
                                                  ("Null distributions", rep.nulls))]
+    if find_key(rep.study, "contrast") == "release":
+        sections.insert(3, rep.guarded("Release (lp-ntPET)", rep.release))
     sections.insert(0, rep.guarded("Key results", rep.summary))
     if rep.problems:
         sections.append(Section("problems", "Problems", "<ul>" + "".join(f"<li>{esc(m)}</li>"

@@ -10,10 +10,9 @@ DESIGNS = ("scan", "release")
 PROTOCOLS = ("bolus", "bolus-infusion")
 #: Kbol (minutes) of ``protocol="bolus-infusion"`` when ``kbol`` is not given.
 DEFAULT_KBOL_MIN = 80.0
-#: The design ``voxelkit demo`` runs without ``--design`` (the ONE place to flip it): "scan" until the release
-#: contrast (lp-ntPET, ``contrast = "release"``) exists, then "release" (and set
-#: ``voxelkit.pipeline.demo.RELEASE_ANALYSIS = "release"``).
-DEMO_DEFAULT_DESIGN = "scan"
+#: The design ``voxelkit demo`` runs without ``--design`` (the ONE place to flip it): "release" (analysed by the
+#: lp-ntPET release contrast, ``voxelkit.pipeline.demo.RELEASE_ANALYSIS``); "scan" is the classic demo.
+DEMO_DEFAULT_DESIGN = "release"
 
 
 #: The study knobs the command line offers beyond the basic ones, defined once here for ``voxelkit simulate``
