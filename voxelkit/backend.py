@@ -27,8 +27,7 @@ ENV_DEVICE = "VOXELKIT_DEVICE"
 DEFAULT_BLOCK = 256
 
 
-class BackendError(RuntimeError):
-    """The requested backend cannot be used (for example ``gpu`` with no usable GPU)."""
+from .errors import BackendError  # noqa: E402 - defined in voxelkit.errors, re-exported here
 
 
 @dataclass(frozen=True)

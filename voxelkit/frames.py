@@ -33,8 +33,7 @@ MIN_FRAME_SECONDS = 1.0
 MAX_SCAN_SECONDS = 86400.0
 
 
-class FrameError(ValueError):
-    """Invalid frame timing; the message names the source and the frame."""
+from .errors import FrameError  # noqa: E402 - defined in voxelkit.errors, re-exported here
 
 
 @dataclass(frozen=True)
