@@ -290,6 +290,14 @@ def test_activation_default_pick_logged_and_recorded(drug_study: Path, tmp_path:
     # the median k2' rule is warned about by the table (voxel noise biases it), logged and recorded
     assert chk["warnings"] and all(w in caplog.text for w in chk["warnings"])
     assert layout.map_path(out, "01", "anakinra", "mrtm2", "bp_nd", "challenge").exists()
+    # ... and shown in the report (never silent)
+    import html as _html
+
+    from voxelkit.report import write_report
+
+    page = Path(write_report(out, out / "report.html")).read_text()
+    assert all(_html.escape(w) in page for w in chk["warnings"])
+    assert "Model not given" in page
 
 
 # ------------------------------------------------------------------------------------------------- demo
@@ -328,6 +336,9 @@ def test_demo_default_design_is_release_analysed_by_the_release_contrast(monkeyp
     assert calls["sim"]["design"] == "release" and calls["sim"]["protocol"] == "bolus-infusion"
     assert cfg.contrast == "release" and cfg.model == "lpntpet2" and cfg.n_perm == 1024 and cfg.windows is None
     assert cfg.model_options["challenge_window"] == [45.0, 90.0]
+    assert calls["sim"]["noise"] == demo.DEMO_RELEASE_NOISE  # the low-noise release demo, stated in the log
+    demo.run_demo(tmp_path / "e", noise=0.1)
+    assert calls["sim"]["noise"] == 0.1
 
 
 def test_demo_cli_default_n_perm_and_legend():

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     p.add_argument("--n-subjects", type=int, default=10, help="subjects (default 10)")
     p.add_argument("--resolution", type=float, default=3, help="voxel size in mm (default 3)")
     p.add_argument("--effect", type=float, default=0.08, help="relative BPND reduction by anakinra (default 0.08)")
-    p.add_argument("--noise", type=float, default=None, help="noise level (simulator's default if omitted)")
+    p.add_argument("--noise", type=float, default=None,
+                   help="noise level (default: the simulator's 0.1; release design 0.03, a low-noise study)")
     p.add_argument("--model", default=None,
                    help="kinetic model (default srtm; release design: lpntpet2 for --analysis release, the default "
                         "activation combination for --analysis activation)")

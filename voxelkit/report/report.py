@@ -327,6 +327,13 @@ class _Report:
         parts = [cards]
         if dropped:
             parts.append(note(f"Subjects dropped (incomplete pairs): {_short(dropped)}", "warn"))
+        check = self.prov.get("activation_check") if isinstance(self.prov, dict) else None
+        if isinstance(check, dict):
+            for w in check.get("warnings") or []:  # the activation rules of voxelkit.models.activation
+                parts.append(note(f"Activation by windows: {w}", "warn"))
+        choice = self.prov.get("model_choice") if isinstance(self.prov, dict) else None
+        if isinstance(choice, dict) and choice.get("model"):
+            parts.append(note(f"Model not given: {_short(choice)}"))
         if isinstance(subjects, list) and subjects:
             parts.append(f"<p><b>Subjects ({len(subjects)}):</b> {esc(', '.join(str(s) for s in subjects))}</p>")
         subs = [("design-settings", "Study settings")]
