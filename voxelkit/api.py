@@ -91,17 +91,24 @@ def region_mean_tac(pet: DynamicPET, data: np.ndarray, mask: Any, what: str, *,
     where = str(mask) if isinstance(mask, str | Path) else f"{what} image"
     desc: dict[str, Any] = {}
     m = load_mask(_mask_image(mask, pet.image), pet.image, pet.name, what=what, threshold=mask_threshold, info=desc)
-    tac = data[m].astype(np.float64)
-    finite_rows = np.isfinite(tac).all(axis=1)
-    if not finite_rows.any():
-        raise InputError(f"{where}: every {what} voxel has non-finite values in {pet.name}")
-    tac = tac[finite_rows].mean(axis=0)
-    if not (tac > 0).any():
-        raise InputError(f"{where}: the {what} has no positive activity in {pet.name}")
-    desc["n_used"] = int(finite_rows.sum())
+    tac, desc["n_used"] = mean_of_finite_rows(data[m], where, what, pet.name)
     if info is not None:
         info.update(desc)
-    return tac, m, f"mean of {int(finite_rows.sum())} voxels in {where}"
+    return tac, m, f"mean of {desc['n_used']} voxels in {where}"
+
+
+def mean_of_finite_rows(rows: np.ndarray, where: str, what: str, source: str) -> tuple[np.ndarray, int]:
+    """The region TAC rule: the float64 mean over the voxels (rows, C order) finite in every frame, and how many
+    there were.  Raises :class:`InputError` (naming ``where`` and ``source``) when none is finite or the mean has
+    no positive frame.  Used by :func:`region_mean_tac` and by the chunked fits (:mod:`voxelkit.bigfit`)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    finite = np.isfinite(rows).all(axis=1)
+    if not finite.any():
+        raise InputError(f"{where}: every {what} voxel has non-finite values in {source}")
+    tac = rows[finite].mean(axis=0)
+    if not (tac > 0).any():
+        raise InputError(f"{where}: the {what} has no positive activity in {source}")
+    return tac, int(finite.sum())
 
 
 def reference_tac(pet: DynamicPET, data: np.ndarray, reference: Any, *, mask_threshold: float | None = None,

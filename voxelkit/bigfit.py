@@ -173,13 +173,9 @@ def _reference_and_mask(src: Source, grid: Any, shape: tuple[int, ...], ranges: 
     where = str(reference) if isinstance(reference, str | Path) else "reference region mask image"
     order = np.argsort(np.concatenate(keys), kind="stable")
     tac_rows = np.concatenate(rows)[order]  # C order of the 3-D mask, as data[mask]
-    finite = np.isfinite(tac_rows).all(axis=1)
-    if not finite.any():
-        raise InputError(f"{where}: every reference region mask voxel has non-finite values in {src.path}")
-    tac = tac_rows[finite].mean(axis=0)
-    if not (tac > 0).any():
-        raise InputError(f"{where}: the reference region mask has no positive activity in {src.path}")
-    n_used = int(finite.sum())
+    from .api import mean_of_finite_rows  # noqa: PLC0415
+
+    tac, n_used = mean_of_finite_rows(tac_rows, where, "reference region mask", str(src.path))
     info["reference_mask"]["n_used"] = n_used
     if n_used < MIN_REFERENCE_VOXELS:
         log.warning("WARNING: the reference region %s has only %d voxels (fewer than %d): its mean TAC is noisy and "
