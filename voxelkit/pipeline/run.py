@@ -456,21 +456,24 @@ def smooth_in_mask(vol: np.ndarray, mask: np.ndarray, affine: np.ndarray, fwhm_m
     return out
 
 
-def _scan_value_map(out: Path, cfg: StudyConfig, subject: str, session: str) -> np.ndarray:
+def _scan_value_map(out: Path, cfg: StudyConfig, subject: str, session: str,
+                    load: Any = None) -> np.ndarray:
     """The per-scan quantity the contrast is built from: BPND, baseline BPND - challenge BPND, or the lp-ntPET
-    ``release`` map (peak fractional occupancy by the released neurotransmitter, whole-scan fit)."""
-    def load(phase: str | None, param: str = "bp_nd") -> np.ndarray:
-        path = layout.map_path(out, subject, session, cfg.model, param, phase)
-        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    ``release`` map (peak fractional occupancy by the released neurotransmitter, whole-scan fit).
+    ``load(phase, param)``: where the maps come from (default: read from ``out``)."""
+    if load is None:
+        def load(phase: str | None, param: str = "bp_nd") -> np.ndarray:
+            path = layout.map_path(out, subject, session, cfg.model, param, phase)
+            return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
 
     if cfg.contrast == "release":
         return load(None, "release")
     if cfg.contrast == "activation":
-        return load("baseline") - load("challenge")
+        return load("baseline", "bp_nd") - load("challenge", "bp_nd")
     if cfg.windows:
         # whole-scan contrast on windowed fits: use the first window (documented)
-        return load(cfg.phases[0])
-    return load(None)
+        return load(cfg.phases[0], "bp_nd")
+    return load(None, "bp_nd")
 
 
 def _read_atlas(cfg: StudyConfig, like: Any) -> tuple[np.ndarray | None, dict[int, str]]:
@@ -490,9 +493,11 @@ def _read_atlas(cfg: StudyConfig, like: Any) -> tuple[np.ndarray | None, dict[in
 
 def _roi_tables(out: Path, cfg: StudyConfig, pairing: Pairing, labels: np.ndarray | None,
                 names: dict[int, str], brain: np.ndarray, *, folder: OutputFolder | None = None,
-                scan_maps: dict[tuple[str, str], np.ndarray] | None = None) -> list[dict[str, Any]]:
+                scan_maps: dict[tuple[str, str], np.ndarray] | None = None,
+                bp_nd_maps: dict[tuple[str, str, str | None], np.ndarray] | None = None) -> list[dict[str, Any]]:
     """Mean BPND per region, condition, phase and subject, and a paired test per region (BH-FDR).
-    ``scan_maps``: the per-scan contrast quantity already read (subject, condition) -> map, not read again."""
+    ``scan_maps``: the per-scan contrast quantity already read (subject, condition) -> map, not read again;
+    ``bp_nd_maps``: the BPND maps already read (subject, condition, phase) -> map, not read again."""
     if labels is None:
         return []
     from scipy import stats as sps  # noqa: PLC0415
@@ -509,7 +514,9 @@ def _roi_tables(out: Path, cfg: StudyConfig, pairing: Pairing, labels: np.ndarra
         for cond in cfg.conditions:
             value_map = (scan_maps or {}).get((sub, cond))
             for phase in cfg.phases:
-                if value_map is not None and phase is None and cfg.contrast == "bp_nd":
+                if bp_nd_maps is not None and (sub, cond, phase) in bp_nd_maps:
+                    vol = bp_nd_maps[(sub, cond, phase)]  # read once, by fit_scans
+                elif value_map is not None and phase is None and cfg.contrast == "bp_nd":
                     vol = value_map  # the whole-scan BPND map, read once for the contrasts
                 else:
                     path = layout.map_path(out, sub, cond, cfg.model, "bp_nd", phase)
@@ -884,6 +891,9 @@ def _os_error_line(exc: OSError) -> str:
 def run_study(cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
     """Run the whole study; re-running with the same inputs and settings reuses finished per-scan fits.
 
+    It sequences the stages that can also be called alone -- :func:`fit_scans`, :func:`contrast_maps`,
+    :func:`group_stats` -- under one folder lock, then the ROI tables, provenance and report.
+
     Order: every cheap check first (:func:`validate_study`, nothing written), then the output folder is locked
     (:class:`voxelkit.outputs.FolderLock`) for the whole run, per-scan fits (cached; a fit record is written last),
     failed scans left out, contrasts, statistics, ROI tables, and last ``study.json`` and ``provenance.json``
@@ -900,14 +910,7 @@ def run_study(cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
 
 def _run_study(cfg: StudyConfig, progress: bool) -> StudyResult:
     t_start = time.perf_counter()
-    out = _check_output_dir(cfg)
-    _check_not_foreign(out)
-    scans = discover_scans(cfg)
-    _discover_derivatives(cfg)
-    pairing = pair_scans(scans, cfg.conditions, cfg.on_missing)
-    plan = validate_study(cfg, pairing)
-    backend = get_backend(cfg.device)
-    folder = OutputFolder(out, "run", resumable=True, inputs=_input_paths(cfg, pairing))
+    out, pairing, plan, backend, folder = _prepare(cfg)
     with FolderLock(out, "voxelkit run"):
         folder.write_manifest(complete=False)  # first: an interrupted run stays resumable
         try:
@@ -918,6 +921,20 @@ def _run_study(cfg: StudyConfig, progress: bool) -> StudyResult:
     return result
 
 
+def _prepare(cfg: StudyConfig) -> tuple[Path, Pairing, _Plan, Any, OutputFolder]:
+    """Every check before anything is written: output folder, scans, derivatives, pairing, :func:`validate_study`;
+    then the backend and the (not yet locked) output folder."""
+    out = _check_output_dir(cfg)
+    _check_not_foreign(out)
+    scans = discover_scans(cfg)
+    _discover_derivatives(cfg)
+    pairing = pair_scans(scans, cfg.conditions, cfg.on_missing)
+    plan = validate_study(cfg, pairing)
+    backend = get_backend(cfg.device)
+    folder = OutputFolder(out, "run", resumable=True, inputs=_input_paths(cfg, pairing))
+    return out, pairing, plan, backend, folder
+
+
 def _write_json_atomic(obj: dict[str, Any], path: Path, folder: OutputFolder) -> Path:
     folder.record(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -926,8 +943,78 @@ def _write_json_atomic(obj: dict[str, Any], path: Path, folder: OutputFolder) ->
     return path
 
 
-def _run_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputFolder, backend: Any,
-                progress: bool, t_start: float) -> StudyResult:
+@dataclass
+class ScanFits:
+    """What :func:`fit_scans` gives the later stages, in memory: the subjects kept (failed scans left out unless
+    ``keep_failed_scans``), every map they need read once as a 3-D float32 array on the PET grid, the brain mask,
+    affine, atlas, coded covariates, and the fit counts.  BPND unitless; k2' in 1/min."""
+
+    config: StudyConfig
+    output_dir: Path
+    pairing: Pairing  #: subjects kept for the group test and their scans
+    maps: dict[tuple[str, str], np.ndarray]  #: (subject, condition) -> contrast quantity (not smoothed)
+    bp_nd: dict[tuple[str, str, str | None], np.ndarray]  #: (subject, condition, phase) -> BPND map
+    mask: np.ndarray  #: brain mask (3-D bool)
+    affine: np.ndarray
+    labels: np.ndarray | None  #: atlas labels on the PET grid
+    names: dict[int, str]  #: atlas label -> region name
+    covariates: Any  #: CodedCovariates of the kept subjects, or None
+    fitted: int = 0
+    reused: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    k2prime: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    folder: OutputFolder | None = field(default=None, repr=False)
+    backend: Any = field(default=None, repr=False)
+    sums: _Checksums | None = field(default=None, repr=False)
+    first: Any = field(default=None, repr=False)  #: header-only image of the first scan
+    locked: bool = field(default=False, repr=False)  #: True while run_study holds the folder lock
+
+    @property
+    def subjects(self) -> list[str]:
+        return self.pairing.subjects
+
+
+def _run_stage(fits: ScanFits, fn: Any, *args: Any, **kw: Any) -> Any:
+    """Run a stage on its own (outside run_study): under the folder lock, manifest updated afterwards
+    (incomplete: a later run_study finishes it), OS errors as one line."""
+    if fits.locked or fits.folder is None:
+        return fn(*args, **kw)
+    try:
+        with FolderLock(fits.output_dir, "voxelkit run"):
+            try:
+                return fn(*args, **kw)
+            finally:
+                fits.folder.write_manifest(complete=False)
+    except OSError as exc:
+        raise InputError(_os_error_line(exc)) from exc
+
+
+def fit_scans(cfg: StudyConfig, *, progress: bool = False) -> ScanFits:
+    """Validate the study (:func:`validate_study`, nothing written before), lock the output folder, run the
+    per-scan fits (cached: a finished fit with the same inputs and settings is reused; a fit record is written
+    last), leave out subjects with failed scans (unless ``keep_failed_scans``) and read every map the later stages
+    need once.  The manifest is left incomplete (a later :func:`run_study` completes it)."""
+    from .scheduler import study_scheduler  # noqa: PLC0415
+
+    t_start = time.perf_counter()
+    try:
+        with study_scheduler(cfg):
+            out, pairing, plan, backend, folder = _prepare(cfg)
+            with FolderLock(out, "voxelkit run"):
+                folder.write_manifest(complete=False)
+                try:
+                    fits = _fit_scans_locked(cfg, pairing, plan, folder, backend, progress)
+                finally:
+                    folder.write_manifest(complete=False)
+    except OSError as exc:
+        raise InputError(_os_error_line(exc)) from exc
+    fits.seconds["total"] = time.perf_counter() - t_start
+    return fits
+
+
+def _fit_scans_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputFolder, backend: Any,
+                      progress: bool) -> ScanFits:
     import threading  # noqa: PLC0415
 
     out = folder.path.resolve()
@@ -938,7 +1025,7 @@ def _run_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputF
     sums = _Checksums()
     first, brain, labels, names = plan.first, plan.brain, plan.labels, plan.names
 
-    # 1. per-scan fits (cached)
+    # per-scan fits (cached)
     t0 = time.perf_counter()
     todo = [pairing.scans[(s, c)] for s in pairing.subjects for c in cfg.conditions]
     manifest_lock = threading.Lock()
@@ -949,12 +1036,13 @@ def _run_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputF
             folder.write_manifest(complete=False)
         return res
 
-    from .scheduler import current_scheduler, fit_scans  # noqa: PLC0415
+    from .scheduler import current_scheduler  # noqa: PLC0415
+    from .scheduler import fit_scans as dask_fit_scans  # noqa: PLC0415
 
     sched = current_scheduler() if cfg.scheduler != "threads" else None
     if sched is not None and sched.distributed:
         # Dask: one task per scan (the worker writes the fits and records); the files join the manifest here
-        outcomes = fit_scans(sched, cfg, todo, sums, folder, str(first.get_filename()))
+        outcomes = dask_fit_scans(sched, cfg, todo, sums, folder, str(first.get_filename()))
     elif cfg.jobs > 1 and len(todo) > 1:
         # threads: NumPy's array work and zlib release the GIL; each scan writes only its own files
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
@@ -994,39 +1082,119 @@ def _run_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputF
     elif failed:
         log.warning("WARNING: %d failed scan(s) kept in the group test (keep_failed_scans)", len(failed))
 
-    # 2. contrast maps
+    # every map the later stages use, read once
     t0 = time.perf_counter()
-    affine = first.affine
+    cache: dict[tuple[str, str, str, str | None], np.ndarray] = {}
+
+    def reader(sub: str, cond: str) -> Any:
+        def load(phase: str | None, param: str = "bp_nd") -> np.ndarray:
+            key = (sub, cond, param, phase)
+            if key not in cache:
+                path = layout.map_path(out, sub, cond, cfg.model, param, phase)
+                cache[key] = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+            return cache[key]
+        return load
+
+    maps: dict[tuple[str, str], np.ndarray] = {}
+    for sub in pairing.subjects:
+        for cond in cfg.conditions[:2]:
+            maps[(sub, cond)] = _scan_value_map(out, cfg, sub, cond, load=reader(sub, cond))
+    if labels is not None:  # the ROI tables: BPND of every phase
+        for sub in pairing.subjects:
+            for cond in cfg.conditions:
+                for phase in cfg.phases:
+                    reader(sub, cond)(phase, "bp_nd")
     if brain is not None:
         brain_mask = brain[0]
     else:
-        first_map = layout.map_path(out, pairing.subjects[0], cfg.conditions[0], cfg.model, "bp_nd", cfg.phases[0])
-        brain_mask = np.isfinite(np.asarray(nib.load(str(first_map)).dataobj))
+        first_map = reader(pairing.subjects[0], cfg.conditions[0])(cfg.phases[0], "bp_nd")
+        brain_mask = np.isfinite(first_map)
+    bp_nd = {(s, c, ph): v for (s, c, param, ph), v in cache.items() if param == "bp_nd"}
+    timings["read_maps"] = time.perf_counter() - t0
+    return ScanFits(cfg, out, pairing, maps, bp_nd, brain_mask, first.affine, labels, names, covariates,
+                    fitted=fitted, reused=reused, failed=failed, k2prime=k2prime, seconds=timings, folder=folder,
+                    backend=backend, sums=sums, first=first)
+
+
+def contrast_maps(cfg: StudyConfig, fits: ScanFits) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray,
+                                                                np.ndarray]:
+    """Per kept subject, the contrast quantity of each condition (``fits.maps``) smoothed within the brain mask
+    (``cfg.smoothing_fwhm``, mm), and the per-subject contrast map A - B written to ``sub-*/`` as by
+    :func:`run_study`.  Returns ``(maps_a, maps_b, mask, affine)``: lists of 3-D float32 arrays, 3-D bool mask."""
+    return _run_stage(fits, _contrast_maps, cfg, fits)
+
+
+def _contrast_maps(cfg: StudyConfig, fits: ScanFits) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray,
+                                                                 np.ndarray]:
+    out, affine, brain_mask = fits.output_dir, fits.affine, fits.mask
     maps_a, maps_b = [], []
-    scan_maps: dict[tuple[str, str], np.ndarray] = {}
-    for sub in pairing.subjects:
-        raw_a = _scan_value_map(out, cfg, sub, cfg.conditions[0])
-        raw_b = _scan_value_map(out, cfg, sub, cfg.conditions[1])
-        scan_maps[(sub, cfg.conditions[0])], scan_maps[(sub, cfg.conditions[1])] = raw_a, raw_b
-        va = smooth_in_mask(raw_a, brain_mask, affine, cfg.smoothing_fwhm)
-        vb = smooth_in_mask(raw_b, brain_mask, affine, cfg.smoothing_fwhm)
+    for sub in fits.pairing.subjects:
+        va = smooth_in_mask(fits.maps[(sub, cfg.conditions[0])], brain_mask, affine, cfg.smoothing_fwhm)
+        vb = smooth_in_mask(fits.maps[(sub, cfg.conditions[1])], brain_mask, affine, cfg.smoothing_fwhm)
         maps_a.append(va)
         maps_b.append(vb)
         cpath = layout.contrast_path(out, sub, f"{cfg.contrast}{cfg.conditions[0]}minus{cfg.conditions[1]}")
-        folder.record(cpath)
+        if fits.folder is not None:
+            fits.folder.record(cpath)
         cpath.parent.mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image((va - vb).astype(np.float32), affine), str(cpath))
+    return maps_a, maps_b, brain_mask, affine
+
+
+def group_stats(cfg: StudyConfig, a: Any, b: Any, mask: np.ndarray | None = None, affine: np.ndarray | None = None,
+                *, fits: ScanFits | None = None, covariates: Any = None, labels: np.ndarray | None = None,
+                names: dict[int, str] | None = None, backend: Any = None, progress: bool = False) -> Any:
+    """The group test on A - B (``a``, ``b``: per-subject 3-D maps, e.g. from :func:`contrast_maps`), as in
+    :func:`run_study`: a paired sign-flip permutation test, or with covariates the centred-covariate GLM
+    (:func:`run_group_stats`).  With ``fits`` (from :func:`fit_scans`), the mask, affine, covariates, atlas and
+    backend default to its; the statistics are written to ``stats/`` of ``cfg.output_dir``.  Returns the
+    :class:`~voxelkit.stats.PermutationResult`."""
+    if fits is not None:
+        mask = fits.mask if mask is None else mask
+        affine = fits.affine if affine is None else affine
+        covariates = fits.covariates if covariates is None else covariates
+        labels = fits.labels if labels is None else labels
+        names = fits.names if names is None else names
+        backend = fits.backend if backend is None else backend
+    if mask is None or affine is None:
+        raise InputError("group_stats: a brain mask and affine are needed (mask=, affine= or fits=)")
+    if backend is None:
+        backend = get_backend(cfg.device)
+    out = fits.output_dir if fits is not None else _check_output_dir(cfg)
+
+    def call() -> Any:
+        return run_group_stats(cfg, list(a), list(b), mask, affine, covariates, labels, names or {}, out,
+                               backend=backend, progress=progress, folder=fits.folder if fits is not None else None)
+
+    if fits is None:
+        return call()
+    return _run_stage(fits, call)
+
+
+def _run_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputFolder, backend: Any,
+                progress: bool, t_start: float) -> StudyResult:
+    out = folder.path.resolve()
+    # 1. per-scan fits (cached), maps read once
+    fits = _fit_scans_locked(cfg, pairing, plan, folder, backend, progress)
+    fits.locked = True
+    timings = dict(fits.seconds)
+    pairing, sums, covariates = fits.pairing, fits.sums, fits.covariates
+    fitted, reused, failed, k2prime = fits.fitted, fits.reused, fits.failed, fits.k2prime
+
+    # 2. contrast maps
+    t0 = time.perf_counter()
+    maps_a, maps_b, brain_mask, affine = contrast_maps(cfg, fits)
     timings["contrast"] = time.perf_counter() - t0
 
     # 3. inference
     t0 = time.perf_counter()
-    stats_result = run_group_stats(cfg, maps_a, maps_b, brain_mask, affine, covariates, labels, names, out,
-                                   backend=backend, progress=progress, folder=folder)
+    stats_result = group_stats(cfg, maps_a, maps_b, brain_mask, affine, fits=fits, progress=progress)
     timings["stats"] = time.perf_counter() - t0
 
     # 4. ROI tables
     t0 = time.perf_counter()
-    roi_tests = _roi_tables(out, cfg, pairing, labels, names, brain_mask, folder=folder, scan_maps=scan_maps)
+    roi_tests = _roi_tables(out, cfg, pairing, fits.labels, fits.names, brain_mask, folder=folder,
+                            scan_maps=fits.maps, bp_nd_maps=fits.bp_nd)
     timings["roi"] = time.perf_counter() - t0
 
     result = StudyResult(cfg, out, pairing.subjects, pairing.dropped, fitted, reused, stats_result, roi_tests,
@@ -1061,7 +1229,6 @@ def _run_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputF
         timings["report"] = time.perf_counter() - t0
     result.seconds = timings
     return result
-
 
 def _remove_stale(folder: OutputFolder) -> None:
     """Remove group-level files an earlier run recorded here that this run did not write (a TFCE map after
