@@ -96,6 +96,33 @@ class Prepared:
         return self.device_cache[key]
 
 
+def status_qc(counts: dict[str, int], *, model: str = "", kept: tuple[int, ...] = (),
+              causes: dict[int, str] | None = None, what: str = "voxels",
+              max_failed_share: float = QC_MAX_FAILED_SHARE) -> dict[str, Any]:
+    """The one QC rule, from status counts (status name -> count, as :meth:`ModelFit.status_counts`): a TAC failed
+    when its status is neither ``ok`` nor one of ``kept`` (codes whose values the model keeps); ``flagged`` when
+    the failed share exceeds ``max_failed_share``; ``main_cause`` the commonest failed status and ``likely_cause``
+    its cause (``causes`` override :data:`LIKELY_CAUSE`).  Used by :meth:`ModelFit.qc` and, for fits reused from
+    their records, by the study pipeline."""
+    usable = {"ok", *(Status(int(k)).name.lower() for k in kept)}
+    n = int(sum(counts.values()))
+    failed = {k: int(v) for k, v in counts.items() if k not in usable and v}
+    n_failed = int(sum(failed.values()))
+    share = n_failed / n if n else 1.0
+    main_name = max(failed, key=lambda k: (failed[k], -int(Status[k.upper()]))) if failed else None
+    table = {**LIKELY_CAUSE, **(causes or {})}
+    cause = table.get(int(Status[main_name.upper()]), "") if main_name is not None else ""
+    flagged = bool(share > max_failed_share)
+    if flagged:
+        msg = (f"{model}: {n_failed} of {n} {what} failed ({100 * share:.1f} %, mostly {main_name}): "
+               f"likely cause: {cause}")
+    else:
+        msg = f"{model}: {n - n_failed} of {n} {what} fitted ok ({100 * (1 - share):.1f} %)"
+    return {"n": n, "n_ok": n - n_failed, "n_failed": n_failed, "share": share, "flagged": flagged,
+            "max_failed_share": max_failed_share, "main_cause": main_name, "likely_cause": cause or None,
+            "status_counts": dict(counts), "message": msg}
+
+
 @dataclass
 class ModelFit:
     """Parameters of one model fitted to many TACs (voxels or regions).
@@ -160,31 +187,13 @@ class ModelFit:
         return {Status(int(c)).name.lower(): int(k) for c, k in zip(codes, counts, strict=True)}
 
     def qc(self, max_failed_share: float = QC_MAX_FAILED_SHARE) -> dict[str, Any]:
-        """QC summary of the fit: ``n`` TACs, ``n_ok``, ``n_failed`` (status != ok, any cause), ``share``
-        (n_failed / n), ``flagged`` (share > ``max_failed_share``: most TACs failed, the scan should not enter a
-        group analysis unchecked), ``main_cause`` (the commonest failure status, or None), ``likely_cause`` and
-        a one-line ``message``."""
-        n = self.n
-        usable = np.isin(self.status, (int(Status.OK), *self.kept_statuses))
-        n_failed = int((~usable).sum())
-        share = n_failed / n if n else 1.0
-        failed = self.status[~usable]
-        main = None
-        if failed.size:
-            codes, counts = np.unique(failed, return_counts=True)
-            main = int(codes[int(np.argmax(counts))])
-        flagged = bool(share > max_failed_share)
-        causes = {**LIKELY_CAUSE, **getattr(self.model_obj, "likely_causes", {})}
-        cause = causes.get(main, "") if main is not None else ""
-        main_name = Status(main).name.lower() if main is not None else None
-        if flagged:
-            msg = (f"{self.model}: {n_failed} of {n} {self._what()} failed ({100 * share:.1f} %, mostly "
-                   f"{main_name}): likely cause: {cause}")
-        else:
-            msg = f"{self.model}: {n - n_failed} of {n} {self._what()} fitted ok ({100 * (1 - share):.1f} %)"
-        return {"n": n, "n_ok": n - n_failed, "n_failed": n_failed, "share": share, "flagged": flagged,
-                "max_failed_share": max_failed_share, "main_cause": main_name, "likely_cause": cause or None,
-                "status_counts": self.status_counts(), "message": msg}
+        """QC summary of the fit (:func:`status_qc` of its status counts): ``n`` TACs, ``n_ok``, ``n_failed``
+        (status neither ok nor one the model keeps, any cause), ``share`` (n_failed / n), ``flagged`` (share >
+        ``max_failed_share``: most TACs failed, the scan should not enter a group analysis unchecked),
+        ``main_cause`` (the commonest failure status, or None), ``likely_cause`` and a one-line ``message``."""
+        return status_qc(self.status_counts(), model=self.model, kept=self.kept_statuses,
+                         causes=getattr(self.model_obj, "likely_causes", {}), what=self._what(),
+                         max_failed_share=max_failed_share)
 
     @property
     def kept_statuses(self) -> tuple[int, ...]:

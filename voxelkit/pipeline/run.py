@@ -124,10 +124,11 @@ def _qc_record(result: Any, scan: Scan, phase: str | None, cfg: StudyConfig, ref
                ref_desc: str, labels: np.ndarray | None, names: dict[int, str]) -> dict[str, Any]:
     """Reference TAC, a few voxel TACs with fitted curves, histograms and status counts for the report."""
     release = is_release_model(cfg.model)
-    ok = np.flatnonzero((result.status == Status.OK) & np.isfinite(result.bp_nd))
-    if release:  # lp-ntPET: examples ranked by the release F statistic (values kept on grid_edge)
-        ok = np.flatnonzero(np.isin(result.status, (Status.OK, Status.GRID_EDGE)) & np.isfinite(result.bp_nd)
-                            & np.isfinite(result.params["f_stat"]))
+    # usable voxels: ok, or a status whose values the model keeps (lp-ntPET grid_edge)
+    ok = np.isin(result.status, (int(Status.OK), *result.kept_statuses)) & np.isfinite(result.bp_nd)
+    if release:  # lp-ntPET: examples ranked by the release F statistic
+        ok &= np.isfinite(result.params["f_stat"])
+    ok = np.flatnonzero(ok)
     examples = []
     if ok.size:
         key = result.params["f_stat"] if release else result.bp_nd
@@ -235,36 +236,23 @@ def release_curves(result: Any, labels: np.ndarray | None, names: dict[int, str]
     return out
 
 
-def usable_statuses(model: str | None) -> tuple[str, ...]:
-    """Statuses whose values the group test uses: ``ok``; for lp-ntPET also ``grid_edge`` (values kept: the
-    release term passed the F test with the chosen basis function on the grid's edge; on noiseless data nearly
-    every voxel without release is flagged so, F being meaningless there)."""
-    if model is None:
-        return ("ok",)
-    from ..models import model_class  # noqa: PLC0415
-
-    return ("ok", *(Status(k).name.lower() for k in model_class(model).kept_statuses))
-
-
 def scan_failure(counts: dict[str, int], qc: dict[str, Any] | None = None,
-                 usable: tuple[str, ...] = ("ok",)) -> dict[str, Any] | None:
+                 model: str | None = None) -> dict[str, Any] | None:
     """None for a usable fit; else ``n_voxels``, ``n_failed``, ``share``, ``main_status`` and ``likely_cause`` of
-    a fit in which more than ``voxelkit.models.base.QC_MAX_FAILED_SHARE`` (one half) of the voxels are not ``ok``
-    (``counts``: status name -> voxel count, as ``ModelFit.status_counts()``; ``qc``: ``ModelFit.qc()``, whose
-    likely cause is used).  Such a scan is reported and its subject left out of the group test unless
-    ``keep_failed_scans``."""
-    from ..models.base import LIKELY_CAUSE, QC_MAX_FAILED_SHARE  # noqa: PLC0415
+    a fit flagged by the models' QC rule (:func:`voxelkit.models.base.status_qc`: more than half of the voxels
+    failed; statuses the model keeps, such as lp-ntPET's ``grid_edge``, are not failures).  ``counts``: status
+    name -> voxel count, as ``ModelFit.status_counts()``; ``qc``: ``ModelFit.qc()``, whose likely cause is used.
+    Such a scan is reported and its subject left out of the group test unless ``keep_failed_scans``."""
+    from ..models import model_class  # noqa: PLC0415
+    from ..models.base import status_qc  # noqa: PLC0415
 
-    n = int(sum(counts.values()))
-    failed = n - int(sum(counts.get(k, 0) for k in usable))
-    if n == 0 or failed <= QC_MAX_FAILED_SHARE * n:
+    cls = model_class(model) if model is not None else None
+    q = status_qc(counts, kept=getattr(cls, "kept_statuses", ()), causes=getattr(cls, "likely_causes", {}))
+    if q["n"] == 0 or not q["flagged"]:
         return None
-    main = max((k for k in counts if k not in usable), key=lambda k: counts[k])
-    cause = qc.get("likely_cause") if isinstance(qc, dict) else None
-    if not cause:
-        cause = LIKELY_CAUSE.get(int(Status[main.upper()]), main) if main.upper() in Status.__members__ else main
-    return {"n_voxels": n, "n_failed": failed, "share": round(failed / n, 4), "main_status": main,
-            "likely_cause": str(cause)}
+    cause = (qc.get("likely_cause") if isinstance(qc, dict) else None) or q["likely_cause"] or q["main_cause"]
+    return {"n_voxels": q["n"], "n_failed": q["n_failed"], "share": round(q["share"], 4),
+            "main_status": q["main_cause"], "likely_cause": str(cause)}
 
 
 def _fit_qc(result: Any) -> dict[str, Any] | None:
@@ -330,8 +318,8 @@ def _read_record(path: Path) -> dict[str, Any] | None:
 
 
 def _note_failure(res: _ScanFits, scan: Scan, phase: str | None, counts: dict[str, int],
-                  qc: dict[str, Any] | None, usable: tuple[str, ...] = ("ok",)) -> None:
-    bad = scan_failure(counts, qc, usable)
+                  qc: dict[str, Any] | None, model: str | None = None) -> None:
+    bad = scan_failure(counts, qc, model)
     if bad is None:
         return
     res.failures.append({"subject": scan.subject, "session": scan.session, "phase": phase, **bad})
@@ -360,7 +348,7 @@ def _fit_scan(scan: Scan, cfg: StudyConfig, out: Path, sums: _Checksums, brain: 
                 and all(Path(p).exists() for p in rec.get("outputs", [])) \
                 and layout.map_path(out, scan.subject, scan.session, cfg.model, "bp_nd", phase).exists():
             res.reused += 1
-            _note_failure(res, scan, phase, rec.get("status_counts", {}), rec.get("qc"), usable_statuses(cfg.model))
+            _note_failure(res, scan, phase, rec.get("status_counts", {}), rec.get("qc"), cfg.model)
             if rec.get("k2prime"):
                 res.k2prime = rec["k2prime"]
             continue
@@ -432,9 +420,9 @@ def _fit_scan(scan: Scan, cfg: StudyConfig, out: Path, sums: _Checksums, brain: 
         # The record is written last: an interrupted fit is redone on the next run.
         write_json({"inputs": inputs, "settings": settings, "outputs": written, "voxelkit": __version__,
                     "seconds": result.seconds, "status_counts": counts, "k2prime": k2rec, "qc": qc,
-                    "failure": scan_failure(counts, qc, usable_statuses(cfg.model))}, rec_path)
+                    "failure": scan_failure(counts, qc, cfg.model)}, rec_path)
         res.fitted += 1
-        _note_failure(res, scan, phase, counts, qc, usable_statuses(cfg.model))
+        _note_failure(res, scan, phase, counts, qc, cfg.model)
         log.debug("fitted %s (%s) in %.2f s into %s", scan.pet.name, phase or "whole scan", result.seconds, sdir)
     return res
 
