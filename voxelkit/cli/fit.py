@@ -207,11 +207,9 @@ def run_fit_tacs(args: argparse.Namespace) -> int:
 def write_tsv_atomic(rows: list[dict[str, Any]], target: Path) -> None:
     """Write ``rows`` as a TSV to ``target`` through a temporary file beside it (nothing half-written)."""
     from ..io import InputError, write_tsv  # noqa: PLC0415
+    from ..io.derivatives import write_text_atomic  # noqa: PLC0415
 
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(write_tsv(rows, None))
-        tmp.replace(target)
+        write_text_atomic(target, write_tsv(rows, None))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise InputError(f"{target}: cannot write the output TSV ({exc.strerror or exc})") from None

@@ -414,11 +414,30 @@ def resolve_output(folder: str | Path, name: str | Path) -> Path:
 
 # ============================================================================================ sidecars (JSON)
 
-def write_json(obj: dict, path: str | Path) -> Path:
-    """Write ``obj`` as indented JSON (NumPy scalars and arrays, paths converted)."""
+def write_json(obj: dict, path: str | Path, *, atomic: bool = False) -> Path:
+    """Write ``obj`` as indented JSON (NumPy scalars and arrays, paths converted); ``atomic``: through
+    :func:`write_text_atomic` (readers never see half a file)."""
+    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    if atomic:
+        return write_text_atomic(path, text)
+    path.write_text(text)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: a reader (or an interrupted
+    run) sees the old file or the new one, never half of one.  The temporary file is removed on failure; the
+    folder must exist."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -587,11 +606,7 @@ class OutputFolder:
                "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                "inputs": [str(p) for p in self.inputs], "written": written,
                "outputs": manifest_outputs(written), **extra}
-        path = self.path / MANIFEST_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        tmp.replace(path)
-        return path
+        return write_text_atomic(self.path / MANIFEST_NAME, json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -925,10 +925,7 @@ def _prepare(cfg: StudyConfig) -> tuple[Path, Pairing, _Plan, Any, OutputFolder]
 
 def _write_json_atomic(obj: dict[str, Any], path: Path, folder: OutputFolder) -> Path:
     folder.record(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write_json(obj, tmp)
-    tmp.replace(path)
-    return path
+    return write_json(obj, path, atomic=True)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..io import InputError, read_table
 from ..io import derivatives as dv
-from ..io.derivatives import entity_labels, find_scan_maps
+from ..io.derivatives import entity_labels, find_scan_maps, write_text_atomic
 from . import figures
 from .html import (
     NOT_AVAILABLE,
@@ -1119,9 +1119,7 @@ def write_report(out_dir: Path, path: Path | None = None) -> Path:
               f"embedded, no network access is needed to view this file.")
     text = page(title, subtitle, sections, footer)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(dest)
+    write_text_atomic(dest, text)
     log.info("report written to %s in %.1f s (%s)", dest, time.perf_counter() - t0,
              ", ".join(f"{k} {v:.1f}s" for k, v in rep.timings.items()))
     return dest
