@@ -255,17 +255,9 @@ def scan_failure(counts: dict[str, int], qc: dict[str, Any] | None = None,
             "main_status": q["main_cause"], "likely_cause": str(cause)}
 
 
-def _fit_qc(result: Any) -> dict[str, Any] | None:
-    """The fit's QC summary (``ModelFit.qc()`` where the model provides one) as a JSON-ready dict."""
-    qc = getattr(result, "qc", None)
-    if not callable(qc):
-        return None
-    out = qc()
-    if hasattr(out, "as_dict"):
-        out = out.as_dict()
-    elif hasattr(out, "to_dict"):
-        out = out.to_dict()
-    return json.loads(json.dumps(out, default=str)) if isinstance(out, dict) else None
+def _fit_qc(result: Any) -> dict[str, Any]:
+    """The fit's QC summary (``ModelFit.qc()``) as a JSON-ready dict."""
+    return json.loads(json.dumps(result.qc(), default=str))
 
 
 def _describe_scan(subject: str, session: str, phase: str | None) -> str:
