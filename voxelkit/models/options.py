@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import DEFAULT_MASK_THRESHOLD, InputError
+from .k2prime import K2PRIME_ESTIMATING_MODELS, K2PRIME_NUMBER_MODELS
 
 #: The models this table knows.  ``OptionSpec.models == ALL_MODELS`` means "every model"; for a model not listed
 #: here (a newly registered one) applicability is left to its constructor.  To expose a new model's option on
@@ -207,10 +208,10 @@ MODEL_OPTION_SPECS: tuple[OptionSpec, ...] = (
                "reference-region efflux rate k2'; mrtm2/srtm2/lpntpet2 also 'median' (median MRTM/SRTM k2' over the "
                "voxels/regions of highest tissue/reference ratio, from all frames or --k2prime-window) or (fit, "
                "fit-tacs) a high-binding region: mask image / column name, k2' from a fit of its mean TAC",
-               models=("logan", "lpntpet2", "mrtm2", "srtm", "srtm2"), metavar="K"),
+               models=K2PRIME_NUMBER_MODELS, metavar="K"),
     OptionSpec("k2prime_window", "--k2prime-window", _pair(_nonneg), "min",
                "mrtm2/srtm2: frames whose mid-time lies in [START, END) estimate k2' (default: all frames, also "
-               "when --window restricts the fit)", models=("lpntpet2", "mrtm2", "srtm2"), nargs=2,
+               "when --window restricts the fit)", models=K2PRIME_ESTIMATING_MODELS, nargs=2,
                metavar=("START", "END")),
     OptionSpec("end", "--end", _positive, "min", "Logan: ignore frames ending after this time",
                models=("logan",), metavar="MIN"),
@@ -239,10 +240,10 @@ MODEL_OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("k2prime_mask", "--k2prime-mask", _text, "",
                "mrtm2/srtm2: mask image of a high-binding region; k2' from a fit of its mean TAC (fit: the same as "
                "--k2prime IMG)",
-               models=("lpntpet2", "mrtm2", "srtm2"), commands=("fit", "run"), metavar="IMG"),
+               models=K2PRIME_ESTIMATING_MODELS, commands=("fit", "run"), metavar="IMG"),
     OptionSpec("k2prime_region", "--k2prime-region", _text, "",
                "mrtm2/srtm2: column of a high-binding region; k2' from its fit (the same as --k2prime COLUMN)",
-               models=("lpntpet2", "mrtm2", "srtm2"),
+               models=K2PRIME_ESTIMATING_MODELS,
                commands=("fit-tacs",), metavar="COLUMN"),
     *LPNTPET_OPTION_SPECS,
 )

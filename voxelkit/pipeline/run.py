@@ -267,7 +267,9 @@ def _describe_scan(subject: str, session: str, phase: str | None) -> str:
 def k2prime_estimated(cfg: StudyConfig) -> bool:
     """Whether the model estimates k2' from the data (MRTM2/SRTM2 without a numeric ``k2prime``: ``"median"``,
     or a k2' region mask)."""
-    if cfg.model.lower() not in ("mrtm2", "srtm2", "lpntpet2"):
+    from ..models.k2prime import K2PRIME_ESTIMATING_MODELS  # noqa: PLC0415
+
+    if cfg.model.lower() not in K2PRIME_ESTIMATING_MODELS:
         return False
     k = cfg.model_options.get("k2prime")
     return not (isinstance(k, int | float) and not isinstance(k, bool))
