@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -88,41 +87,18 @@ def _planned_outputs(model: str, outdir: Path, prefix: str) -> list[Path]:
 
 
 def _check_writable_dir(path: Path) -> None:
-    """Raise :class:`InputError` if files cannot be created in ``path`` (or, if it does not exist yet, in its
-    nearest existing parent).  A real write test: permission bits do not stop root."""
-    from ..io import InputError  # noqa: PLC0415
+    """:func:`voxelkit.io.derivatives.check_writable_dir` (files can be created in ``path`` or its nearest parent)."""
+    from ..io.derivatives import check_writable_dir  # noqa: PLC0415
 
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise InputError(f"{path}: cannot create the output folder: {probe} is a file")
-    try:
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".voxelkit-write-test-"):
-            pass
-    except OSError as exc:
-        raise InputError(f"{path}: output folder is not writable ({exc.strerror or exc})") from None
+    check_writable_dir(path)
 
 
 def check_output_folder(out: Path, overwrite: bool, planned: list[Path], inputs: list[Any]) -> None:
     """The checks of :class:`voxelkit.outputs.OutputFolder`, made before a long fit and without removing
-    anything: an existing file, an unwritable folder, a non-empty folder without ``overwrite``, a planned
-    output that is an input."""
-    from ..io import InputError  # noqa: PLC0415
-    from ..outputs import LOCK_NAME, MANIFEST_NAME, check_not_input  # noqa: PLC0415
+    anything (:func:`voxelkit.io.derivatives.check_output_folder`)."""
+    from ..io.derivatives import check_output_folder as check  # noqa: PLC0415
 
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: output path is an existing file, not a folder")
-    _check_writable_dir(out)
-    if out.is_dir() and not overwrite:
-        entries = [e for e in out.iterdir() if e.name not in (MANIFEST_NAME, LOCK_NAME)]
-        if entries:
-            raise InputError(f"{out}: output folder is not empty ({len(entries)} entries); use --overwrite to "
-                             "replace what an earlier voxelkit command wrote there, or choose an empty folder")
-    for q in planned:
-        check_not_input(q, inputs)
+    check(out, overwrite, planned, inputs)
 
 
 def _k2prime_path(opts: dict[str, Any]) -> str | None:

@@ -6,7 +6,10 @@
 - :mod:`voxelkit.io.tables`: :func:`read_table`, the one TSV reader (strict about duplicates and types),
   :func:`read_tac_table`, :func:`read_lookup`, :func:`write_tsv`;
 - :mod:`voxelkit.io.derivatives`: every output name and sidecar schema, :func:`write_json`, and the output folder
-  rules (:class:`OutputFolder`, :class:`FolderLock`, the manifest :data:`MANIFEST_NAME`).
+  rules (:class:`OutputFolder`, :class:`FolderLock`, the manifest :data:`MANIFEST_NAME`);
+- :mod:`voxelkit.io.writers`: the writers of the result objects, :func:`write_fit` (a ``ModelFit``: maps,
+  sidecars, ``fit.json``, manifest), :func:`write_fit_maps`, :func:`write_stats` (a permutation result),
+  :func:`write_null`; ``ModelFit.save`` and ``PermutationResult.save`` call them.
 
 Every name ``voxelkit.io`` had as a module is importable from here.
 """
@@ -49,6 +52,7 @@ from .images import (
     write_image,
 )
 from .tables import Table, TACTable, read_lookup, read_rows, read_table, read_tac_table, read_tsv, write_tsv
+from .writers import write_fit, write_fit_maps, write_null, write_stats
 
 log = logging.getLogger("voxelkit")
 
@@ -57,5 +61,6 @@ __all__ = [
     "FrameTiming", "ImageLike", "InputError", "Masker", "OutputFolder", "TACTable", "Table", "check_img",
     "check_input_file", "check_not_input", "check_same_space", "image_data", "image_name", "load_image",
     "load_mask", "load_pet", "mask_from_values", "read_lookup", "read_manifest", "read_rows", "read_table",
-    "read_tac_table", "read_tsv", "resolve_output", "sidecar_path", "write_image", "write_json", "write_tsv",
+    "read_tac_table", "read_tsv", "resolve_output", "sidecar_path", "write_fit", "write_fit_maps", "write_image",
+    "write_json", "write_null", "write_stats", "write_tsv",
 ]

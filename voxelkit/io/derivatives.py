@@ -1,18 +1,21 @@
 """Derivatives: every output name and sidecar schema of voxelkit in one place, and the output folder rules.
 
-Who writes what (all names below come from this module; nothing else spells an output name):
+Who writes what (all names below come from this module; nothing else spells an output name).  The writers of the
+result objects are in :mod:`voxelkit.io.writers` (``ModelFit.save`` and ``PermutationResult.save`` call them):
 
-``voxelkit fit`` / :meth:`voxelkit.models.base.ModelFit.save` (folder OUTDIR, optional ``--prefix P``)::
+``voxelkit fit`` / :func:`voxelkit.io.writers.write_fit` (folder OUTDIR, optional ``--prefix P``)::
 
     P<param>.nii.gz + P<param>.json     one map and sidecar per model parameter (bp_nd, r1, ...), and "status"
     Pfit.json                           the fit sidecar (FIT_SIDECAR_KEYS)
     voxelkit_manifest.json              what the command wrote
 
-``voxelkit stats`` / :meth:`voxelkit.stats.PermutationResult.save`::
+``voxelkit stats`` / :func:`voxelkit.io.writers.write_stats`::
 
     <map>.nii.gz                        STATS_MAP_NAMES (t, logp_uncorrected, logp_fdr, logp_fwe_voxel, ...)
     mask.nii.gz, null_distributions.npz, clusters.tsv (when clusters were formed), stats.json
     voxelkit_manifest.json
+    several contrasts (glm): LABEL_<map>.nii.gz (an F map: LABEL_f.nii.gz), LABEL_null_distributions.npz,
+    LABEL_clusters.tsv per contrast (c1, c2, ..., f1, ...), one mask.nii.gz and one stats.json
 
 ``voxelkit run`` (a BIDS-derivatives dataset, default ``<bids>/derivatives/voxelkit``)::
 
@@ -104,6 +107,46 @@ def entity_labels(filename: str) -> list[tuple[str, str]]:
     return ENTITY_RE.findall(Path(filename).name)
 
 
+# ============================================================================================ file endings
+
+#: Ending of every NIfTI image voxelkit writes (gzip-compressed).
+NIFTI_EXT = ".nii.gz"
+#: Ending of a sidecar (beside its image: :func:`sidecar_of`).
+JSON_EXT = ".json"
+
+# ========================================================================== BIDS input names (read, not written)
+
+#: The participants table of a BIDS dataset (covariates, groups).
+BIDS_PARTICIPANTS = "participants.tsv"
+#: The description of a BIDS (derivatives) dataset; voxelkit run also writes one (:data:`DATASET_DESCRIPTION`).
+BIDS_DESCRIPTION = "dataset_description.json"
+
+
+#: Glob of the PET sidecars of a BIDS dataset (one folder level per entity).
+BIDS_PET_SIDECAR_GLOB = "sub-*/ses-*/pet/*_pet.json"
+#: Globs (under ``<bids>/derivatives/*/``) of the masks and the atlas ``voxelkit run`` finds by itself.
+REFERENCE_MASK_GLOB = "*desc-reference_mask.nii.gz"
+BRAIN_MASK_GLOB = "*desc-brain_mask.nii.gz"
+ATLAS_GLOB = "*_dseg.nii.gz"
+#: Globs of the raw PET images of a BIDS dataset relative to a subject folder (NIfTI, ECAT7); with ``sub-*/``
+#: in front, relative to the dataset.
+BIDS_PET_GLOBS = ("ses-*/pet/*_pet.nii*", "ses-*/pet/*_pet.v")
+#: Ending of a preprocessed PET image of a derivatives dataset (PETPrep): ``*_space-<space>[_res-R]`` + this.
+PREPROC_PET_SUFFIX = "_desc-preproc_pet.nii.gz"
+
+
+def bids_sessions_name(subject: str) -> str:
+    """The sessions table of a subject: ``sub-XX_sessions.tsv`` (``subject`` without ``sub-``)."""
+    return f"sub-{subject}_sessions.tsv"
+
+
+def lookup_of(atlas: str | Path) -> Path:
+    """The look-up table beside a label image (BIDS ``*_dseg``): ``x_dseg.nii.gz`` -> ``x_dseg.tsv``."""
+    atlas = Path(atlas)
+    stem = atlas.name[: -len(NIFTI_EXT)] if atlas.name.endswith(NIFTI_EXT) else atlas.stem
+    return atlas.with_name(f"{stem}.tsv")
+
+
 # =================================================================================== voxelkit fit (ModelFit)
 
 #: The map of voxel status codes written beside the parameter maps.
@@ -125,11 +168,11 @@ def fit_map_names(params: Iterable[str]) -> list[str]:
 
 
 def fit_map_name(name: str, prefix: str = "") -> str:
-    return f"{prefix}{name}.nii.gz"
+    return f"{prefix}{name}{NIFTI_EXT}"
 
 
 def fit_map_sidecar_name(name: str, prefix: str = "") -> str:
-    return f"{prefix}{name}.json"
+    return f"{prefix}{name}{JSON_EXT}"
 
 
 def fit_sidecar_name(prefix: str = "") -> str:
@@ -181,7 +224,7 @@ STATS_CLUSTER_COLUMNS = ["cluster_id", "sign", "size_voxels", "size_mm3", "mass"
 
 
 def stats_map_name(name: str) -> str:
-    return f"{name}.nii.gz"
+    return f"{name}{NIFTI_EXT}"
 
 
 def stats_outputs(maps: Iterable[str], has_clusters: bool) -> list[str]:
@@ -190,27 +233,56 @@ def stats_outputs(maps: Iterable[str], has_clusters: bool) -> list[str]:
             + ([STATS_CLUSTERS] if has_clusters else []))
 
 
+def stats_contrast_map_key(label: str, name: str, kind: str = "t") -> str:
+    """The stem of a map of one contrast of a multi-contrast GLM, ``<label>_<name>`` (an F contrast's statistic
+    map ``t`` is ``<label>_f``); also its key in the paths that ``save`` returns."""
+    return f"{label}_{'f' if (kind == 'F' and name == 't') else name}"
+
+
 def stats_contrast_map_name(label: str, name: str, kind: str = "t") -> str:
     """A map of one contrast of a multi-contrast GLM: ``<label>_<name>.nii.gz`` (an F contrast's statistic map
     is ``<label>_f.nii.gz``)."""
-    return f"{label}_{'f' if (kind == 'F' and name == 't') else name}.nii.gz"
+    return f"{stats_contrast_map_key(label, name, kind)}{NIFTI_EXT}"
+
+
+def stats_contrast_file(label: str, name: str) -> str:
+    """One contrast's copy of a stats output: ``<label>_<name>`` (``c1_null_distributions.npz``)."""
+    return f"{label}_{name}"
 
 
 def stats_contrast_outputs(label: str, maps: Iterable[str], has_clusters: bool, kind: str = "t") -> list[str]:
     """The files one contrast of a multi-contrast GLM writes (the folder also gets one :data:`STATS_MASK` and
     one :data:`STATS_SETTINGS`)."""
-    return ([stats_contrast_map_name(label, m, kind) for m in maps] + [f"{label}_{STATS_NULL}"]
-            + ([f"{label}_{STATS_CLUSTERS}"] if has_clusters else []))
+    return ([stats_contrast_map_name(label, m, kind) for m in maps] + [stats_contrast_file(label, STATS_NULL)]
+            + ([stats_contrast_file(label, STATS_CLUSTERS)] if has_clusters else []))
 
 
-def stats_output_names() -> list[str]:
-    """Every file name a stats command may write into its output folder (for the input check before work)."""
-    return [*(stats_map_name(m) for m in STATS_MAP_NAMES), *STATS_OTHER_OUTPUTS, MANIFEST_NAME]
+def stats_contrast_label(index: int, kind: str = "t") -> str:
+    """The label (file-name prefix) of contrast ``index`` (0-based) of its kind: t contrasts ``c1, c2, ...``,
+    F contrasts ``f1, f2, ...``."""
+    return f"{'f' if kind == 'F' else 'c'}{index + 1}"
+
+
+def stats_output_names(n_t: int = 0, n_f: int = 0) -> list[str]:
+    """Every file name a stats command may write into its output folder (for the input check before work); with
+    ``n_t`` t and ``n_f`` F contrasts, also every name of a multi-contrast GLM's contrasts."""
+    names = [*(stats_map_name(m) for m in STATS_MAP_NAMES), *STATS_OTHER_OUTPUTS, MANIFEST_NAME]
+    for kind, n in (("t", n_t), ("F", n_f)):
+        for i in range(n):
+            names += stats_contrast_outputs(stats_contrast_label(i, kind), STATS_MAP_NAMES, True, kind)
+    return names
+
+
+#: Key of ``stats.json`` holding the significance decisions (:mod:`voxelkit.stats.decisions`; a multi-contrast
+#: GLM: one record per contrast label), and the keys of one record.
+STATS_DECISIONS_KEY = "decisions"
+STATS_DECISIONS_KEYS = ("alpha", "rule", "two_sided", "connectivity", "cluster_forming_p", "cluster_threshold_t",
+                        "maps", "clusters", "nulls")
 
 
 # ===================================================================================== voxelkit run (BIDS)
 
-DATASET_DESCRIPTION = "dataset_description.json"
+DATASET_DESCRIPTION = BIDS_DESCRIPTION
 STUDY_RECORD = "study.json"
 PROVENANCE = "provenance.json"
 REPORT = "report.html"
@@ -350,6 +422,28 @@ def report_path(out: Path) -> Path:
     return Path(out) / REPORT
 
 
+def contrast_stats_dir(out: Path, label: str) -> Path:
+    """The statistics of one named contrast (``voxelkit run --contrasts``): ``group/stats-<label>/``, ``label``
+    a :func:`contrast_label` (e.g. ``BPNDanakinraMinusPlacebo``)."""
+    return Path(out) / GROUP_DIR / f"{STATS_DIR}-{check_label(label, 'contrast label')}"
+
+
+def contrast_roi_values_path(out: Path, label: str) -> Path:
+    """``roi/desc-<label>_roi_values.tsv``: the regional values of one named contrast's two conditions."""
+    return roi_dir(out) / f"desc-{check_label(label, 'contrast label')}_{ROI_VALUES}"
+
+
+def contrast_roi_tests_path(out: Path, label: str) -> Path:
+    """``roi/desc-<label>_roi_tests.tsv``: the paired regional tests of one named contrast."""
+    return roi_dir(out) / f"desc-{check_label(label, 'contrast label')}_{ROI_TESTS}"
+
+
+#: Keys of ``provenance.json`` (written last by ``voxelkit run``; read by the report under these names).
+PROVENANCE_KEYS = ("voxelkit", "command", "settings", "seed", "backend", "versions", "inputs", "subjects",
+                   "dropped_subjects", "scans", "spatial_conform", "failed_scans", "k2prime_per_scan", "model_choice",
+                   "activation_check", "covariate_coding", "inference", "fits", "seconds")
+
+
 # ==================================================================================== old names (one release)
 
 _MEAS_RE = re.compile(r"_meas-([A-Za-z0-9]+)_")
@@ -480,6 +574,49 @@ def check_not_input(path: str | Path, inputs: Iterable[str | Path], what: str = 
             raise InputError(f"{p}: the {what} would overwrite the input {inp}; choose another output name")
 
 
+def check_writable_dir(path: str | Path) -> None:
+    """Raise :class:`InputError` if files cannot be created in ``path`` (or, if it does not exist yet, in its
+    nearest existing parent).  A real write test: permission bits do not stop root.  Creates nothing."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"{path}: cannot create the output folder: {probe} is a file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".voxelkit-write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{path}: output folder is not writable ({exc.strerror or exc})") from None
+
+
+def _not_empty(path: Path, entries: list[Path]) -> InputError:
+    return InputError(f"{path}: output folder is not empty ({len(entries)} entries); use --overwrite to replace what "
+                      "an earlier voxelkit command wrote there, or choose an empty folder")
+
+
+def _entries(path: Path) -> list[Path]:
+    """What a folder holds besides the manifest and the lock."""
+    return [e for e in path.iterdir() if e.name not in (MANIFEST_NAME, LOCK_NAME)]
+
+
+def check_output_folder(path: str | Path, overwrite: bool, planned: Iterable[str | Path] = (),
+                        inputs: Iterable[str | Path | None] = ()) -> None:
+    """The checks of :class:`OutputFolder`, made before a long command starts and without creating or removing
+    anything: an output path that is an existing file, a folder that cannot be written, a non-empty folder without
+    ``overwrite``, a ``planned`` output that is one of ``inputs``."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: output path is an existing file, not a folder")
+    check_writable_dir(out)
+    if out.is_dir() and not overwrite and (entries := _entries(out)):
+        raise _not_empty(out, entries)
+    for q in planned:
+        check_not_input(q, inputs)
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     """The manifest of ``folder`` (None when there is none or it is unreadable)."""
     path = Path(folder) / MANIFEST_NAME
@@ -530,14 +667,13 @@ class OutputFolder:
         except OSError as exc:
             raise InputError(f"{p}: output folder is not writable ({exc.strerror or exc})") from None
         self.previous = read_manifest(p)
-        entries = [e for e in p.iterdir() if e.name not in (MANIFEST_NAME, LOCK_NAME)]
+        entries = _entries(p)
         if not entries:
             return
         if self.resumable and self.previous is not None and self.previous.get("command") == self.command:
             return
         if not self.overwrite:
-            raise InputError(f"{p}: output folder is not empty ({len(entries)} entries); use --overwrite to "
-                             "replace what an earlier voxelkit command wrote there, or choose an empty folder")
+            raise _not_empty(p, entries)
         self.remove_previous()
 
     def remove_previous(self) -> list[Path]:

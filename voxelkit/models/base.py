@@ -20,7 +20,8 @@ from .. import __version__
 from ..backend import Backend, chunks, get_backend
 from ..constants import C11_HALF_LIFE_MIN as _C11_HALF_LIFE_MIN
 from ..frames import INTEGRATION_SCHEMES, FrameTiming, integration_coefficients, integration_matrix
-from ..io import InputError, Masker, write_image, write_json
+from ..io import InputError, Masker
+from ..io.derivatives import STATUS_MAP, fit_map_names, fit_outputs
 from .status import Status
 
 log = logging.getLogger("voxelkit")
@@ -167,7 +168,7 @@ class ModelFit:
         brain mask: NaN; status outside: 255).  Needs a fit from images (it has a masker)."""
         if self.masker is None:
             raise ValueError("this fit has no masker (it was not fitted from images): use fit.params[name]")
-        if name == "status":
+        if name == STATUS_MAP:
             return self.masker.to_image(self.status, fill=255, dtype=np.uint8)
         if name not in self.params:
             raise KeyError(f"no parameter {name!r} in this {self.model} fit (parameters: {', '.join(self.params)}, "
@@ -240,46 +241,20 @@ class ModelFit:
         """Parameter and status maps as NIfTI images (needs a masker: fits from images have one)."""
         if self.masker is None:
             raise ValueError("this fit has no masker (it was not fitted from images)")
-        return {k: self.map(k) for k in [*self.params, "status"]}
+        return {k: self.map(k) for k in fit_map_names(self.params)}
 
     def planned_outputs(self, prefix: str = "") -> list[str]:
         """File names :meth:`save` writes: a map and a JSON per parameter and for ``status``, and ``fit.json``."""
-        from ..io.derivatives import fit_outputs  # noqa: PLC0415 - the names live in voxelkit.io.derivatives
-
         return fit_outputs(self.params, prefix)
 
     def save(self, outdir: str | Path, prefix: str = "", overwrite: bool = False,
              inputs: Iterable[str | Path | None] = ()) -> list[Path]:
-        """Write ``<prefix><param>.nii.gz`` maps with JSON sidecars, ``<prefix>fit.json`` and the folder's
-        manifest (``voxelkit_manifest.json``) through :class:`voxelkit.outputs.OutputFolder`.
+        """Write the maps, their sidecars, ``<prefix>fit.json`` and the folder's manifest: a convenience for
+        :func:`voxelkit.io.writers.write_fit` (see there: a non-empty ``outdir`` is refused unless ``overwrite``,
+        an input is never removed or overwritten).  The fit itself does no I/O."""
+        from ..io.writers import write_fit  # noqa: PLC0415 - the writers live in the I/O layer
 
-        A non-empty ``outdir`` is refused unless ``overwrite``; with it, exactly the files an earlier voxelkit
-        command recorded in the manifest are removed first (so no stale map of another model stays), never one
-        of ``inputs`` (the files the fit read), and an output whose path is an input is refused."""
-        from ..io.derivatives import (  # noqa: PLC0415
-            OutputFolder,
-            fit_map_name,
-            fit_map_sidecar_name,
-            fit_sidecar_name,
-            map_sidecar,
-        )
-
-        imgs = self.to_images()
-        folder = OutputFolder(outdir, "fit", overwrite=overwrite, inputs=inputs)
-        folder.check_planned(folder.path / name for name in self.planned_outputs(prefix))
-        meta = self.sidecar()
-        written = []
-        try:
-            for k, img in imgs.items():
-                written.append(write_image(img, folder.file(fit_map_name(k, prefix))))
-                written.append(write_json(map_sidecar(meta, k), folder.file(fit_map_sidecar_name(k, prefix))))
-            written.append(write_json(meta, folder.file(fit_sidecar_name(prefix))))
-        except OSError as exc:
-            raise InputError(f"{outdir}: cannot write the outputs ({exc.strerror or exc})") from None
-        finally:
-            if folder.written:
-                folder.write_manifest(model=self.model, prefix=prefix)
-        return written
+        return write_fit(self, outdir, prefix=prefix, overwrite=overwrite, inputs=inputs)
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per TAC: ``region``, the parameters, ``status``."""

@@ -37,6 +37,7 @@ from ..backend import get_backend
 from ..io import ImageLike, InputError, Masker, check_same_space, image_name, load_image
 from . import engine as _engine
 from .covariates import code_covariates
+from .decisions import record_decisions
 from .design import (
     MIN_SUBJECTS,
     Design,
@@ -218,12 +219,17 @@ def assemble(run: Checked, res: _engine.EngineResult, *, atlas: ImageLike | None
         out[valid] = v
         return out
 
+    def full_p(p: np.ndarray) -> np.ndarray:  # float64 p over the mask (1 where not analysed)
+        out = np.ones(V, np.float64)
+        out[valid] = p
+        return out
+
     t = res.t
     stat = np.abs(t) if two_sided else t
     p_unc = res.count / N
-    maps = {"t": full(np.clip(t, -1e30, 1e30)), "logp_uncorrected": full(logp(p_unc, sign)),
-            "logp_fdr": full(logp(fdr_bh(p_unc), sign)), "logp_fwe_voxel": full(logp(tail.pfun("h0_max_t")(
-                stat, res.h0_max_t), sign))}
+    exact = {"logp_uncorrected": p_unc, "logp_fdr": fdr_bh(p_unc),
+             "logp_fwe_voxel": tail.pfun("h0_max_t")(stat, res.h0_max_t)}
+    maps = {"t": full(np.clip(t, -1e30, 1e30)), **{k: full(logp(p, sign)) for k, p in exact.items()}}
     null: dict[str, np.ndarray] = {"h0_max_t": res.h0_max_t}
     clusters: list[dict] = []
     if thr_t is not None:
@@ -246,7 +252,8 @@ def assemble(run: Checked, res: _engine.EngineResult, *, atlas: ImageLike | None
         null["h0_max_cluster_mass"] = res.h0_max_mass
     if inf.tfce:
         maps["tfce"] = full(res.tfce)
-        maps["logp_fwe_tfce"] = full(logp(tail.pfun("h0_max_tfce")(np.abs(res.tfce), res.h0_max_tfce), sign))
+        exact["logp_fwe_tfce"] = tail.pfun("h0_max_tfce")(np.abs(res.tfce), res.h0_max_tfce)
+        maps["logp_fwe_tfce"] = full(logp(exact["logp_fwe_tfce"], sign))
         null["h0_max_tfce"] = res.h0_max_tfce
     if perms.signs is not None:
         null["sign_flips"] = perms.signs
@@ -258,7 +265,10 @@ def assemble(run: Checked, res: _engine.EngineResult, *, atlas: ImageLike | None
                                n_maps=int(run.prep.E.shape[0]), n_voxels_mask=V, n_voxels_analysed=int(valid.sum()),
                                cluster_threshold_t=thr_t, inputs=inputs, tail_settings=tail.settings(),
                                extra_settings=extra_settings)
-    return PermutationResult(maps, masker, null, clusters, settings, analysed=valid)
+    result = PermutationResult(maps, masker, null, clusters, settings, analysed=valid)
+    # significance decided once, here, on the float64 p (stats.json "decisions"; the report reads it)
+    record_decisions(result, p_values={k: full_p(p) for k, p in exact.items()})
+    return result
 
 
 def _load_maps(images: Sequence[ImageLike], mask: ImageLike | None,

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..io import InputError, Masker
+from ..io.derivatives import stats_contrast_label
+from .decisions import record_decisions
 from .design import Design, _null_space
 from .inference import logp
 from .result import MultiContrastResult, cluster_table
@@ -137,8 +139,10 @@ def f_weights(spec: str | Sequence[Any], names: Sequence[str]) -> np.ndarray:
 
 
 def make_specs(names: Sequence[str], t_contrasts: Sequence[Any], f_contrasts: Sequence[Any]) -> list[ContrastSpec]:
-    specs = [ContrastSpec(f"c{i + 1}", "t", t_weights(c, names), _text(c)) for i, c in enumerate(t_contrasts)]
-    specs += [ContrastSpec(f"f{i + 1}", "F", f_weights(c, names), _text(c)) for i, c in enumerate(f_contrasts)]
+    specs = [ContrastSpec(stats_contrast_label(i, "t"), "t", t_weights(c, names), _text(c))
+             for i, c in enumerate(t_contrasts)]
+    specs += [ContrastSpec(stats_contrast_label(i, "F"), "F", f_weights(c, names), _text(c))
+              for i, c in enumerate(f_contrasts)]
     if not specs:
         raise InputError("no contrast given")
     return specs
@@ -215,10 +219,12 @@ def run_contrasts(Y: np.ndarray, masker: Masker, base: Design, specs: Sequence[C
 
             # the observed statistic in float64 from the identity entries is not kept per voxel: the saved
             # float32 map is used, with fwe_p's relative tie tolerance
-            r.maps["logp_fwe_voxel"] = full(logp(tail.pfun("h0_max_t")(stat, across["h0_max_t"]), sign))
+            exact = {"logp_fwe_voxel": tail.pfun("h0_max_t")(stat, across["h0_max_t"])}
+            r.maps["logp_fwe_voxel"] = full(logp(exact["logp_fwe_voxel"], sign))
             if "h0_max_tfce" in across and "tfce" in r.maps:
                 tf = np.abs(r.maps["tfce"][valid].astype(np.float64))
-                r.maps["logp_fwe_tfce"] = full(logp(tail.pfun("h0_max_tfce")(tf, across["h0_max_tfce"]), sign))
+                exact["logp_fwe_tfce"] = tail.pfun("h0_max_tfce")(tf, across["h0_max_tfce"])
+                r.maps["logp_fwe_tfce"] = full(logp(exact["logp_fwe_tfce"], sign))
             thr = r.settings.get("cluster_threshold_t")
             if thr is not None and "h0_max_cluster_extent" in across:
                 mask3d = masker.mask.copy()
@@ -238,6 +244,11 @@ def run_contrasts(Y: np.ndarray, masker: Masker, base: Design, specs: Sequence[C
             for key, v in across.items():
                 r.null[f"{key}_across_contrasts"] = v
             r.settings["fwe_across_contrasts"] = True
+            p_full = {}
+            for k, p in exact.items():
+                p_full[k] = np.ones(valid.size, np.float64)
+                p_full[k][valid] = p
+            record_decisions(r, p_values=p_full, keep_exact=True)  # the replaced FWE maps decided again
         settings["fwe_across_contrasts_rule"] = ("null of each statistic = max over the contrasts in each "
                                                  "permutation (PALM -corrcon)")
         settings.update({k: v for k, v in tail.settings().items() if k != "accel"} if tail.accel else {})

@@ -95,11 +95,10 @@ def read_design_table(path: str | Path, map_column: str = "map", map_column_b: s
 
 
 def save_null(path: str | Path, **arrays: np.ndarray) -> Path:
-    """Write the null distributions (and what is needed to re-threshold) as a compressed ``.npz``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **{k: v for k, v in arrays.items() if v is not None})
-    return path
+    """Write the null distributions as a compressed ``.npz`` (:func:`voxelkit.io.writers.write_null`)."""
+    from ..io.writers import write_null  # noqa: PLC0415
+
+    return write_null(path, **arrays)
 
 
 def load_null(path: str | Path) -> dict[str, np.ndarray]:

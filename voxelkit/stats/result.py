@@ -1,6 +1,7 @@
-"""Result objects and what they write: :class:`PermutationResult` (one contrast), :class:`MultiContrastResult`
+"""Result objects: :class:`PermutationResult` (one contrast), :class:`MultiContrastResult`
 (several), the cluster table (:func:`cluster_table`, :data:`CLUSTER_COLUMNS`), the output names and the settings
-record written to ``stats.json`` (:func:`settings_record`).
+record written to ``stats.json`` (:func:`settings_record`).  The objects do no I/O: ``save`` calls
+:func:`voxelkit.io.writers.write_stats`.
 
 Kept apart from the engine (:mod:`.engine`) and the entry points (:mod:`.api`) so that a reader of a result -- the
 report, the pipeline, user code -- finds its schema in one place.  Re-exported from :mod:`voxelkit.stats`,
@@ -12,24 +13,27 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
 import numpy as np
 
 from .. import __version__
-from ..io import Masker, write_json, write_tsv
+from ..io import Masker
 
 # the output names and the cluster table's columns live in voxelkit.io.derivatives (every output name in one place)
-from ..io.derivatives import STATS_CLUSTER_COLUMNS as CLUSTER_COLUMNS
+from ..io.derivatives import STATS_CLUSTER_COLUMNS as CLUSTER_COLUMNS  # noqa: F401 - re-exported
 from ..io.derivatives import STATS_MAP_NAMES as MAP_NAMES  # noqa: F401 - re-exported
 from ..io.derivatives import STATS_OTHER_OUTPUTS as OTHER_OUTPUTS  # noqa: F401 - re-exported
+from ..io.derivatives import stats_contrast_outputs
 from ..io.derivatives import stats_output_names as output_names  # noqa: F401 - re-exported
 from ..outputs import OutputFolder
 from .clusters import label_clusters, local_maxima
+from .decisions import record_decisions
 from .inference import fwe_p, fwe_threshold, logp
-from .io import save_null
 from .settings import Inference
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 
 @dataclass
@@ -59,40 +63,14 @@ class PermutationResult:
 
     def save(self, outdir: str | Path | OutputFolder, *, overwrite: bool = False,
              inputs: Sequence[str | Path] = ()) -> dict[str, Path]:
-        """Write ``<map>.nii.gz`` for every map, ``mask.nii.gz`` (analysed voxels), ``null_distributions.npz``,
-        ``clusters.tsv`` (when clusters were formed), ``stats.json`` (all settings) and the folder manifest
-        ``voxelkit_manifest.json`` (what was written), through :class:`voxelkit.outputs.OutputFolder`.
+        """Write every map, the analysed-voxel mask, the null distributions, the cluster table (when clusters were
+        formed), ``stats.json`` and the folder manifest: a convenience for :func:`voxelkit.io.writers.write_stats`
+        (see there for the names and the folder rules; ``outdir`` may be an :class:`OutputFolder` already checked
+        by the caller).  Returns name -> path."""
+        from ..io.writers import write_stats  # noqa: PLC0415 - the writers live in the I/O layer
 
-        A non-empty ``outdir`` is refused unless ``overwrite=True``; then exactly the files the previous voxelkit
-        command recorded in the folder's manifest are removed first (never an input).  An output whose path is
-        one of ``inputs`` or of the images this result was computed from is refused before anything is written.
-        ``outdir`` may also be an :class:`OutputFolder` already checked by the caller.  Returns name -> path.
-        """
-        if isinstance(outdir, OutputFolder):
-            folder = outdir
-        else:
-            command = f"stats {self.settings.get('test', '')}".strip()
-            folder = OutputFolder(outdir, command, overwrite=overwrite, inputs=[*self.input_files, *inputs])
-        out = folder.path
-        has_clusters = self.settings.get("cluster_threshold_t") is not None
-        planned = [f"{name}.nii.gz" for name in self.maps] + ["mask.nii.gz", "null_distributions.npz",
-                                                               "stats.json"] + (["clusters.tsv"] * has_clusters)
-        folder.check_planned([out / q for q in planned])
-        paths: dict[str, Path] = {}
-        for name in self.maps:
-            p = folder.file(f"{name}.nii.gz")
-            nib.save(self.image(name), str(p))
-            paths[name] = p
-        p = folder.file("mask.nii.gz")
-        nib.save(self.masker.to_image(self.analysed.astype(np.uint8), fill=0, dtype=np.uint8), str(p))
-        paths["mask"] = p
-        paths["null"] = save_null(folder.file("null_distributions.npz"), **self.null)
-        if has_clusters:
-            paths["clusters"] = folder.file("clusters.tsv")
-            write_tsv(self.clusters, paths["clusters"], columns=CLUSTER_COLUMNS)
-        paths["json"] = write_json(self.settings, folder.file("stats.json"))
-        folder.write_manifest()
-        return paths
+        record_decisions(self, keep_exact=True)  # stats.json "decisions": made in memory, before writing
+        return write_stats(self, outdir, overwrite=overwrite, inputs=inputs)
 
 
 def cluster_table(t3d: np.ndarray, mask3d: np.ndarray, thr: float, two_sided: bool, connectivity: int,
@@ -161,52 +139,23 @@ class MultiContrastResult:
         return [{**row, "contrast": lab} for lab, r in self.results.items() for row in r.clusters]
 
     def output_names(self) -> dict[str, list[str]]:
-        """label -> file names this result writes for that contrast."""
+        """label -> file names this result writes for that contrast (names: :mod:`voxelkit.io.derivatives`)."""
         out = {}
         for sp in self.specs:
             r = self.results[sp.label]
-            files = [f"{sp.label}_{_map_name(sp, m)}.nii.gz" for m in r.maps]
-            files.append(f"{sp.label}_null_distributions.npz")
-            if r.settings.get("cluster_threshold_t") is not None:
-                files.append(f"{sp.label}_clusters.tsv")
-            out[sp.label] = files
+            has_clusters = r.settings.get("cluster_threshold_t") is not None
+            out[sp.label] = stats_contrast_outputs(sp.label, r.maps, has_clusters, sp.kind)
         return out
 
-    def save(self, outdir: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> dict:
-        """Write every contrast's files with its label as prefix, ``mask.nii.gz`` and one ``stats.json`` (through
-        :class:`voxelkit.outputs.OutputFolder`: a non-empty folder is refused unless ``overwrite``)."""
-        if isinstance(outdir, OutputFolder):
-            folder = outdir
-        else:
-            folder = OutputFolder(outdir, "stats glm", overwrite=overwrite, inputs=[*self.input_files, *inputs])
-        names = self.output_names()
-        folder.check_planned([folder.path / f for fl in names.values() for f in fl]
-                             + [folder.path / "mask.nii.gz", folder.path / "stats.json"])
-        paths: dict[str, Path] = {}
-        first = self.results[self.specs[0].label]
-        p = folder.file("mask.nii.gz")
-        nib.save(first.masker.to_image(first.analysed.astype(np.uint8), fill=0, dtype=np.uint8), str(p))
-        paths["mask"] = p
-        for sp in self.specs:
-            r = self.results[sp.label]
-            for m in r.maps:
-                p = folder.file(f"{sp.label}_{_map_name(sp, m)}.nii.gz")
-                nib.save(r.image(m), str(p))
-                paths[f"{sp.label}_{_map_name(sp, m)}"] = p
-            paths[f"{sp.label}_null"] = save_null(folder.file(f"{sp.label}_null_distributions.npz"), **r.null)
-            if r.settings.get("cluster_threshold_t") is not None:
-                p = folder.file(f"{sp.label}_clusters.tsv")
-                write_tsv(r.clusters, p, columns=CLUSTER_COLUMNS)
-                paths[f"{sp.label}_clusters"] = p
-        settings = dict(self.settings)
-        settings["outputs"] = names
-        paths["json"] = write_json(settings, folder.file("stats.json"))
-        folder.write_manifest()
-        return paths
+    def save(self, outdir: str | Path | OutputFolder, *, overwrite: bool = False,
+             inputs: Sequence[str | Path] = ()) -> dict:
+        """Write every contrast's files with its label as prefix, ``mask.nii.gz`` and one ``stats.json``: a
+        convenience for :func:`voxelkit.io.writers.write_stats` (a non-empty folder is refused unless
+        ``overwrite``)."""
+        from ..io.writers import write_stats  # noqa: PLC0415 - the writers live in the I/O layer
 
-
-def _map_name(sp: Any, m: str) -> str:
-    return "f" if (sp.kind == "F" and m == "t") else m
+        record_decisions(self, keep_exact=True)  # stats.json "decisions" by contrast, before writing
+        return write_stats(self, outdir, overwrite=overwrite, inputs=inputs)
 
 
 def settings_record(inf: Inference, *, design: Any, perms: Any, prep: Any, res: Any, backend: str, n_maps: int,
