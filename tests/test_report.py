@@ -125,34 +125,30 @@ def make_output_dir(out: Path, n_subjects: int = 2, release: bool = False) -> Pa
                       np.where(brain, rng.normal(0.1 + drug, 0.05, SHAPE), np.nan))
                 _save(layout.map_path(out, s, c, model, "t_d"), np.where(brain, rng.normal(48, 2, SHAPE), np.nan))
             qc.write_text(json.dumps(rec))
-    stats = layout.stats_dir(out)
     t = np.where(brain, rng.normal(0, 1, SHAPE), 0)
     t[8:12, 10:14, 8:12] += 6.0
     t[4:6, 16:18, 4:6] -= 5.0
-    _save(stats / "t.nii.gz", t)
-    _save(stats / "tfce.nii.gz", np.sign(t) * np.abs(t) ** 2 * 10)
-    _save(stats / "mask.nii.gz", brain.astype(np.float32))
     sig_pos = np.zeros(SHAPE)
     sig_pos[8:12, 10:14, 8:12] = 2.69897  # p = 0.002
     sig_neg = sig_pos.copy()
     sig_neg[4:6, 16:18, 4:6] = -1.30103  # p = 0.05 exactly: significant (p <= 0.05)
-    _save(stats / "logp_fwe_tfce.nii.gz", sig_neg)
-    _save(stats / "logp_fwe_cluster_mass.nii.gz", sig_pos)
-    _save(stats / "logp_fwe_cluster_extent.nii.gz", np.where(sig_pos > 0, 1.0, 0))  # p = 0.1
-    _save(stats / "logp_fwe_voxel.nii.gz", np.where(brain, 0.2, 0))  # nothing significant
-    _save(stats / "logp_uncorrected.nii.gz", np.where(brain, 1.5, 0))
-    (stats / "clusters.tsv").write_text(
-        "cluster_id\tsign\tsize_voxels\tsize_mm3\tmass\tpeak_t\tpeak_x\tpeak_y\tpeak_z\tp_fwe_extent\t"
-        "p_fwe_mass\tregion\n"
-        "1\t+\t64\t512\t210.5\t8.91\t0\t-16\t6\t0.1\t0.002\tthalamus\n"
-        "1a\t\t\t\t\t7.5\t4\t-12\t6\t\t\tthalamus\n"
-        "2\t-\t8\t64\t21.3\t-6.02\t-12\t-8\t-4\t0.4\t0.31\tn/a\n")
-    np.savez_compressed(stats / "null_distributions.npz", h0_max_t=rng.gumbel(4, 0.5, 500),
-                        h0_max_cluster_extent=rng.gamma(2, 20, 500), h0_max_cluster_mass=rng.gamma(2, 30, 500),
-                        h0_max_tfce=rng.gumbel(300, 40, 500), sign_flips=rng.choice([-1, 1], (500, n_subjects)),
-                        cluster_threshold_t=np.array(3.4), two_sided=np.array(True))
-    (stats / "stats.json").write_text(json.dumps({"test": "paired", "n_perm": 500, "two_sided": True,
-                                                  "design_matrix": [[1.0]] * n_subjects, "tfce_H": 2.0}))
+    maps = {"t": t, "logp_uncorrected": np.where(brain, 1.5, 0), "logp_fwe_voxel": np.where(brain, 0.2, 0),
+            "logp_fwe_cluster_extent": np.where(sig_pos > 0, 1.0, 0),  # p = 0.1: nothing significant
+            "logp_fwe_cluster_mass": sig_pos, "tfce": np.sign(t) * np.abs(t) ** 2 * 10, "logp_fwe_tfce": sig_neg}
+    clusters = [
+        {"cluster_id": "1", "sign": "+", "size_voxels": 64, "size_mm3": 512.0, "mass": 210.5, "peak_t": 8.91,
+         "peak_x": 0.0, "peak_y": -16.0, "peak_z": 6.0, "p_fwe_extent": 0.1, "p_fwe_mass": 0.002, "region": "thalamus"},
+        {"cluster_id": "1a", "sign": "", "size_voxels": "", "size_mm3": "", "mass": "", "peak_t": 7.5, "peak_x": 4.0,
+         "peak_y": -12.0, "peak_z": 6.0, "p_fwe_extent": "", "p_fwe_mass": "", "region": "thalamus"},
+        {"cluster_id": "2", "sign": "-", "size_voxels": 8, "size_mm3": 64.0, "mass": 21.3, "peak_t": -6.02,
+         "peak_x": -12.0, "peak_y": -8.0, "peak_z": -4.0, "p_fwe_extent": 0.4, "p_fwe_mass": 0.31, "region": "n/a"}]
+    null = {"h0_max_t": rng.gumbel(4, 0.5, 500), "h0_max_cluster_extent": rng.gamma(2, 20, 500),
+            "h0_max_cluster_mass": rng.gamma(2, 30, 500), "h0_max_tfce": rng.gumbel(300, 40, 500),
+            "sign_flips": rng.choice([-1, 1], (500, n_subjects)), "cluster_threshold_t": np.array(3.4),
+            "two_sided": np.array(True)}
+    settings = {"test": "paired", "n_perm": 500, "two_sided": True, "design_matrix": [[1.0]] * n_subjects,
+                "tfce": True, "tfce_H": 2.0, "cluster_p": 0.001, "cluster_threshold_t": 3.4, "connectivity": 26}
+    save_stats(layout.stats_dir(out), maps, brain, null, clusters, settings)
     roi = layout.roi_dir(out)
     roi.mkdir(parents=True, exist_ok=True)
     lines = ["subject\tcondition\tphase\tregion" + ("\tquantity" if release else "") + "\tvalue"]
@@ -170,7 +166,30 @@ def make_output_dir(out: Path, n_subjects: int = 2, release: bool = False) -> Pa
         "thalamus\t2\t1.84\t2.0\t-0.16\t-5.1\t0.004\t0.012\n"
         "insula\t2\t2.7\t2.9\t-0.2\t-2.2\t0.06\t0.09\n"
         "caudate\t2\t3.6\t3.7\t-0.1\t-0.9\t0.4\t0.4\n")
+    write_run_manifest(out)
     return out
+
+
+def write_run_manifest(out: Path) -> None:
+    """The run folder's manifest, as voxelkit run writes it: every file below ``out`` (the stats folder has its
+    own manifest too)."""
+    from voxelkit.io import derivatives as dv
+
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != dv.MANIFEST_NAME)
+    (out / dv.MANIFEST_NAME).write_text(json.dumps({"command": "run", "written": written}))
+
+
+def save_stats(folder: Path, maps: dict[str, np.ndarray], brain: np.ndarray, null: dict[str, np.ndarray],
+               clusters: list[dict], settings: dict) -> dict[str, Path]:
+    """``folder`` as voxelkit stats writes it (PermutationResult.save: maps, cluster table, nulls, stats.json with
+    the decisions, manifest) from 3-D maps."""
+    from voxelkit.io import Masker
+    from voxelkit.stats.result import PermutationResult
+
+    masker = Masker(brain, _affine())
+    res = PermutationResult({k: v[brain].astype(np.float32) for k, v in maps.items()}, masker, null, clusters,
+                            settings, analysed=np.ones(int(brain.sum()), bool))
+    return res.save(folder, overwrite=True)
 
 
 @pytest.fixture(scope="module")
@@ -254,24 +273,25 @@ def test_report_content(report: Path) -> None:
     assert text.count("<details>") >= 6  # 6 scans: collapsed per-scan sections
 
 
-def test_null_items_observed() -> None:
-    """Observed maxima: a matching ``observed_*`` scalar in the file wins, else the callback (from the maps)."""
-    from voxelkit.report.report import _null_items, critical_value
+def test_null_table_comes_from_the_decisions_record(report: Path) -> None:
+    """Critical values, observed maxima and their p come from stats.json's decisions (voxelkit.stats.inference:
+    fwe_threshold of the null, its identity row 0, fwe_p), not from a copy in the report."""
+    from voxelkit.io import derivatives as dv
+    from voxelkit.report.html import fmt_value
+    from voxelkit.stats.inference import fwe_p, fwe_threshold
 
-    null = np.arange(1.0, 101.0)
-    assert critical_value(null) == 95.0  # 5 of 100 maxima above it: p <= 0.05 needs more than 95
-    arrays = {"h0_max_t": null, "observed_max_t": np.array(97.5), "null_max_tfce": null,
-              "sign_flips": np.ones((100, 4)), "two_sided": np.array(True), "cluster_threshold_t": np.array(3.1)}
-    seen = []
-
-    def observed(tok: frozenset[str]) -> float:
-        seen.append(tok)
-        return 100.0
-
-    items, rows = _null_items(arrays, observed)
-    assert [i[0] for i in items] == ["h0_max_t", "null_max_tfce"]
-    assert rows[0][3] == 97.5 and rows[0][4] == pytest.approx(0.03)
-    assert seen == [frozenset({"tfce"})] and rows[1][4] == pytest.approx(0.01)
+    stats = dv.stats_dir(report.parent)
+    rec = json.loads((stats / dv.STATS_SETTINGS).read_text())["decisions"]["nulls"]
+    with np.load(stats / dv.STATS_NULL) as z:
+        null = np.asarray(z["h0_max_t"], float)
+    assert rec["h0_max_t"]["fwe_critical_value"] == pytest.approx(fwe_threshold(null, 0.05), rel=1e-12)
+    assert rec["h0_max_t"]["observed_max"] == null[0]
+    assert rec["h0_max_t"]["p_fwe_observed_max"] == pytest.approx(fwe_p(null[:1], null)[0])
+    text = _section(report.read_text(encoding="utf-8"), "nulls")
+    row = re.search(r"<td>h0_max_t</td>(.*?)</tr>", text).group(1)
+    assert f">{fmt_value(rec['h0_max_t']['fwe_critical_value'])}<" in row
+    assert f">{fmt_value(float(null[0]))}<" in row
+    assert set(rec) == {"h0_max_t", "h0_max_tfce", "h0_max_cluster_extent", "h0_max_cluster_mass"}
 
 
 def test_report_self_contained(report: Path) -> None:
@@ -310,6 +330,12 @@ def test_report_missing_pieces(tmp_path: Path) -> None:
     bad.mkdir(parents=True)
     (bad / "sub-01_ses-a_model-logan_qc.json").write_text("{not json")
     (bad / "sub-01_ses-b_model-logan_qc.json").write_text(json.dumps({"model": "logan"}))
+    # written by an older voxelkit (no manifest): the per-scan QC is not recorded, said so, nothing guessed
+    text = html.unescape(write_report(partial, tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert "logan" in text and "thalamus" in text and "unreadable" not in text
+    assert "Per-scan QC (*_qc.json) (no voxelkit_manifest.json): not recorded (written by an older voxelkit); " \
+           "rerun voxelkit run" in text
+    write_run_manifest(partial)
     text = write_report(partial, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "logan" in text and "unreadable" in text and "thalamus" in text
     assert "could not be rendered" not in text
@@ -332,17 +358,25 @@ def test_report_speed_20_scans(tmp_path: Path) -> None:
 
 
 def test_report_odd_stats(tmp_path: Path) -> None:
-    """No t map (a -log10 p map is shown instead), an empty cluster table, an npz without null distributions."""
-    stats = tmp_path / "group" / "stats"
+    """No t map (a -log10 p map is shown instead), an empty cluster table, a null file without null distributions,
+    no stats.json (decisions not recorded); a stray .npz that the manifest does not list is not read."""
+    from voxelkit.io import derivatives as dv
+
+    stats = dv.stats_dir(tmp_path)
     lp = np.zeros(SHAPE)
     lp[8:12, 10:14, 8:12] = 0.9
-    _save(stats / "logp_fwe_voxel.nii.gz", lp)
-    (stats / "clusters.tsv").write_text("cluster_id\tsize_voxels\tp_fwe_mass\n")
-    np.savez(stats / "other.npz", weights=np.ones(3))
-    text = write_report(tmp_path).read_text(encoding="utf-8")
+    _save(stats / dv.stats_map_name("logp_fwe_voxel"), lp)
+    (stats / dv.STATS_CLUSTERS).write_text("cluster_id\tsize_voxels\tp_fwe_mass\n")
+    np.savez(stats / dv.STATS_NULL, weights=np.ones(3))
+    np.savez(stats / "other.npz", h0_max_t=np.ones(30))
+    (stats / dv.MANIFEST_NAME).write_text(json.dumps({"command": "stats paired", "written": [
+        dv.stats_map_name("logp_fwe_voxel"), dv.STATS_CLUSTERS, dv.STATS_NULL]}))
+    text = html.unescape(write_report(tmp_path).read_text(encoding="utf-8"))
     assert "t map: not computed; showing logp_fwe_voxel instead" in text
-    assert "No clusters (the table is empty)" in text and "No null distribution found in other.npz" in text
+    assert "No clusters (the table is empty)" in text
+    assert f"No null distribution found in {dv.STATS_NULL} (arrays: weights)" in text and "other.npz" not in text
     assert "No voxel is FWE-significant" in text and "could not be rendered" not in text
+    assert "Significance counts (stats.json key 'decisions'): not recorded (written by an older voxelkit)" in text
     assert text.count("<img ") == 2
 
 
@@ -492,6 +526,13 @@ def reader_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     study = json.loads((out / "study.json").read_text())
     study["bids_dir"] = str(bids)
     (out / "study.json").write_text(json.dumps(study))
+    # the scans used, as voxelkit run records them (pipeline.bids.scan_table): the report takes Units from there
+    prov = json.loads((out / "provenance.json").read_text())
+    pet = bids / "sub-01" / "ses-anakinra" / "pet"
+    prov["scans"] = [{"subject": "01", "condition": "anakinra", "session": "anakinra",
+                      "pet": str(pet / "sub-01_ses-anakinra_pet.nii.gz"),
+                      "sidecar": str(pet / "sub-01_ses-anakinra_pet.json")}]
+    (out / "provenance.json").write_text(json.dumps(prov))
     (out / "roi" / "roi_tests.tsv").write_text(
         "region\tn\tquantity\tmean_anakinra\tmean_placebo\tmean_diff\tpct_change\tt\tp\tp_fdr\n"
         "thalamus\t3\tbp_nd\t1.84\t2.0\t-0.16\t-8.0\t-5.1\t0.004\t0.012\n"

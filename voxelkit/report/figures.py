@@ -334,11 +334,11 @@ def qc_overview(records: Sequence[tuple[str, dict[str, Any]]], param: str | None
 
 # -------------------------------------------------------------------------------------------- null dists
 
-def null_histograms(items: Sequence[tuple[str, np.ndarray, float | None]], alpha: float = 0.05) -> bytes:
-    """Histograms of max-statistic null distributions with the FWE critical value (the (floor(alpha N) + 1)-th
-    largest maximum, dashed) and the observed value (red)."""
+def null_histograms(items: Sequence[tuple[str, np.ndarray, float | None, float | None]], alpha: float = 0.05) -> bytes:
+    """Histograms of max-statistic null distributions (name, null, observed maximum, FWE critical value) with the
+    critical value the statistics recorded (dashed; None: not drawn) and the observed value (red)."""
     fig, axes = _grid(len(items), 3, 3.3, 2.4)
-    for ax, (name, null, obs) in zip(axes, items, strict=True):
+    for ax, (name, null, obs, crit) in zip(axes, items, strict=True):
         null = np.asarray(null, float)
         null = null[np.isfinite(null)]
         if null.size:
@@ -348,14 +348,12 @@ def null_histograms(items: Sequence[tuple[str, np.ndarray, float | None]], alpha
             if hi <= lo:
                 hi = lo + 1.0
             ax.hist(null, bins=40, range=(lo, hi + 1e-9 * abs(hi)), color="#9aa5b1", edgecolor="none")
-            srt = np.sort(null)[::-1]
-            k = int(np.floor(alpha * srt.size + 1e-9))
-            if k < srt.size:
-                crit = float(srt[k])
+            if crit is not None and np.isfinite(crit):
                 ax.axvline(crit, color="#1d2430", linestyle="--", linewidth=1.2, label=f"FWE {alpha:g} at {crit:.3g}")
         if obs is not None and np.isfinite(obs):
             ax.axvline(obs, color="#d1495b", linewidth=2.0, label=f"observed {obs:.3g}")
-        ax.legend(fontsize=7, frameon=True, framealpha=0.85, edgecolor="none", loc="upper right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, frameon=True, framealpha=0.85, edgecolor="none", loc="upper right")
         ax.set_title(f"{name} (n={null.size})", fontsize=9)
         _style(ax)
     return to_png(fig)

@@ -1,21 +1,35 @@
 """The study report: one self-contained HTML file built from a pipeline output directory.
 
-Reads what :mod:`voxelkit.pipeline.layout` describes (``study.json``, ``provenance.json``, per-scan ``*_qc.json``
-and BPND maps, ``group/stats/`` maps, cluster tables and null distributions, ``roi/`` tables) and writes
-``report.html``: images are embedded PNG data URIs, the stylesheet is inline, there is no script and no external
-resource.  Each piece that is absent is reported as "not computed"; a piece that cannot be read is reported as
-such (with a warning) instead of stopping the report.  The output depends only on the inputs (no timestamps).
+What it reads, every name from :mod:`voxelkit.io.derivatives`:
+
+- the run's records by their names: ``study.json`` (:meth:`voxelkit.pipeline.config.StudyConfig.to_dict`),
+  ``provenance.json`` (written by :mod:`voxelkit.pipeline.run`), ``roi/roi_values.tsv``, ``roi/roi_tests.tsv``;
+  their keys by their exact names (no key search, no alternative spellings);
+- which per-scan files exist (QC records, BPND maps) from the run folder's manifest (``voxelkit_manifest.json``),
+  and which statistics files exist (maps, cluster table, null distributions, ``stats.json``) from the manifest of
+  ``group/stats/`` that :meth:`voxelkit.stats.PermutationResult.save` writes -- nothing is globbed;
+- the significance decisions from ``stats.json`` key ``decisions`` (:mod:`voxelkit.stats.decisions`: made once, in
+  memory, by the statistics): the report never re-thresholds values read back from disk.
+
+``voxelkit run`` passes what it holds in memory (the study settings, the provenance, the
+:class:`~voxelkit.stats.PermutationResult`, the list of files it wrote), so no map is re-read for the report;
+``voxelkit report DIR`` reads them from disk through the manifests.  Figures still need images: each file is read
+once.  Images are embedded PNG data URIs, the stylesheet is inline, there is no script and no external resource.
+A piece that is absent is "not computed"; one that a folder written by an older voxelkit does not record (no
+manifest, no decisions) is "not recorded" with what to rerun; a piece that cannot be read is reported as such
+(with a warning) instead of stopping the report.  The output depends only on the inputs (no timestamps).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +37,8 @@ import numpy as np
 
 from ..io import InputError, read_table
 from ..io import derivatives as dv
-from ..io.derivatives import entity_labels, find_scan_maps, write_text_atomic
+from ..io.derivatives import entity_labels, write_text_atomic
+from ..stats import decisions as dec
 from . import figures
 from .html import (
     NOT_AVAILABLE,
@@ -44,10 +59,10 @@ from .html import (
 
 log = logging.getLogger(__name__)
 
-ALPHA = 0.05
+ALPHA = dec.ALPHA
 LOGP_ALPHA = -math.log10(ALPHA)
-LOGP_TOL = 1e-5  # maps are float32: p = 0.05 exactly must count as significant (p <= alpha, as voxelkit.stats)
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: FWE -log10 p maps in the report's order, and the inference of each (voxelkit.stats.decisions.P_MAPS).
+FWE_MAPS = ("logp_fwe_tfce", "logp_fwe_cluster_mass", "logp_fwe_cluster_extent", "logp_fwe_voxel")
 FWE_LABELS = {"cluster_extent": "cluster extent", "cluster_mass": "cluster mass", "tfce": "TFCE",
               "voxel": "voxel (max-T)", "cluster": "cluster"}
 MAX_TABLE_ROWS = 300
@@ -86,29 +101,130 @@ def read_tsv(path: Path) -> tuple[list[str], list[list[object]]]:
     return table.header, [[parse_cell(c) for c in r] for r in table.rows]
 
 
-def nifti_stem(path: Path) -> str:
-    """File name without ``.nii``/``.nii.gz``."""
-    name = path.name
-    for suf in NIFTI_SUFFIXES:
-        if name.endswith(suf):
-            return name[: -len(suf)]
-    return name
+def as_json(obj: Any) -> Any:
+    """``obj`` as it reads back from its JSON file (NumPy values and tuples to lists, paths to text): a record
+    passed in memory renders as the one read from disk."""
+    def default(o: Any) -> Any:
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+
+    return json.loads(json.dumps(obj, default=default))
 
 
-def find_key(obj: Any, *names: str) -> Any:
-    """The value of the first of ``names`` found in ``obj`` (nested dicts searched breadth-first), else None."""
-    queue = [obj]
-    while queue:
-        nxt = []
-        for d in queue:
-            if not isinstance(d, dict):
-                continue
-            for n in names:
-                if n in d and d[n] is not None:
-                    return d[n]
-            nxt.extend(v for v in d.values() if isinstance(v, dict))
-        queue = nxt
-    return None
+def _cell_value(v: Any) -> object:
+    """A cluster-table value in memory typed as the table file's cell reads back (text through
+    :func:`parse_cell`, integral floats as int); floats keep their full precision."""
+    if isinstance(v, str):
+        return parse_cell(v)
+    if isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer():
+        return int(v)
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def not_recorded(what: str, rerun: str) -> str:
+    """The notice for a piece that a folder written by an older voxelkit does not record."""
+    return f"{what}: not recorded (written by an older voxelkit); rerun {rerun} to get it."
+
+
+RERUN_RUN = "voxelkit run (finished per-scan fits are reused)"
+
+
+class _Stats:
+    """The group statistics the report shows: a :class:`~voxelkit.stats.PermutationResult` in memory, or the
+    files that the manifest of ``group/stats/`` lists (each read once, when first needed)."""
+
+    def __init__(self, folder: Path, result: Any = None) -> None:
+        self.folder = folder
+        self.result = result
+        self.missing: str | None = None  # why nothing can be shown (not computed / not recorded)
+        self.problems: list[str] = []
+        self._images: dict[str, Any] = {}
+        self._null: dict[str, np.ndarray] | None = None
+        self._clusters: tuple[list[str], list[list[object]]] | None = None
+        self.listed: set[str] = set()
+        if result is not None:
+            self.settings: dict[str, Any] = as_json(result.settings)
+            self.map_names = [m for m in dv.STATS_MAP_NAMES if m in result.maps]
+            self.has_null = bool(result.null)
+            self.has_clusters = result.settings.get("cluster_threshold_t") is not None
+            return
+        self.settings = {}
+        self.map_names = []
+        self.has_null = self.has_clusters = False
+        manifest = dv.read_manifest(folder)
+        if manifest is None:
+            if folder.is_dir() and any(folder.iterdir()):
+                self.missing = not_recorded(f"the statistics in {dv.GROUP_DIR}/{dv.STATS_DIR} (no {dv.MANIFEST_NAME})",
+                                            f"{RERUN_RUN} or voxelkit stats")
+            else:
+                self.missing = NOT_COMPUTED
+            return
+        self.listed = {str(w) for w in manifest.get("written") or []}
+        if dv.STATS_SETTINGS in self.listed:
+            try:
+                self.settings = read_json(folder / dv.STATS_SETTINGS) or {}
+            except Exception as exc:  # noqa: BLE001
+                self.problems.append(f"{dv.GROUP_DIR}/{dv.STATS_DIR}/{dv.STATS_SETTINGS}: {type(exc).__name__}: {exc}")
+        self.map_names = [m for m in dv.STATS_MAP_NAMES if dv.stats_map_name(m) in self.listed]
+        self.has_null = dv.STATS_NULL in self.listed
+        self.has_clusters = dv.STATS_CLUSTERS in self.listed
+
+    @property
+    def decisions(self) -> dict[str, Any] | None:
+        """The decisions record (stats.json ``decisions``); made in memory for a result that has none yet."""
+        rec = self.settings.get(dec.DECISIONS_KEY)
+        if rec is None and self.result is not None:
+            rec = self.settings[dec.DECISIONS_KEY] = as_json(dec.decisions(self.result))
+        return rec if isinstance(rec, dict) else None
+
+    def file_name(self, name: str) -> str:
+        return dv.stats_map_name(name)
+
+    def image(self, name: str) -> Any:
+        """Map ``name`` as a 3-D image (the result's, or its file read once)."""
+        if name not in self._images:
+            if self.result is not None:
+                self._images[name] = self.result.image(name)
+            else:
+                import nibabel as nib  # noqa: PLC0415
+
+                img = nib.load(self.folder / dv.stats_map_name(name))
+                data = np.asarray(img.dataobj, dtype=np.float32)
+                data = data.reshape(data.shape[:3]) if data.ndim > 3 and all(s == 1 for s in data.shape[3:]) else data
+                self._images[name] = nib.Nifti1Image(data, img.affine)
+        return self._images[name]
+
+    def data(self, name: str) -> np.ndarray:
+        return np.asarray(self.image(name).dataobj, dtype=np.float32)
+
+    @property
+    def null(self) -> dict[str, np.ndarray]:
+        """The null distributions (and what was saved with them)."""
+        if self._null is None:
+            if self.result is not None:
+                self._null = {k: np.asarray(v) for k, v in self.result.null.items()}
+            elif self.has_null:
+                with np.load(self.folder / dv.STATS_NULL, allow_pickle=False) as z:
+                    self._null = {k: np.asarray(z[k]) for k in z.files}
+            else:
+                self._null = {}
+        return self._null
+
+    def cluster_table(self) -> tuple[list[str], list[list[object]]]:
+        """Header and rows of the cluster table (empty when clusters were not formed)."""
+        if self._clusters is None:
+            if not self.has_clusters:
+                self._clusters = ([], [])
+            elif self.result is not None:
+                header = list(dv.STATS_CLUSTER_COLUMNS)
+                self._clusters = (header, [[_cell_value(r.get(c, float("nan"))) for c in header]
+                                           for r in self.result.clusters])
+            else:
+                self._clusters = read_tsv(self.folder / dv.STATS_CLUSTERS)
+        return self._clusters
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -168,20 +284,29 @@ def _short(v: Any) -> str:
 class _Report:
     """Collects the pieces of one output directory and renders them to sections."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, *, study: Any = None, provenance: Mapping[str, Any] | None = None,
+                 stats: Any = None, written: Iterable[str | Path] | None = None,
+                 bp_nd: Iterable[np.ndarray] | None = None) -> None:
         self.out = Path(out_dir)
-        self.stats = dv.stats_dir(self.out)
         self.roi = dv.roi_dir(self.out)
         self.problems: list[str] = []
         self.timings: dict[str, float] = {}
         self.study: dict[str, Any] = {}
         self.prov: dict[str, Any] = {}
-        self.stats_settings: dict[str, Any] = {}
+        manifest = dv.read_manifest(self.out)
+        self.has_manifest = manifest is not None or written is not None
+        self.listed: list[str] = sorted({*(str(w) for w in (manifest or {}).get("written") or []),
+                                         *(str(w) for w in written or [])})
+        self._load_records(study, provenance)
+        self.stats = _Stats(dv.stats_dir(self.out), stats)
+        self.bp_nd = bp_nd
+        self._qc: dict[Path, tuple[dict[str, Any] | None, str]] = {}
+        self.problems += self.stats.problems
+        self.stats_settings: dict[str, Any] = self.stats.settings
         # what the key-results summary needs, filled in by the section builders
         self.fwe_counts: list[tuple[str, int, int]] = []  # (method, significant voxels, clusters)
         self.fwe_signs: dict[str, tuple[int, int]] = {}  # method label -> (voxels with t > 0, with t < 0)
         self.pct_hidden: list[str] = []  # regions whose pct_change is not shown (baseline about 0)
-        self._cluster_rows: tuple[list[str], list[list[object]]] | None = None
         self._unit: str | None = None
         self.sig_clusters: list[dict[str, object]] = []
         self.sig_rois: list[dict[str, object]] = []
@@ -202,38 +327,77 @@ class _Report:
         finally:
             self.timings[name] = time.perf_counter() - t0
 
+    def _load_records(self, study: Any, provenance: Mapping[str, Any] | None) -> None:
+        """study.json (or the StudyConfig / its dict in memory) and provenance.json (or the dict in memory)."""
+        if study is not None:
+            self.study = as_json(study.to_dict() if hasattr(study, "to_dict") else dict(study))
+        if provenance is not None:
+            self.prov = as_json(dict(provenance))
+        for name, given in ((dv.STUDY_RECORD, study), (dv.PROVENANCE, provenance)):
+            if given is not None:
+                continue
+            try:
+                obj = read_json(self.out / name) or {}
+            except Exception as exc:  # noqa: BLE001
+                self.problems.append(f"{name}: {type(exc).__name__}: {exc}")
+                obj = {}
+            if name == dv.STUDY_RECORD:
+                self.study = obj
+            else:
+                self.prov = obj
+
+    def listed_files(self, pattern: str) -> list[Path]:
+        """Files of the run folder's manifest whose relative path matches ``pattern`` (a pattern from
+        voxelkit.io.derivatives, matched against the manifest's entries, never against the disk), sorted."""
+        return [self.out / w for w in self.listed if fnmatch.fnmatchcase(w, pattern)]
+
+    def scan_maps(self, param: str) -> list[Path]:
+        """Every scan's map of ``param`` that the run's manifest lists."""
+        return self.listed_files(dv.scan_map_glob(param))
+
+    def qc_records(self) -> list[Path]:
+        """The per-scan QC records that the run's manifest lists."""
+        return self.listed_files(dv.QC_GLOB)
+
+    def read_qc(self, path: Path) -> tuple[dict[str, Any] | None, str]:
+        """A QC record (read once) and '' -- or None and why it cannot be read."""
+        if path not in self._qc:
+            try:
+                obj = read_json(path)
+                self._qc[path] = (obj, "") if obj is not None else (None, "missing")
+            except Exception as exc:  # noqa: BLE001
+                self._qc[path] = (None, f"{type(exc).__name__}: {exc}")
+        return self._qc[path]
+
+    def unlisted(self, what: str) -> str:
+        """Notice for a piece of the run folder that is missing: not recorded (no manifest) or not computed."""
+        if not self.has_manifest and self.out.is_dir() and any(self.out.iterdir()):
+            return note(not_recorded(f"{what} (no {dv.MANIFEST_NAME})", RERUN_RUN))
+        return note(f"{what}: {NOT_COMPUTED}.")
+
     def conditions(self, seen: list[str]) -> list[str]:
-        """Condition order: as in study.json when it names them, else order of appearance."""
-        declared = find_key(self.study, "conditions")
+        """Condition order: as in study.json, else order of appearance."""
+        declared = self.study.get("conditions")
         order: list[str] = []
-        if isinstance(declared, dict):
-            declared = list(declared.values())
         if isinstance(declared, list):
             order = [str(c) for c in declared if str(c) in seen]
         return order + [c for c in seen if c not in order]
 
-    def cluster_table(self) -> tuple[list[str], list[list[object]]]:
-        """Header and rows of the first cluster table in group/stats/ (empty when there is none)."""
-        if self._cluster_rows is None:
-            paths = sorted(self.stats.glob("*cluster*.tsv")) if self.stats.is_dir() else []
-            self._cluster_rows = read_tsv(paths[0]) if paths else ([], [])
-        return self._cluster_rows
-
-    def cluster_count(self, method: str) -> int | None:
-        """Clusters of the table significant by ``method`` (cluster_extent / cluster_mass), else None."""
-        col = next((c for c, m in CLUSTER_P_COLUMNS.items() if m == method), None)
-        header, rows = self.cluster_table()
-        if col is None or col not in header:
+    def significant_cluster_ids(self) -> dict[str, list[str]] | None:
+        """Cluster ids FWE-significant by cluster extent and by mass (the decisions record), None when not
+        recorded."""
+        rec = self.stats.decisions
+        cl = rec.get("clusters") if rec else None
+        if not isinstance(cl, dict):
             return None
-        j = header.index(col)
-        return sum(1 for r in rows if is_number(r[j]) and not math.isnan(r[j]) and r[j] <= ALPHA)
+        return {m: [str(i) for i in (cl.get(m) or {}).get("cluster_ids") or []] for m in CLUSTER_P_COLUMNS.values()}
 
     @staticmethod
     def group_word(method: str) -> str:
         return "clusters (table)" if method in CLUSTER_P_COLUMNS.values() else "connected sets"
 
     def condition_pair(self) -> tuple[str, str] | None:
-        conds = find_key(self.study, "conditions")
+        conds = self.study.get("conditions")
         if isinstance(conds, list) and len(conds) == 2:
             return str(conds[0]), str(conds[1])
         return None
@@ -243,7 +407,7 @@ class _Report:
         if "pct_change" not in header:
             return rows
         pair = self.condition_pair()
-        base = next((c for c in ([f"mean_{pair[1]}"] if pair else []) + ["mean_b", "mean_B"] if c in header), None)
+        base = next((c for c in ([f"mean_{pair[1]}"] if pair else []) + ["mean_b"] if c in header), None)
         if base is None:
             return rows
         jp, jb, jr = header.index("pct_change"), header.index(base), header.index("region") if "region" in header \
@@ -263,13 +427,10 @@ class _Report:
         if self._unit is None:
             self._unit = ""
             cands = [r.get("sidecar") for r in (self.prov.get("scans") or []) if isinstance(r, dict)][:1]
-            bids = self.study.get("bids_dir")
-            if isinstance(bids, str):
-                cands += [str(p) for p in sorted(Path(bids).glob("sub-*/ses-*/pet/*_pet.json"))[:1]]
             for c in cands:
                 try:
-                    unit = json.loads(Path(c).read_text()).get("Units") if c and str(c).endswith(".json") else None
-                except (OSError, ValueError):
+                    unit = read_json(Path(c)).get("Units") if c and str(c).endswith(dv.JSON_EXT) else None
+                except (OSError, ValueError, AttributeError):
                     unit = None
                 if isinstance(unit, str) and unit:
                     self._unit = unit
@@ -278,50 +439,38 @@ class _Report:
 
     # -- design and settings
     def design(self) -> Section:
-        for name in (dv.STUDY_RECORD, dv.PROVENANCE):
-            try:
-                obj = read_json(self.out / name) or {}
-            except Exception as exc:  # noqa: BLE001
-                self.problems.append(f"{name}: {type(exc).__name__}: {exc}")
-                obj = {}
-            if name == dv.STUDY_RECORD:
-                self.study = obj
-            else:
-                self.prov = obj
-        try:
-            self.stats_settings = read_json(self.stats / dv.STATS_SETTINGS) or {}
-        except Exception as exc:  # noqa: BLE001
-            self.problems.append(f"group/stats/stats.json: {type(exc).__name__}: {exc}")
-        both = {"study": self.study, "provenance": self.prov}
-        subjects = find_key(both, "subjects", "participants")
-        n_subj = len(subjects) if isinstance(subjects, (list, dict)) else subjects
-        conds = find_key(both, "conditions")
-        model = find_key(both, "model")
-        opts = find_key(both, "model_options")
+        # exact keys: study.json = StudyConfig.to_dict(), provenance.json (pipeline.run), stats.json (settings_record)
+        study, prov, st = self.study, self.prov, self.stats_settings
+        subjects = prov.get("subjects")
+        n_subj = len(subjects) if isinstance(subjects, list) else None
+        conds = study.get("conditions")
+        model = study.get("model")
+        opts = study.get("model_options")
         if isinstance(model, str) and isinstance(opts, dict) and opts:
             model = {"name": model, **opts}
-        fwhm = find_key(both, "smoothing_fwhm", "fwhm_mm", "smoothing_fwhm_mm", "smoothing_mm", "fwhm", "smoothing")
-        nperm = find_key(self.stats_settings, "n_perm") or find_key(both, "n_perm", "n_permutations", "permutations")
-        seed = find_key(both, "seed")
-        backend = find_key(self.prov, "backend", "device") or find_key(self.study, "backend", "device")
+        nperm = st.get("n_perm") if st.get("n_perm") is not None else study.get("n_perm")
+        backend = prov.get("backend")
         if isinstance(backend, dict):
             backend = backend.get("name", backend)
-        inference = [k for k, on in (("TFCE", find_key(both, "tfce")),
-                                     ("cluster", find_key(both, "cluster_p", "cluster_t") is not None),
-                                     ("voxel", True)) if on]
-        two_sided = find_key(both, "two_sided")
-        dropped = find_key(self.prov, "dropped_subjects")
+        elif backend is None:
+            backend = st.get("backend")
+        tfce = st.get("tfce") if "tfce" in st else study.get("tfce")
+        cluster_p = st.get("cluster_p") if "cluster_p" in st else study.get("cluster_p")
+        two_sided = st.get("two_sided") if "two_sided" in st else study.get("two_sided")
+        inference = [k for k, on in (("TFCE", tfce), ("cluster", cluster_p is not None), ("voxel", True)) if on]
+        dropped = prov.get("dropped_subjects")
+        contrast = study.get("contrast")
         cards = _cards([
             ("subjects", n_subj),
             ("conditions (A vs B)", _short(conds) if conds is not None else None),
-            ("contrast", _short(find_key(both, "contrast")) if find_key(both, "contrast") is not None else None),
+            ("contrast", _short(contrast) if contrast is not None else None),
             ("model", _short(model) if model is not None else None),
-            ("smoothing FWHM (mm)", fwhm),
+            ("smoothing FWHM (mm)", study.get("smoothing_fwhm")),
             ("permutations", nperm),
             ("FWE inference", " + ".join(inference) + (", two-sided" if two_sided else ", one-sided"
                                                        if two_sided is not None else "")),
-            ("cluster-forming p", find_key(both, "cluster_p")),
-            ("seed", seed),
+            ("cluster-forming p", cluster_p),
+            ("seed", study.get("seed")),
             ("backend", _short(backend) if backend is not None else None),
         ])
         parts = [cards]
@@ -338,15 +487,14 @@ class _Report:
             parts.append(f"<p><b>Subjects ({len(subjects)}):</b> {esc(', '.join(str(s) for s in subjects))}</p>")
         subs = [("design-settings", "Study settings")]
         parts.append('<h3 id="design-settings">Study settings</h3>')
-        parts.append(render_value(self.study).html if self.study else note(f"study.json: {NOT_COMPUTED}."))
+        parts.append(render_value(self.study).html if self.study else note(f"{dv.STUDY_RECORD}: {NOT_COMPUTED}."))
         if self.stats_settings:
-            parts.append(details("Inference settings (group/stats/stats.json)",
+            parts.append(details(f"Inference settings ({dv.GROUP_DIR}/{dv.STATS_DIR}/{dv.STATS_SETTINGS})",
                                  render_value(self.stats_settings).html))
         subs.append(("design-provenance", "Provenance"))
         parts.append('<h3 id="design-provenance">Provenance</h3>')
         if self.prov:
-            big = ("inputs", "checksums", "input_checksums", "files", "timings", "seconds", "versions", "settings",
-                   "scans")
+            big = ("inputs", "seconds", "versions", "settings", "scans")
             rest = {k: v for k, v in self.prov.items() if k not in big}
             if isinstance(rest.get("command"), list):
                 rest["command"] = Raw(f"<code>{esc(' '.join(str(c) for c in rest['command']))}</code>")
@@ -354,139 +502,143 @@ class _Report:
                 parts.append(render_value(rest).html)
             settings = self.prov.get("settings")
             if settings is not None and settings != self.study:
-                parts.append(details("Settings recorded in provenance.json", render_value(settings).html))
+                parts.append(details(f"Settings recorded in {dv.PROVENANCE}", render_value(settings).html))
             if isinstance(self.prov.get("scans"), list) and self.prov["scans"]:
                 parts.append(details(f"Scans used ({len(self.prov['scans'])}: subject, condition, session folder, "
                                      "image, timing sidecar)", render_value(self.prov["scans"]).html))
             if self.prov.get("versions") is not None:
                 parts.append(details("Software versions", render_value(self.prov["versions"]).html, open_=True))
-            for key in ("inputs", "checksums", "input_checksums", "files"):
-                if key in self.prov:
-                    v = self.prov[key]
-                    n = len(v) if isinstance(v, (list, dict)) else 1
-                    parts.append(details(f"Input checksums ({n} files)", render_value(v).html))
-            for key in ("timings", "seconds"):
-                if key in self.prov:
-                    parts.append(details("Timings (s)", render_value(self.prov[key]).html))
+            if "inputs" in self.prov:
+                v = self.prov["inputs"]
+                n = len(v) if isinstance(v, (list, dict)) else 1
+                parts.append(details(f"Input checksums ({n} files)", render_value(v).html))
+            if "seconds" in self.prov:
+                parts.append(details("Timings (s)", render_value(self.prov["seconds"]).html))
         else:
-            parts.append(note(f"provenance.json: {NOT_COMPUTED}."))
+            parts.append(note(f"{dv.PROVENANCE}: {NOT_COMPUTED}."))
         return Section("design", "Design and settings", "\n".join(parts), subs)
 
     # -- statistical maps
-    def stat_maps(self) -> tuple[Path | None, dict[str, Path]]:
-        """The t map (or None) and the FWE -log10 p maps by method found in group/stats/."""
-        if not self.stats.is_dir():
-            return None, {}
-        niftis = sorted(p for p in self.stats.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
-        fwe: dict[str, Path] = {}
-        t_cands: list[tuple[int, Path]] = []
-        for p in niftis:
-            stem = nifti_stem(p)
-            low = stem.lower()
-            m = re.search(r"logp_fwe_?([a-z0-9_]*)", low)
-            if m:
-                method = m.group(1).strip("_") or "fwe"
-                fwe.setdefault(method, p)
-                continue
-            if "logp" in low or "tfce" in low or "mask" in low:
-                continue
-            if low in ("t", "tstat", "stat-t", "t_map", "tmap"):
-                t_cands.append((0, p))
-            elif low.endswith(("_t", "_stat-t", "_tstat", "_t_map", "_tmap")) or low.startswith(("t_", "tstat")):
-                t_cands.append((1, p))
-        t_path = min(t_cands, key=lambda c: (c[0], c[1].name))[1] if t_cands else None
-        order = ["tfce", "cluster_mass", "cluster_extent", "cluster", "voxel"]
-        fwe = dict(sorted(fwe.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 99, kv[0])))
-        return t_path, fwe
-
     def background(self, ref: Any) -> tuple[Any, str]:
-        """Mean BPND over the per-scan maps (same grid as ``ref``) as the slice background, else nilearn's MNI."""
+        """Mean BPND over the per-scan maps (in memory, else the manifest's files, each read once; same grid as
+        ``ref``) as the slice background, else nilearn's MNI template."""
         import nibabel as nib  # noqa: PLC0415
 
-        paths = find_scan_maps(self.out, "bp_nd")[:MAX_BACKGROUND_MAPS]
         acc = None
         n = 0
-        for p in paths:
-            try:
-                img = nib.load(p)
-            except Exception:  # noqa: BLE001
-                continue
-            if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
-                continue
-            d = np.nan_to_num(np.asarray(img.dataobj, dtype=np.float32).reshape(ref.shape[:3]))
+        if self.bp_nd is not None:
+            arrays: Iterable[Any] = list(self.bp_nd)[:MAX_BACKGROUND_MAPS]
+        else:
+            arrays = self.scan_maps("bp_nd")[:MAX_BACKGROUND_MAPS]
+        for item in arrays:
+            if isinstance(item, Path):
+                try:
+                    img = nib.load(item)
+                except Exception:  # noqa: BLE001
+                    continue
+                if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+                    continue
+                d = np.asarray(img.dataobj, dtype=np.float32).reshape(ref.shape[:3])
+            else:
+                d = np.asarray(item, dtype=np.float32)
+                if d.shape[:3] != ref.shape[:3]:
+                    continue
+                d = d.reshape(ref.shape[:3])
+            d = np.nan_to_num(d)
             acc = d if acc is None else acc + d
             n += 1
         if acc is None:
             return None, "MNI152 template"
         return nib.Nifti1Image(acc / n, ref.affine), f"mean BPND of {n} scans"
 
+    def fwe_maps(self) -> list[str]:
+        """The FWE -log10 p maps of the statistics, in the report's order."""
+        return [m for m in FWE_MAPS if m in self.stats.map_names]
+
     def maps(self) -> Section:
-        t_path, fwe = self.stat_maps()
-        if t_path is None and not fwe:
+        st = self.stats
+        if st.missing is not None:
+            text = f"Statistical maps: {st.missing}." if st.missing == NOT_COMPUTED else st.missing
+            return Section("maps", "Statistical maps", note(text))
+        fwe = self.fwe_maps()
+        has_t = "t" in st.map_names
+        if not has_t and not fwe:
             return Section("maps", "Statistical maps", note(f"Statistical maps: {NOT_COMPUTED}."))
         import nibabel as nib  # noqa: PLC0415
-        from scipy import ndimage  # noqa: PLC0415
 
         parts: list[str] = []
         subs: list[tuple[str, str]] = []
-        if t_path is not None:
-            t_img = nib.load(t_path)
-            t = np.nan_to_num(np.asarray(t_img.dataobj, dtype=np.float32))
-            t = t.reshape(t.shape[:3]) if t.ndim > 3 and all(s == 1 for s in t.shape[3:]) else t
+        shown = "t" if has_t else fwe[0]
+        t_img = st.image(shown)
+        t = np.nan_to_num(st.data(shown))
+        if has_t:
             stat_name = "t"
         else:
-            first = next(iter(fwe.values()))
-            t_img = nib.load(first)
-            t = np.nan_to_num(np.asarray(t_img.dataobj, dtype=np.float32))
-            stat_name = f"signed -log10 p ({nifti_stem(first)})"
-            parts.append(note(f"t map: {NOT_COMPUTED}; showing {nifti_stem(first)} instead.", "warn"))
+            stat_name = f"signed -log10 p ({shown})"
+            parts.append(note(f"t map: {NOT_COMPUTED}; showing {shown} instead.", "warn"))
         affine = t_img.affine
         t[np.abs(t) > 1e29] = 0.0  # voxelkit.stats clips infinite t to +-1e30: not displayable
         vmax = float(np.max(np.abs(t))) or 1.0
         bg, bg_desc = self.background(t_img)
         disp = nib.Nifti1Image(t.astype(np.float32), affine)
 
+        rec = st.decisions
+        maps_rec = (rec or {}).get("maps") or {}
+        clusters_rec = (rec or {}).get("clusters") or {}
         sig_rows = []
         sig_masks: dict[str, np.ndarray] = {}
-        for method, p in fwe.items():
-            lp = np.nan_to_num(np.asarray(nib.load(p).dataobj, dtype=np.float32)).reshape(t.shape)
-            sig = np.abs(lp) >= LOGP_ALPHA - LOGP_TOL
-            sig_masks[method] = sig
-            # clusters of cluster inference: the table's count (its own connectivity and significance rule);
-            # other maps: connected sets (26-neighbours) of significant voxels
-            n_cl = self.cluster_count(method)
-            if n_cl is None:
-                n_cl = int(ndimage.label(sig, structure=np.ones((3, 3, 3)))[1]) if sig.any() else 0
-            pos = int((sig & (t > 0)).sum())
-            neg = int((sig & (t < 0)).sum())
-            sig_rows.append([FWE_LABELS.get(method, method), p.name, int(sig.sum()), pos, neg,
-                             self.group_word(method), n_cl, float(np.max(np.abs(lp)))])
-            self.fwe_counts.append((FWE_LABELS.get(method, method), int(sig.sum()), n_cl))
-            self.fwe_signs[FWE_LABELS.get(method, method)] = (pos, neg)
+        for name in fwe:
+            method = dec.P_MAPS[name]
+            label = FWE_LABELS.get(method, method)
+            lp = np.nan_to_num(st.data(name)).reshape(t.shape)
+            # the figure shows the voxels of the map significant by the statistics' own rule for a stored map;
+            # every count below is the statistics' record (decided once, in memory)
+            sig_masks[method] = dec.significant(lp, ALPHA)
+            m = maps_rec.get(name)
+            if not isinstance(m, dict):
+                sig_rows.append([label, st.file_name(name), "not recorded", None, None, self.group_word(method), None,
+                                 float(np.max(np.abs(lp)))])
+                continue
+            if method in CLUSTER_P_COLUMNS.values() and isinstance(clusters_rec.get(method), dict):
+                n_cl = int(clusters_rec[method].get("significant", 0))
+            else:
+                n_cl = int(m.get("connected_sets", 0))
+            n_sig, pos, neg = int(m["significant_voxels"]), m.get("positive"), m.get("negative")
+            sig_rows.append([label, st.file_name(name), n_sig, pos, neg, self.group_word(method), n_cl,
+                             float(np.max(np.abs(lp)))])
+            self.fwe_counts.append((label, n_sig, n_cl))
+            self.fwe_signs[label] = (int(pos or 0), int(neg or 0))
         in_brain = int(np.count_nonzero(t))
         parts.append(_cards([
             (f"max {stat_name}", float(t.max())), (f"min {stat_name}", float(t.min())),
             ("voxels with a statistic", in_brain),
             *[(f"FWE p≤{ALPHA} voxels, {r[0]}", r[2]) for r in sig_rows],
         ]))
-        parts.append(f"<p>Map: <code>{esc(t_path.name if t_path else '')}</code>. Slices are shown on the "
+        conn = (rec or {}).get("connectivity")
+        parts.append(f"<p>Map: <code>{esc(st.file_name(shown))}</code>. Slices are shown on the "
                      f"{esc(bg_desc)}. FWE-significant: p<sub>FWE</sub> &le; {ALPHA} "
                      f"(|-log10 p| &ge; {LOGP_ALPHA:.3f}; two-sided maps are signed by the sign of t).</p>")
+        if fwe and rec is None:
+            parts.append(note(not_recorded(f"Significance counts ({dv.STATS_SETTINGS} key {dec.DECISIONS_KEY!r})",
+                                           f"{RERUN_RUN} or voxelkit stats"), "warn"))
         if sig_rows:
             parts.append(table(["method", "file", "significant voxels", "positive (t > 0)", "negative (t < 0)",
                                 "counted as", "count", "max -log10 p"], sig_rows,
-                               highlight=[r[2] > 0 for r in sig_rows]))
+                               highlight=[isinstance(r[2], int) and r[2] > 0 for r in sig_rows]))
+            conn_text = f" ({conn}-connectivity, as in the test)" if conn else ""
             parts.append(note("Cluster extent and cluster mass: clusters of the cluster table that reach FWE "
                               f"p ≤ {ALPHA} by that inference (a cluster significant only by mass is not counted "
-                              "under extent). TFCE and voxel max-T: connected sets of significant voxels."))
+                              f"under extent). TFCE and voxel max-T: connected sets of significant voxels"
+                              f"{conn_text}. Counts are the statistics' decisions ({dv.STATS_SETTINGS}), made on "
+                              "the p-values before the maps were written."))
         else:
             parts.append(note(f"FWE-corrected maps (logp_fwe_*): {NOT_COMPUTED}."))
 
         subs.append(("maps-t", f"{stat_name} map"))
         parts.append(f'<h3 id="maps-t">The {esc(stat_name)} map</h3>')
-        thr = self.cluster_threshold() if t_path is not None else None
+        thr = self.cluster_threshold() if has_t else None
         if thr is not None:
-            cp = find_key(self.study, "cluster_p")
+            cp = st.settings.get("cluster_p")
             why = f"the cluster-forming threshold (p < {fmt_value(cp)} uncorrected)" if cp is not None else \
                 "the cluster-forming threshold"
             parts.append(figure(figures.glass_brain(disp, f"|{stat_name}| > {thr:.3g}", thr, vmax, stat_name),
@@ -523,43 +675,51 @@ class _Report:
         return Section("maps", "Statistical maps", "\n".join(parts), subs)
 
     def cluster_threshold(self) -> float | None:
-        """The cluster-forming |t| threshold (null file or stats.json), None when clusters were not formed."""
-        for p in sorted(self.stats.glob("*.npz")):
-            try:
-                with np.load(p, allow_pickle=False) as z:
-                    if "cluster_threshold_t" in z.files and z["cluster_threshold_t"].size == 1:
-                        v = float(z["cluster_threshold_t"].ravel()[0])
-                        return v if math.isfinite(v) else None
-            except Exception:  # noqa: BLE001
-                continue
-        v = find_key(self.stats_settings, "cluster_threshold_t")
+        """The cluster-forming |t| threshold the test used (stats.json ``cluster_threshold_t``), None when clusters
+        were not formed."""
+        v = self.stats.settings.get("cluster_threshold_t")
         return float(v) if is_number(v) and math.isfinite(v) else None
 
     # -- cluster tables
+    def significant_by(self, cluster_id: object) -> str:
+        """Which cluster inference makes a cluster FWE-significant ("extent + mass", "mass only", ...), from the
+        decisions record ('' when neither, or not recorded)."""
+        ids = self.significant_cluster_ids() or {}
+        hits = [m.removeprefix("cluster_") for m in CLUSTER_P_COLUMNS.values() if str(cluster_id) in ids.get(m, [])]
+        if not hits:
+            return ""
+        return " + ".join(hits) if len(hits) > 1 else f"{hits[0]} only"
+
     def clusters(self) -> Section:
-        paths = sorted(self.stats.glob("*cluster*.tsv")) if self.stats.is_dir() else []
-        if not paths:
-            return Section("clusters", "Clusters", note(f"Cluster table: {NOT_COMPUTED}."))
+        st = self.stats
+        if st.missing is not None or not st.has_clusters:
+            text = st.missing if st.missing not in (None, NOT_COMPUTED) else f"Cluster table: {NOT_COMPUTED}."
+            return Section("clusters", "Clusters", note(text))
         parts = []
-        for p in paths:
-            header, rows = read_tsv(p)
-            parts.append(f"<h3>{esc(p.name)}</h3>")
-            if not rows:
-                parts.append(note("No clusters (the table is empty)."))
-                continue
-            hl = [_significant_row(header, r) for r in rows]
-            self.sig_clusters.extend(dict(zip(header, r, strict=False)) for r, h in zip(rows, hl, strict=True) if h)
-            by = [_significant_by(header, r) for r in rows]
-            if any(CLUSTER_P_COLUMNS.keys() & set(header)):
-                header = [*header, f"FWE p ≤ {ALPHA} by"]
-                rows = [[*r, b] for r, b in zip(rows, by, strict=True)]
-            if len(rows) > MAX_TABLE_ROWS:
-                parts.append(note(f"Showing the first {MAX_TABLE_ROWS} of {len(rows)} rows."))
-                rows, hl = rows[:MAX_TABLE_ROWS], hl[:MAX_TABLE_ROWS]
-            parts.append(table([COLUMN_UNITS.get(h, h) for h in header], rows, highlight=hl))
+        header, rows = st.cluster_table()
+        parts.append(f"<h3>{esc(dv.STATS_CLUSTERS)}</h3>")
+        if not rows:
+            parts.append(note("No clusters (the table is empty)."))
+            return Section("clusters", "Clusters", "\n".join(parts))
+        ids = self.significant_cluster_ids()
+        if ids is None:
+            parts.append(note(not_recorded(f"Which clusters are FWE-significant ({dv.STATS_SETTINGS} key "
+                                           f"{dec.DECISIONS_KEY!r})", f"{RERUN_RUN} or voxelkit stats"), "warn"))
+        jid = header.index("cluster_id") if "cluster_id" in header else None
+        by = [self.significant_by(r[jid]) if jid is not None else "" for r in rows]
+        hl = [bool(b) for b in by]
+        self.sig_clusters.extend(dict(zip(header, r, strict=False)) for r, h in zip(rows, hl, strict=True) if h)
+        if ids is not None:
+            header = [*header, f"FWE p ≤ {ALPHA} by"]
+            rows = [[*r, b] for r, b in zip(rows, by, strict=True)]
+        if len(rows) > MAX_TABLE_ROWS:
+            parts.append(note(f"Showing the first {MAX_TABLE_ROWS} of {len(rows)} rows."))
+            rows, hl = rows[:MAX_TABLE_ROWS], hl[:MAX_TABLE_ROWS]
+        parts.append(table([COLUMN_UNITS.get(h, h) for h in header], rows, highlight=hl))
         parts.append(note(f"Highlighted rows: FWE p ≤ {ALPHA} by cluster extent or cluster mass (the last column "
-                          "says which). Rows without a size are further local maxima of the cluster above them. "
-                          "Peak coordinates are world coordinates of the maps in mm; t is the paired t statistic."))
+                          "says which; the statistics' decisions). Rows without a size are further local maxima of "
+                          "the cluster above them. Peak coordinates are world coordinates of the maps in mm; t is "
+                          "the paired t statistic."))
         return Section("clusters", "Clusters", "\n".join(parts))
 
     # -- ROIs
@@ -599,7 +759,7 @@ class _Report:
                 else:
                     parts.append(note(f"{vpath.name} has no rows."))
         else:
-            parts.append(note(f"Regional values (roi/roi_values.tsv): {NOT_COMPUTED}."))
+            parts.append(note(f"Regional values ({dv.ROI_DIR}/{dv.ROI_VALUES}): {NOT_COMPUTED}."))
         tpath = self.roi / dv.ROI_TESTS
         subs.append(("roi-tests", "ROI tests"))
         parts.append('<h3 id="roi-tests">Paired tests per region</h3>')
@@ -619,14 +779,14 @@ class _Report:
                                   f"below {PCT_MIN_BASELINE:g} in magnitude (about the reference level), so a "
                                   "percentage change is meaningless; see mean_diff."))
         else:
-            parts.append(note(f"ROI tests (roi/roi_tests.tsv): {NOT_COMPUTED}."))
+            parts.append(note(f"ROI tests ({dv.ROI_DIR}/{dv.ROI_TESTS}): {NOT_COMPUTED}."))
         return Section("roi", "Regions of interest", "\n".join(parts), subs)
 
     # -- release (contrast "release": lp-ntPET on every whole scan)
     def scan_maps_by_condition(self, param: str) -> dict[str, list[tuple[str, Path]]]:
         """Per condition (session label), the (subject, path) of every scan's map of ``param``."""
         out: dict[str, list[tuple[str, Path]]] = {}
-        for path in find_scan_maps(self.out, param):
+        for path in self.scan_maps(param):
             ent = dict(entity_labels(path.name))
             if "sub" in ent and "ses" in ent and "desc" not in ent:
                 out.setdefault(ent["ses"], []).append((ent["sub"], path))
@@ -635,7 +795,7 @@ class _Report:
     def planted_regions(self, available: list[str]) -> tuple[list[str], str]:
         """Regions for the BP(t) figure: the atlas look-up's ``effect`` = 1 rows (a simulated study's planted
         regions), else the regions significant in the ROI tests, else the 5 of largest mean release."""
-        lut = find_key(self.study, "atlas_labels")
+        lut = self.study.get("atlas_labels")
         if isinstance(lut, str) and Path(lut).is_file():
             header, rows = read_tsv(Path(lut))
             if "effect" in header and "name" in header:
@@ -655,7 +815,7 @@ class _Report:
         parts: list[str] = []
         subs: list[tuple[str, str]] = []
         pair = self.condition_pair()
-        window = find_key(self.study.get("model_options") or {}, "challenge_window")
+        window = (self.study.get("model_options") or {}).get("challenge_window")
         window = window if isinstance(window, list) and len(window) == 2 else None
         parts.append("<p>lp-ntPET (Normandin et al. 2012) fitted to every whole scan: binding falls while the "
                      "released neurotransmitter occupies receptors, <i>BP(t) = k2 / (k2a + γ h(t)) − 1</i>, with "
@@ -724,10 +884,9 @@ class _Report:
         curves: dict[str, dict[str, list[list[float]]]] = {}
         t_min: list[float] | None = None
         examples: dict[str, dict[str, Any]] = {}
-        for qpath in sorted(self.out.glob(dv.QC_GLOB)):
-            try:
-                qc = read_json(qpath) or {}
-            except Exception:  # noqa: BLE001
+        for qpath in self.qc_records():
+            qc = self.read_qc(qpath)[0]
+            if qc is None:
                 continue
             rc = qc.get("release_curves")
             if not isinstance(rc, dict):
@@ -776,17 +935,16 @@ class _Report:
 
     # -- per-scan QC
     def qc(self) -> Section:
-        paths = sorted(self.out.glob(dv.QC_GLOB))
+        paths = self.qc_records()
         if not paths:
-            return Section("qc", "Per-scan QC", note(f"Per-scan QC (*_qc.json): {NOT_COMPUTED}."))
+            return Section("qc", "Per-scan QC", self.unlisted(f"Per-scan QC (*{dv.QC_SUFFIX})"))
         records: list[tuple[str, dict[str, Any] | None, str]] = []
         for p in paths:
             name = p.name[: -len(dv.QC_SUFFIX)]
-            try:
-                records.append((name, read_json(p), ""))
-            except Exception as exc:  # noqa: BLE001
-                records.append((name, None, f"{type(exc).__name__}: {exc}"))
-                self.problems.append(f"{p.name}: {exc}")
+            qc, err = self.read_qc(p)
+            records.append((name, qc, err))
+            if qc is None:
+                self.problems.append(f"{p.name}: {err}")
         statuses: list[str] = []
         for _, qc, _ in records:
             for k in (qc or {}).get("status_counts") or {}:
@@ -867,7 +1025,7 @@ class _Report:
                     "p_fwe_extent", "p_fwe_mass", "region"]
             first = self.sig_clusters[0]
             cols = [k for k in keys if k in first] or list(first)
-            by_rows = [_significant_by(cols, [c.get(k) for k in cols]) for c in self.sig_clusters]
+            by_rows = [self.significant_by(c.get("cluster_id")) for c in self.sig_clusters]
             n_ext = sum("extent" in b for b in by_rows)
             n_mass = sum("mass" in b for b in by_rows)
             split = f": {n_ext} by cluster extent, {n_mass} by cluster mass" \
@@ -906,7 +1064,7 @@ class _Report:
         if pair is None:
             return []
         a, b = pair
-        quantity = find_key(self.study, "contrast")
+        quantity = self.study.get("contrast")
         what = "BPND" if quantity in (None, "bp_nd") else (
             "the peak release (lp-ntPET: fractional receptor occupancy by the released neurotransmitter)"
             if quantity == "release" else "the challenge-induced BPND change (baseline − challenge)")
@@ -942,59 +1100,44 @@ class _Report:
         return out
 
     # -- null distributions
-    def observed(self, tokens: frozenset[str], two_sided: bool | None) -> float | None:
-        """The observed maximum statistic matching a null's name tokens, from the maps and the cluster table
-        (voxelkit.stats stores only the nulls): t and TFCE from ``t``/``tfce`` maps (|.| when two-sided),
-        cluster extent and mass from the largest value in the cluster table (0 when it has no cluster)."""
-        import nibabel as nib  # noqa: PLC0415
-
-        if tokens in (frozenset({"t"}), frozenset({"tfce"})):
-            name = "t" if "t" in tokens else "tfce"
-            p = next((self.stats / f"{name}{suf}" for suf in NIFTI_SUFFIXES
-                      if (self.stats / f"{name}{suf}").is_file()), None)
-            if p is None:
-                return None
-            d = np.nan_to_num(np.asarray(nib.load(p).dataobj, dtype=np.float64))
-            return float(np.abs(d).max() if two_sided is not False else d.max())
-        if "cluster" in tokens and tokens & {"extent", "size", "mass"}:
-            cols = ("mass",) if "mass" in tokens else ("size_voxels", "size_vox", "extent", "size", "n_voxels")
-            for p in sorted(self.stats.glob("*cluster*.tsv")):
-                header, rows = read_tsv(p)
-                col = next((header.index(c) for c in cols if c in header), None)
-                if col is None:
-                    continue
-                vals = [float(r[col]) for r in rows if is_number(r[col]) and math.isfinite(r[col])]
-                return max(vals) if vals else 0.0
-        return None
-
     def nulls(self) -> Section:
-        paths = sorted(self.stats.glob("*.npz")) if self.stats.is_dir() else []
-        if not paths:
-            return Section("nulls", "Null distributions", note(f"Null distributions (.npz): {NOT_COMPUTED}."))
+        st = self.stats
+        if st.missing is not None or not st.has_null:
+            text = st.missing if st.missing not in (None, NOT_COMPUTED) else \
+                f"Null distributions ({dv.STATS_NULL}): {NOT_COMPUTED}."
+            return Section("nulls", "Null distributions", note(text))
+        arrays = st.null
+        two_sided = st.settings.get("two_sided")
+        rec = st.decisions
+        nrec = (rec or {}).get("nulls") or {}
         parts = [f"<p>Each permutation contributes the maximum of the statistic over the brain; the FWE critical "
                  f"value at {ALPHA} is the 95th percentile of these maxima, and an observed statistic above it is "
                  f"significant. p<sub>FWE</sub> counts the permutations (the identity included) whose maximum "
-                 f"reaches the observed value.</p>"]
-        for p in paths:
-            with np.load(p, allow_pickle=False) as z:
-                arrays = {k: np.asarray(z[k]) for k in z.files}
-            two_sided = None
-            if "two_sided" in arrays and arrays["two_sided"].size == 1:
-                two_sided = bool(arrays["two_sided"].ravel()[0])
-            elif isinstance(find_key(self.stats_settings, "two_sided"), bool):
-                two_sided = find_key(self.stats_settings, "two_sided")
-            items, rows = _null_items(arrays, lambda tok, ts=two_sided: self.observed(tok, ts))
-            parts.append(f"<h3>{esc(p.name)}</h3>")
-            if not items:
-                parts.append(note(f"No null distribution found in {p.name} (arrays: {', '.join(arrays) or 'none'})."))
-                continue
-            parts.append(figure(figures.null_histograms(items),
-                                "Permutation null distributions of the maximum statistics (grey), the FWE 0.05 "
-                                "critical value (dashed) and the observed maximum (red)."
-                                + (" Two-sided: maxima of |statistic|." if two_sided else "")))
-            parts.append(table(["null", "permutations", f"critical value (FWE {ALPHA})", "observed maximum",
-                                "p (FWE)"], rows, highlight=[isinstance(r[4], float) and r[4] <= ALPHA
-                                                             for r in rows]))
+                 f"reaches the observed value (the identity's, the first permutation). Values from the "
+                 f"statistics' decisions ({dv.STATS_SETTINGS}).</p>", f"<h3>{esc(dv.STATS_NULL)}</h3>"]
+        keys = [k for k in dec.NULLS if k in arrays and np.asarray(arrays[k]).size > 1]
+        if not keys:
+            parts.append(note(f"No null distribution found in {dv.STATS_NULL} (arrays: "
+                              f"{', '.join(arrays) or 'none'})."))
+            return Section("nulls", "Null distributions", "\n".join(parts))
+        if rec is None:
+            parts.append(note(not_recorded(f"Critical values and observed maxima ({dv.STATS_SETTINGS} key "
+                                           f"{dec.DECISIONS_KEY!r})", f"{RERUN_RUN} or voxelkit stats"), "warn"))
+        items = []
+        rows: list[list[object]] = []
+        for k in keys:
+            r = nrec.get(k) if isinstance(nrec.get(k), dict) else {}
+            null = np.asarray(arrays[k], np.float64).ravel()
+            crit, obs, p = r.get("fwe_critical_value"), r.get("observed_max"), r.get("p_fwe_observed_max")
+            items.append((k, null, obs, crit))
+            rows.append([k, int(np.isfinite(null).sum()), crit if crit is not None else "not recorded",
+                         obs if obs is not None else "not recorded", p if p is not None else "not recorded"])
+        parts.append(figure(figures.null_histograms(items, ALPHA),
+                            "Permutation null distributions of the maximum statistics (grey), the FWE 0.05 "
+                            "critical value (dashed) and the observed maximum (red)."
+                            + (" Two-sided: maxima of |statistic|." if two_sided else "")))
+        parts.append(table(["null", "permutations", f"critical value (FWE {ALPHA})", "observed maximum",
+                            "p (FWE)"], rows, highlight=[isinstance(r[4], float) and r[4] <= ALPHA for r in rows]))
         return Section("nulls", "Null distributions", "\n".join(parts))
 
 
@@ -1007,105 +1150,43 @@ def _range(vals: list[float], digits: int = 0) -> str:
     return a if a == b else f"{a}-{b}"
 
 
-def _significant_by(header: list[str], row: list[object]) -> str:
-    """Which cluster inference makes a cluster-table row FWE-significant: "extent + mass", "mass only", ..."""
-    hits = [m.removeprefix("cluster_") for c, m in CLUSTER_P_COLUMNS.items() if c in header
-            and is_number(row[header.index(c)]) and not math.isnan(row[header.index(c)])
-            and row[header.index(c)] <= ALPHA]
-    if not hits:
-        return ""
-    return " + ".join(hits) if len(hits) > 1 else f"{hits[0]} only"
-
-
-def _significant_row(header: list[str], row: list[object]) -> bool:
-    """Whether a cluster-table row is FWE-significant (a p column < ALPHA, or a -log10 p column > its cut)."""
-    for h, v in zip(header, row, strict=False):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
-            continue
-        low = h.lower()
-        if "logp" in low or "log10" in low:
-            if abs(v) >= LOGP_ALPHA - LOGP_TOL:
-                return True
-        elif low.startswith("p") and ("fwe" in low or low in ("p", "pval", "p_value")):
-            if v <= ALPHA:
-                return True
-    return False
-
-
-_NAME_NOISE = {"null", "nulls", "h0", "max", "maxima", "obs", "observed", "dist", "distribution", "stat", "value",
-               ""}
-
-
-def _tokens(key: str) -> frozenset[str]:
-    return frozenset(t for t in re.split(r"[^a-z0-9]+", key.lower()) if t not in _NAME_NOISE)
-
-
-def critical_value(null: np.ndarray, alpha: float = ALPHA) -> float:
-    """The (floor(alpha N) + 1)-th largest null maximum: a statistic must exceed it for FWE p <= alpha."""
-    srt = np.sort(null)[::-1]
-    k = int(np.floor(alpha * srt.size + 1e-9))
-    return float(srt[k]) if k < srt.size else float("nan")
-
-
-def _null_items(arrays: dict[str, np.ndarray], observed: Callable[[frozenset[str]], float | None]
-                ) -> tuple[list[tuple[str, np.ndarray, float | None]], list[list[object]]]:
-    """Null arrays (keys with "null", "h0" or "max", one non-singleton axis) with their observed maximum: a
-    scalar in the file whose name matches (e.g. ``observed_max_t`` for ``null_max_t``), else ``observed(tokens)``.
-    """
-    nulls = {k: a.astype(float).ravel() for k, a in arrays.items()
-             if any(w in k.lower() for w in ("null", "h0", "max")) and "obs" not in k.lower()
-             and a.size > 1 and np.issubdtype(a.dtype, np.number) and sum(s > 1 for s in a.shape) == 1}
-    scalars = {k: float(a.ravel()[0]) for k, a in arrays.items()
-               if a.size == 1 and np.issubdtype(a.dtype, np.number) and not np.issubdtype(a.dtype, np.bool_)}
-    items = []
-    rows: list[list[object]] = []
-    for k, null in nulls.items():
-        tok = _tokens(k)
-        obs = next((v for sk, v in scalars.items() if "obs" in sk.lower() and _tokens(sk) == tok), None)
-        if obs is None:
-            try:
-                obs = observed(tok)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("observed value for %s: %s", k, exc)
-        fin = null[np.isfinite(null)]
-        crit = critical_value(fin) if fin.size else float("nan")
-        p = max(int(np.count_nonzero(fin >= obs - 1e-9 * max(1.0, abs(obs)))), 1) / fin.size \
-            if obs is not None and fin.size else None
-        items.append((k, null, obs))
-        rows.append([k, int(fin.size), crit, obs if obs is not None else "not available", p])
-    return items, rows
-
-
-def write_report(out_dir: Path, path: Path | None = None) -> Path:
+def write_report(out_dir: Path, path: Path | None = None, *, study: Any = None,
+                 provenance: Mapping[str, Any] | None = None, stats: Any = None,
+                 written: Iterable[str | Path] | None = None, bp_nd: Iterable[np.ndarray] | None = None) -> Path:
     """Write the self-contained HTML report of the pipeline outputs in ``out_dir``.
 
     Parameters
     ----------
-    out_dir : a pipeline output directory (see :mod:`voxelkit.pipeline.layout`).
+    out_dir : a pipeline output directory (see :mod:`voxelkit.io.derivatives`).
     path : where to write (default ``<out_dir>/report.html``).
+    study, provenance, stats, written, bp_nd : what ``voxelkit run`` holds in memory (each optional; what is not
+        given is read from ``out_dir``): the :class:`~voxelkit.pipeline.config.StudyConfig` (or its ``to_dict()``),
+        the provenance record, the group :class:`~voxelkit.stats.PermutationResult`, the paths (relative to
+        ``out_dir``) the run wrote (its :class:`~voxelkit.io.derivatives.OutputFolder`'s ``written``; added to the
+        folder's manifest), and the per-scan BPND maps (3-D arrays on the statistics' grid) for the background.
 
     Returns
     -------
-    The path written.  Missing pieces are shown as "not computed"; nothing in ``out_dir`` is modified except the
-    report itself.
+    The path written.  Missing pieces are shown as "not computed", pieces an older voxelkit did not record as
+    "not recorded"; nothing in ``out_dir`` is modified except the report itself.
     """
     out = Path(out_dir)
     if not out.is_dir():
         raise InputError(f"{out}: no such output directory")
     dest = Path(path) if path is not None else dv.report_path(out)
-    rep = _Report(out)
+    rep = _Report(out, study=study, provenance=provenance, stats=stats, written=written, bp_nd=bp_nd)
     t0 = time.perf_counter()
     sections = [rep.guarded("Design and settings", rep.design)]
     sections += [rep.guarded(n, f) for n, f in (("Statistical maps", rep.maps), ("Clusters", rep.clusters),
                                                  ("Regions of interest", rep.rois), ("Per-scan QC", rep.qc),
                                                  ("Null distributions", rep.nulls))]
-    if find_key(rep.study, "contrast") == "release":
+    if rep.study.get("contrast") == "release":
         sections.insert(3, rep.guarded("Release (lp-ntPET)", rep.release))
     sections.insert(0, rep.guarded("Key results", rep.summary))
     if rep.problems:
         sections.append(Section("problems", "Problems", "<ul>" + "".join(f"<li>{esc(m)}</li>"
                                                                           for m in rep.problems) + "</ul>"))
-    name = find_key(rep.study, "name", "title") or _dataset_name(rep.study)
+    name = _dataset_name(rep.study)
     if not name and isinstance(rep.study.get("bids_dir"), str):
         name = Path(rep.study["bids_dir"]).name
     title = f"Study report: {name}" if isinstance(name, str) and name else "Study report"
@@ -1114,7 +1195,7 @@ def write_report(out_dir: Path, path: Path | None = None) -> Path:
     subtitle = f"{res.parent.parent.name}/derivatives/{res.name}" if res.parent.name == "derivatives" else res.name
     if contrast:
         subtitle += f" · contrast: {contrast}"
-    version = find_key(rep.prov, "voxelkit") or _voxelkit_version()
+    version = rep.prov.get("voxelkit") or _voxelkit_version()
     footer = (f"Generated by voxelkit {esc(version)} from <code>{esc(out.name)}</code>. Self-contained: images are "
               f"embedded, no network access is needed to view this file.")
     text = page(title, subtitle, sections, footer)
@@ -1131,7 +1212,7 @@ def _dataset_name(study: dict[str, Any]) -> str | None:
     if not isinstance(bids, str):
         return None
     try:
-        name = json.loads((Path(bids) / "dataset_description.json").read_text(encoding="utf-8")).get("Name")
+        name = json.loads((Path(bids) / dv.BIDS_DESCRIPTION).read_text(encoding="utf-8")).get("Name")
     except (OSError, ValueError, AttributeError):
         return None
     return name.strip() if isinstance(name, str) and name.strip() else None
