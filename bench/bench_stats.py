@@ -172,16 +172,41 @@ if pytest is not None:
         benchmark.pedantic(fn, args=(folder, a, b, setting), rounds=1, iterations=1, warmup_rounds=0)
 
 
-def cold_start(folder: Path, a: list[str], b: list[str], reps: int) -> None:
-    """First run after installation vs warm runs (whole process, the TFCE setting)."""
+# the TFCE setting through the Python API (voxelkit.stats.paired), as a user's script runs it
+API_SCRIPT = r'''
+import sys
+from voxelkit.stats import paired
+n = int(sys.argv[1])
+files = sys.argv[2:]
+paired(files[:n], files[n:], n_perm=200, two_sided=True, cluster_p=None, tfce=True, connectivity=26, device="cpu",
+       seed=0)
+'''
+
+
+def run_voxelkit_api(folder: Path, a: list[str], b: list[str], env: dict | None = None) -> float:
+    """Whole-process seconds of a Python script running the TFCE setting with ``voxelkit.stats.paired`` (26-conn.,
+    nothing written)."""
+    cmd = [sys.executable, "-c", API_SCRIPT, str(len(a)), *a, *b]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return time.perf_counter() - t0
+
+
+def cold_start(folder: Path, a: list[str], b: list[str], reps: int, api: bool = False) -> None:
+    """First run after installation vs warm runs (whole process, the TFCE setting; ``api``: through the Python
+    API instead of the CLI)."""
     import os  # noqa: PLC0415
 
     for r in range(reps):
-        env = {**os.environ, "NUMBA_CACHE_DIR": str(folder / f"numba-cache-{r}")}
-        cold = run_voxelkit(folder, a, b, "tfce", 26, env=env)
-        warm = [run_voxelkit(folder, a, b, "tfce", 26, env=env) for _ in range(2)]
-        print(f"fresh cache {cold:.2f} s, warm {warm[0]:.2f} s and {warm[1]:.2f} s: first run "
-              f"{100 * (cold / min(warm) - 1):+.0f} % vs warm", flush=True)
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(folder / f"numba-cache-{'api' if api else 'cli'}-{r}")}
+
+        def one(env=env) -> float:
+            return run_voxelkit_api(folder, a, b, env) if api else run_voxelkit(folder, a, b, "tfce", 26, env=env)
+
+        cold = one()
+        warm = [one() for _ in range(2)]
+        print(f"{'API' if api else 'CLI'}: fresh cache {cold:.2f} s, warm {warm[0]:.2f} s and {warm[1]:.2f} s: "
+              f"first run {100 * (cold / min(warm) - 1):+.0f} % vs warm", flush=True)
 
 
 def main() -> None:
@@ -194,12 +219,17 @@ def main() -> None:
     ap.add_argument("--cold-start", type=int, default=0, metavar="REPS",
                     help="instead: time the TFCE setting (26-connectivity) on a fresh numba cache (NUMBA_CACHE_DIR "
                          "set to an empty folder: a fresh install) and then twice warm, REPS times")
+    ap.add_argument("--cold-start-api", type=int, default=0, metavar="REPS",
+                    help="as --cold-start, through the Python API (voxelkit.stats.paired in a script)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         a, b = make_data(folder)
-        if args.cold_start:
-            cold_start(folder, a, b, args.cold_start)
+        if args.cold_start or args.cold_start_api:
+            if args.cold_start:
+                cold_start(folder, a, b, args.cold_start)
+            if args.cold_start_api:
+                cold_start(folder, a, b, args.cold_start_api, api=True)
             return
         run_voxelkit(folder, a, b, "tfce")  # warm-up (numba cache)
         print(f"{'setting':10s} {'nilearn s':>10s} {'MNE s':>8s} {'voxelkit(6) s':>14s} {'voxelkit(26) s':>15s} "

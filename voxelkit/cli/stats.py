@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 import time
+from importlib import import_module
 from pathlib import Path
 
 from . import CliError
@@ -78,39 +81,12 @@ def _common_stats_options(p: argparse.ArgumentParser) -> None:
     """The inference options; their defaults and help come from :data:`voxelkit.stats.settings.DEFAULTS` (the
     one set of defaults shared with the Python API and the study file's ``[inference]`` table)."""
     from ..stats.settings import DEFAULTS as D  # noqa: PLC0415  (light: no numba, no scipy)
+    from ..stats.settings import add_inference_arguments  # noqa: PLC0415
 
     g = p.add_argument_group("inference")
     g.add_argument("--mask", help="mask image (default: voxels finite in all maps and non-zero in one)")
-    g.add_argument("--n-perm", type=int, default=D.n_perm,
-                   help=f"permutations including the identity (all 2^n sign flips if 2^n <= N; default {D.n_perm})")
-    thr = g.add_mutually_exclusive_group()
-    thr.add_argument("--cluster-p", type=float, default=None,
-                     help="cluster-forming threshold as uncorrected p: cluster extent and mass FWE (default "
-                          f"{float(D.cluster_p) if D.cluster_p is not None else 'none'})")
-    thr.add_argument("--cluster-t", type=float, default=None, help="cluster-forming threshold in t units")
-    thr.add_argument("--no-clusters", action="store_true", help="form no clusters (max-T and TFCE only)")
-    g.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=D.connectivity,
-                   help=f"voxel connectivity for clusters and TFCE (default {D.connectivity}, as FSL; nilearn uses 6)")
-    tf = g.add_mutually_exclusive_group()
-    tf.add_argument("--tfce", dest="tfce", action="store_true", default=None,
-                    help="exact TFCE with FWE p from the max-TFCE null" + (" (the default)" if D.tfce else ""))
-    tf.add_argument("--no-tfce", dest="tfce", action="store_false", help="no TFCE")
-    g.add_argument("--tfce-h", type=float, default=D.tfce_H, help=f"TFCE height exponent H (default {D.tfce_H:g})")
-    g.add_argument("--tfce-e", type=float, default=D.tfce_E, help=f"TFCE extent exponent E (default {D.tfce_E:g})")
-    sides = g.add_mutually_exclusive_group()
-    sides.add_argument("--two-sided", dest="two_sided", action="store_true", default=None,
-                       help="two-sided test (maps signed by the sign of t)" + (" (the default)" if D.two_sided else ""))
-    sides.add_argument("--one-sided", dest="two_sided", action="store_false",
-                       help="one-sided test of t > 0 (A > B; swap A and B for the other tail)")
-    g.add_argument("--variance-smoothing", type=float, default=D.variance_smoothing, metavar="MM",
-                   help="smooth the variance image within the mask (Gaussian FWHM in mm) before forming t "
-                        "(pseudo-t, as randomise -v, which takes sigma); in every permutation alike")
-    g.add_argument("--accel", choices=("tail",), default=D.accel,
-                   help="'tail': FWE p from a generalized Pareto fit to the tail of each null of maxima (PALM's "
-                        "-accel tail): p below 1/n-perm from a few hundred permutations, with tens of percent error "
-                        "near p = 0.001 (README); the plain p is kept where the fit is poor")
-    g.add_argument("--seed", type=int, default=D.seed, help=f"random seed of the permutations (default {D.seed})")
-    g.add_argument("--batch-size", type=int, default=D.batch_size, help="permutations per batch (memory bound)")
+    # every Inference field, from its one definition (shared with voxelkit run and its study file)
+    add_inference_arguments(g, defaults=D)
     g.add_argument("--atlas", help="label atlas (same space) for the cluster table's region column")
     g.add_argument("--atlas-lookup", help="atlas look-up table: lines 'index<TAB>name'")
     g.add_argument("-o", "--output", required=True, help="output directory")
@@ -122,23 +98,12 @@ def _common_stats_options(p: argparse.ArgumentParser) -> None:
 def inference_from_args(args: argparse.Namespace, *, f_only: bool = False) -> object:
     """The :class:`voxelkit.stats.settings.Inference` of the parsed options (flags not given keep the defaults;
     ``--no-clusters`` turns clusters off; ``f_only``: only F contrasts, which are tested in the upper tail)."""
-    from ..stats.settings import DEFAULTS  # noqa: PLC0415
+    from ..stats.settings import DEFAULTS, inference_overrides  # noqa: PLC0415
 
-    kw = dict(n_perm=args.n_perm, tfce_H=args.tfce_h, tfce_E=args.tfce_e, connectivity=args.connectivity,
-              seed=args.seed, batch_size=args.batch_size, variance_smoothing=args.variance_smoothing,
-              accel=args.accel)
-    if args.tfce is not None:
-        kw["tfce"] = args.tfce
-    if args.two_sided is not None:
-        kw["two_sided"] = args.two_sided
-    elif f_only:
+    kw = {k: (None if v is False and k in ("cluster_p", "cluster_t") else v)
+          for k, v in inference_overrides(args).items()}
+    if "two_sided" not in kw and f_only:
         kw["two_sided"] = False
-    if args.no_clusters:
-        kw["cluster_p"] = None
-    elif args.cluster_p is not None:
-        kw["cluster_p"] = args.cluster_p
-    elif args.cluster_t is not None:
-        kw["cluster_t"] = args.cluster_t
     return DEFAULTS.replace(**kw)
 
 
@@ -211,7 +176,25 @@ def run_warmup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_engine_without_precompile() -> None:
+    """Import the stats engine with ``VOXELKIT_TFCE_PRECOMPILE=0`` for the import only (restored after), so that
+    a run without TFCE on a fresh install does not compile the TFCE kernels in the background."""
+    if "voxelkit.stats.engine" in sys.modules:
+        return
+    old = os.environ.get("VOXELKIT_TFCE_PRECOMPILE")
+    os.environ["VOXELKIT_TFCE_PRECOMPILE"] = "0"
+    try:
+        import_module("voxelkit.stats.engine")
+    finally:
+        if old is None:
+            os.environ.pop("VOXELKIT_TFCE_PRECOMPILE", None)
+        else:
+            os.environ["VOXELKIT_TFCE_PRECOMPILE"] = old
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "tfce", None) is False:  # --no-tfce: the engine's first import compiles no TFCE kernels
+        _import_engine_without_precompile()
     from ..stats import api  # noqa: PLC0415
 
     out = Path(args.output)
@@ -306,9 +289,9 @@ def _output_folder(args: argparse.Namespace, out: Path, glm_in: dict | None, inf
     """Check the cheap things (settings, pairing, smallest attainable p, outputs vs inputs), then open the output
     folder (refusing a non-empty one without --overwrite) -- all before any map is loaded or permuted.  ``inf``:
     the validated :class:`voxelkit.stats.settings.Inference`."""
+    from ..io.derivatives import stats_output_names  # noqa: PLC0415 - every output name lives there
     from ..outputs import OutputFolder, check_not_input  # noqa: PLC0415
     from ..stats.design import check_attainable  # noqa: PLC0415
-    from ..stats.result import output_names  # noqa: PLC0415
 
     groups = None
     kind = _kind(args)
@@ -328,7 +311,8 @@ def _output_folder(args: argparse.Namespace, out: Path, glm_in: dict | None, inf
     inputs += [p for p in (args.mask, args.atlas, args.atlas_lookup) if p]
     if n >= 1:
         check_attainable(n, method, inf.two_sided, inf.n_perm, groups)
-    for name in output_names():
+    n_t = len(glm_in["more_contrasts"]) + (glm_in["contrast"] is not None) if glm_in else 0
+    for name in stats_output_names(n_t, len(glm_in["f_contrasts"]) if glm_in else 0):
         check_not_input(out / name, inputs)
     return OutputFolder(out, f"stats {kind}", overwrite=args.overwrite, inputs=inputs)
 

@@ -127,10 +127,24 @@ class PermutationSet:
         a = self.signs if self.signs is not None else self.orders
         return int(a.shape[0])
 
+    @property
+    def mirrored(self) -> bool:
+        """True for an exact sign-flip enumeration whose rows come in antithetic pairs: row ``N - 1 - j`` is
+        ``-row j`` for every j (:func:`sign_flips` enumerates the codes 0 .. 2^n - 1, and the complement of code
+        j is ``2^n - 1 - j``; whole-block flips keep the property).  The statistic map of ``-s`` is then exactly
+        minus the map of ``s``, so the engine computes only rows ``0 .. N/2 - 1`` and ``N - 1``
+        (:mod:`voxelkit.stats.engine`).  Random flips are never mirrored: an antithetic pair is not two
+        independent draws."""
+        s = self.signs
+        if s is None or not self.exhaustive or s.shape[0] < 4 or s.shape[0] % 2:
+            return False
+        return bool(np.array_equal(s[::-1], -s))
+
 
 def sign_flips(n: int, n_perm: int, rng: np.random.Generator) -> PermutationSet:
     """All 2^n sign vectors if 2^n <= n_perm (exact test), else the identity plus n_perm - 1 distinct random
-    non-identity flips."""
+    non-identity flips.  The exact test's row k is the sign vector of code k (bit i set: map i flipped), so rows
+    k and 2^n - 1 - k are negations of each other (:attr:`PermutationSet.mirrored`)."""
     if n < 1:
         raise InputError("need at least one map")
     if n < 63 and 2 ** n <= n_perm:

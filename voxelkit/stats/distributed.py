@@ -15,6 +15,10 @@ workers run the same NumPy and BLAS with the same thread settings.
 
 Chunks are whole multiples of the engine's batch size; with ``n_chunks=None`` there are about two per worker
 thread.  On a GPU backend the engine runs in this process (one device; nothing to distribute).
+
+An exact sign-flip enumeration is split like any other set: a chunk is not mirrored (its rows are not the
+negations of its own rows in reverse order), so each task computes every map it holds, and the assembled result
+equals the single-process run (which computes half of the maps, :mod:`voxelkit.stats.engine`) bit for bit.
 """
 
 from __future__ import annotations
@@ -128,7 +132,8 @@ def run_distributed(prep: _engine.Prepared, perms: PermutationSet, mask_valid: n
         # row 0 from here; then every chunk's rows without its identity, in permutation order
         nulls[name] = None if head is None else np.concatenate([np.asarray(head)[:1], *(p[name] for p in parts)])
     return _engine.EngineResult(t=obs.t, count=count, tfce=obs.tfce, dtype=obs.dtype,
-                                extra={**obs.extra, "batch_size": batch, "distributed_tasks": len(ranges)}, **nulls)
+                                extra={**obs.extra, "batch_size": batch, "distributed_tasks": len(ranges),
+                                       "maps_computed": perms.n_perm, "sign_flip_symmetry": False}, **nulls)
 
 
 def batch_runner(scheduler: Any, n_chunks: int | None = None) -> Callable[..., _engine.EngineResult]:

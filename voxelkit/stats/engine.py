@@ -20,6 +20,17 @@ factor ``L`` of ``[C (M'M)^+ C']^-1`` and ``A = Q' pinv(M)' C'`` (:func:`f_from_
 batch are smoothed within the mask before t is formed (:func:`smoothed_t`); voxels are coupled, so the batch's
 pseudo-t is formed over all voxels at once and the voxel blocks read slices of it.
 
+**Exact sign-flip enumerations** (all 2^n flips, :attr:`.design.PermutationSet.mirrored`): the rows come in
+antithetic pairs ``s`` and ``-s`` (rows ``j`` and ``N - 1 - j``), and the statistic map of ``-s`` is exactly
+minus the map of ``s`` (``U`` changes sign; t, pseudo-t and the fast path's score are odd in ``U``, F is even).
+Only rows ``0 .. N/2 - 1`` and ``N - 1`` (the identity's partner; row 0 itself is replaced by the observed map)
+are computed.  Each computed map gives its partner's null entries: for a two-sided test (and F) the same values;
+for a one-sided test the other tail of the same map (max t of ``-s`` = -min t of ``s``, clusters of ``t < -thr``,
+TFCE of the negative part, the count of ``t <= -t_obs``).  The nulls (in permutation order) and the counts equal
+those of computing every map, bit for bit (the same floating-point operations on negated values; a product of
+one row, which BLAS rounds differently, is made only where the full computation makes one: :func:`_computed_rows`).
+About half the work for the same result.  Random flips and permutations compute every map.
+
 Memory is bounded by ``batch_size x n_voxels`` working values.  The same code runs on NumPy and CuPy
 (``be.xp``); on the CPU cluster labelling (cc3d) and exact TFCE (numba) run per batch on the host; on the GPU
 they run on the device (:mod:`.device_null`) and only the per-permutation maxima come back.
@@ -28,8 +39,10 @@ they run on the device (:mod:`.device_null`) and only the per-permutation maxima
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -153,8 +166,37 @@ class EngineResult:
     extra: dict = field(default_factory=dict)
 
 
-def _perm_rows(prep: Prepared, perms: PermutationSet, sl: slice) -> np.ndarray:
-    """(b*r, n) float64 rows G such that G @ E gives U = Q' P E for each permutation of the slice."""
+#: Use the exact sign-flip symmetry (module docstring).  A private switch: tests set it to False to compare with
+#: the computation of every map.
+_SYMMETRY = True
+
+
+def _computed_rows(perms: PermutationSet, B: int, symmetric: bool) -> tuple[np.ndarray, list[slice]]:
+    """The permutation rows whose maps are computed, and their batches (slices of those rows).
+
+    Without the symmetry: every row, in batches of ``B``.  With it: rows ``0 .. N/2 - 1`` and ``N - 1``, in
+    batches of ``B`` rows, except that a product of one row is made exactly where the full computation makes one:
+    BLAS rounds a one-row product (matrix-vector code) differently from a row of a larger one.  The full
+    computation has one-row batches when ``B == 1`` (all of them) and when ``N % B == 1`` (row ``N - 1`` alone);
+    so row ``N - 1`` is a batch of its own then, and any other batch of one row is joined to the one before."""
+    N = perms.n_perm
+    if not symmetric:
+        return np.arange(N), list(chunks(N, B))
+    H = N // 2
+    rows = np.r_[np.arange(H), N - 1]
+    if B == 1:
+        return rows, list(chunks(rows.size, 1))
+    alone = N % B == 1   # the full computation's last batch is row N - 1 alone
+    sl = list(chunks(H if alone else H + 1, B))
+    if len(sl) > 1 and sl[-1].stop - sl[-1].start == 1:
+        sl[-2:] = [slice(sl[-2].start, sl[-1].stop)]
+    if alone:
+        sl.append(slice(H, H + 1))
+    return rows, sl
+
+
+def _perm_rows(prep: Prepared, perms: PermutationSet, sl: slice | np.ndarray) -> np.ndarray:
+    """(b*r, n) float64 rows G such that G @ E gives U = Q' P E for each permutation of the slice (or rows)."""
     Q = prep.Q
     n, r = Q.shape
     if perms.signs is not None:
@@ -180,11 +222,12 @@ def run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backe
 _warmup: threading.Thread | None = None
 
 
-def start_tfce_warmup() -> None:
+def start_tfce_warmup(daemon: bool = False) -> None:
     """Import numba and load the TFCE kernels from its cache in a background thread (once per process), so
     that this ~0.5 s (mostly numba's target set-up, which also loads SciPy's BLAS) overlaps reading the maps
     instead of delaying the first batch.  The engine's own calls wait for it (numba's compile lock); a failure
-    here is only logged at debug level, the real call reports it."""
+    here is only logged at debug level, the real call reports it.  ``daemon``: the process may exit without
+    waiting for it (the compilation started on import, :func:`start_cold_compile`)."""
     global _warmup
     if _warmup is not None:
         return
@@ -199,8 +242,87 @@ def start_tfce_warmup() -> None:
         except Exception:  # pragma: no cover - reported by the engine's own call
             log.debug("voxelkit stats: TFCE warm-up failed", exc_info=True)
 
-    _warmup = threading.Thread(target=load, name="voxelkit-tfce-warmup")
+    _warmup = threading.Thread(target=load, name="voxelkit-tfce-warmup", daemon=daemon)
     _warmup.start()
+
+
+#: The TFCE kernels the engine calls (numba compiles the helpers into them); their cache index files tell whether
+#: numba's cache holds them for the present source of tfce.py.
+TFCE_ENTRY_KERNELS = ("_max_rows_f32", "_tfce_rows")
+
+
+def _numba_cache_dir(src: str) -> str:
+    """The folder numba's cache locators pick for functions defined in ``src`` (numba.core.caching, without
+    importing numba): ``$NUMBA_CACHE_DIR/<folder>_<sha1 of the folder path>`` when set, else ``__pycache__``
+    next to ``src`` when it is (or can be made) writable, else the per-user cache
+    (``$XDG_CACHE_HOME`` or ``~/.cache``, ``numba/<folder>_<sha1>``)."""
+    folder = os.path.dirname(os.path.abspath(src))
+    sub = f"{os.path.basename(folder)}_{hashlib.sha1(folder.encode()).hexdigest()}"
+    env = os.environ.get("NUMBA_CACHE_DIR")
+    if env:
+        return os.path.join(env, sub)
+    tree = os.path.join(folder, "__pycache__")
+    if os.access(tree if os.path.isdir(tree) else folder, os.W_OK):
+        return tree
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "numba", sub)
+
+
+def tfce_cache_cold() -> bool:
+    """True when numba's on-disk cache lacks a TFCE kernel compiled from the present ``tfce.py`` (a fresh install,
+    or a changed source): its index file (``tfce.<kernel>-<line>.py<version>.nbi``) is missing or does not hold
+    the source's SHA-256 stamp (numba's freshness check).  Costs a hash of one file and a few small reads; numba
+    is not imported.  (A cache from another numba version counts as warm: numba then compiles at first use.)"""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfce.py")
+    try:
+        with open(src, "rb") as f:
+            stamp = hashlib.sha256(f.read()).digest()
+    except OSError:  # no source file (frozen or zipped install): numba would not cache either
+        return False
+    folder = _numba_cache_dir(src)
+    try:
+        names = os.listdir(folder)
+    except OSError:  # no cache folder yet
+        return True
+    tail = f".py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}.nbi"
+    for kernel in TFCE_ENTRY_KERNELS:
+        fresh = False
+        for name in names:
+            if not (name.startswith(f"tfce.{kernel}-") and name.endswith(tail)):
+                continue
+            try:
+                with open(os.path.join(folder, name), "rb") as f:
+                    fresh = stamp in f.read()
+            except OSError:
+                continue
+            if fresh:
+                break
+        if not fresh:
+            return True
+    return False
+
+
+def _env_on(name: str) -> bool:
+    v = os.environ.get(name, "").strip().lower()
+    return v not in ("", "0", "false", "no", "off")
+
+
+def start_cold_compile() -> bool:
+    """On the engine's first import: when numba's cache lacks the TFCE kernels (:func:`tfce_cache_cold`), compile
+    them in a background daemon thread (:func:`start_tfce_warmup`), so that a fresh install's first TFCE run
+    (TFCE is on by default) finds them compiled, or partly so.  Never with ``NUMBA_DISABLE_JIT`` set, or with
+    ``VOXELKIT_TFCE_PRECOMPILE=0``.  No output and no effect on results; a failure surfaces only where the
+    kernels are used.  With a warm cache nothing starts (numba is not imported).  Returns whether it started."""
+    if _warmup is not None or _env_on("NUMBA_DISABLE_JIT") or os.environ.get("VOXELKIT_TFCE_PRECOMPILE") == "0":
+        return False
+    try:
+        if not tfce_cache_cold():
+            return False
+    except Exception:  # pragma: no cover - a check that cannot run: leave it to the first use
+        log.debug("voxelkit stats: TFCE cache check failed", exc_info=True)
+        return False
+    start_tfce_warmup(daemon=True)
+    return True
 
 
 def _n_cpus() -> int:
@@ -276,7 +398,7 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
     a_d = be.asarray(prep.a, dtype=dt)
     Fb_d = be.asarray(prep.Fb, dtype=dt) if prep.Fb is not None else None
     if cfg.tfce:  # numba is imported only when TFCE is asked for (import cost ~0.5 s)
-        from .tfce import make_grid, tfce_max, tfce_signed  # noqa: PLC0415
+        from .tfce import make_grid, tfce_max, tfce_max_tails, tfce_signed  # noqa: PLC0415
 
         nbr = make_grid(mask_valid, cfg.connectivity)
     if cfg.cluster_t is not None:
@@ -312,7 +434,10 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
             tls.ws = ws
         return tuple(x[:b * w].reshape(b, w) for x in ws)
 
-    def fast_block(vs: slice, Gs: np.ndarray, first: bool, tb: np.ndarray | None):
+    def fast_block(vs: slice, Gs: np.ndarray, first: bool, tb: np.ndarray | None, single: np.ndarray | None = None,
+                   negp: bool = False):
+        """``single``: rows without a partner (None: no symmetry); ``negp``: one-sided with the symmetry (the
+        partners' statistics from the other tail)."""
         w = vs.stop - vs.start
         b = Gs.shape[0]
         sc, over, neg = buffers(b, w)
@@ -327,9 +452,22 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
         if cfg.two_sided:
             np.abs(sc, out=sc)
         m = sc.max(axis=1)
+        mneg = -sc.min(axis=1) if negp else None
+        cdt = np.uint16 if b < 65536 else np.int64
         np.greater_equal(sc, thr_d[vs], out=over)
-        count_d[vs] += over.view(np.uint8).sum(axis=0, dtype=np.uint16 if b < 65536 else np.int64)
-        sup = None
+        c = over.view(np.uint8).sum(axis=0, dtype=cdt)
+        if single is None:
+            count_d[vs] += c
+        else:  # the partners' counts: |s| >= |s_obs| again (two-sided), or s <= -s_obs (one-sided)
+            if negp:
+                c = c.astype(np.int64)
+                np.less_equal(sc, nthr_d[vs], out=over)
+                c += over.view(np.uint8).sum(axis=0, dtype=cdt)
+            else:
+                c = 2 * c.astype(np.int64)
+            c -= over[single].view(np.uint8).sum(axis=0, dtype=np.int64)
+            count_d[vs] += c
+        sup = supn = None
         if cfg.cluster_t is not None:
             np.greater(sc, thr_score, out=over)
             idx = np.flatnonzero(over)
@@ -337,7 +475,12 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
             if signed:
                 tv = np.where(neg.reshape(-1)[idx], -tv, tv)
             sup = (idx // w, idx % w + vs.start, tv)
-        return m, sup
+            if negp:  # the partners' maps -sc: their voxels above the threshold
+                np.less(sc, -thr_score, out=over)
+                over[single] = False
+                idx = np.flatnonzero(over)
+                supn = (idx // w, idx % w + vs.start, to_t(-sc.reshape(-1)[idx]))
+        return m, sup, mneg, supn
 
     # GPU: TFCE and cluster maxima on the device, only the maxima come back (voxelkit/stats/device_null.py)
     dnull = None
@@ -349,11 +492,24 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
                            thr_score if cfg.cluster_t is not None else None, cfg.tfce, cfg.tfce_H, cfg.tfce_E,
                            cfg.two_sided)
     vblocks = chunks(V, vblock)
+    # exact enumeration: half of the maps, each giving its partner's nulls (module docstring); host only
+    sym = bool(_SYMMETRY and dnull is None and not be.is_gpu and perms.mirrored)
+    even = cfg.two_sided or prep.Fb is not None   # the partner's statistics are the same values
+    comp, batches = _computed_rows(perms, B, sym)
+    partner = N - 1 - comp
+    has_p = (comp != 0) & (comp != N - 1) if sym else np.zeros(comp.size, bool)
+    nthr_d = -thr_d
     # the batch's t maps for TFCE, allocated once (a fresh B x V array per batch costs page faults)
-    tb_all = np.empty((min(B, N), V), np.float32) if cfg.tfce and dnull is None else None
-    for sl in chunks(N, B):
-        b = sl.stop - sl.start
-        G = be.asarray(_perm_rows(prep, perms, sl), dtype=dt)
+    b_max = max((s.stop - s.start for s in batches), default=0)
+    tb_all = np.empty((b_max, V), np.float32) if cfg.tfce and dnull is None else None
+    for bsl in batches:
+        rows = comp[bsl]
+        b = rows.size
+        hp = has_p[bsl]
+        # rows of the batch without a partner (the identity, row N - 1): their counts and nulls are single
+        single = np.flatnonzero(~hp) if sym else None
+        neg = sym and not even   # one-sided: the partner's statistics come from the other tail
+        G = be.asarray(_perm_rows(prep, perms, rows), dtype=dt)
         tb = tb_all[:b] if tb_all is not None else None
         # variance smoothing couples the voxels: the batch's pseudo-t over all voxels at once
         t_vs = smoothed_t(xp, (G @ Ed).reshape(b, r, V), a_d, norm_d, prep.cvar, prep.df, vsm) \
@@ -361,10 +517,11 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
 
         Gs = (G if prep.sign_a > 0 else -G) if host_fast else None  # negation is exact: the sign folded into G
 
-        def block(vs: slice, G=G, first=sl.start == 0, tb=tb, t_vs=t_vs, Gs=Gs):
-            """One voxel block of one batch: row maxima, exceedance counts, supra-threshold voxels."""
+        def block(vs: slice, G=G, first=bool(rows[0] == 0), tb=tb, t_vs=t_vs, Gs=Gs, single=single, neg=neg):
+            """One voxel block of one batch: row maxima, exceedance counts, supra-threshold voxels (and, with
+            the symmetry, the partners' maxima and supra-threshold voxels for a one-sided test)."""
             if Gs is not None and t_vs is None:
-                return fast_block(vs, Gs, first, tb)
+                return fast_block(vs, Gs, first, tb, single, neg)
             sc = scores(G, vs) if t_vs is None else t_vs[:, vs]
             if first:
                 sc[0] = obs_score_d[vs]
@@ -377,10 +534,20 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
             else:
                 st = xp.abs(sc) if cfg.two_sided else sc
                 m = st.max(axis=1)
-                count_d[vs] += xp.sum(st >= thr_d[vs], axis=0)   # disjoint slices: safe across threads
+                over = st >= thr_d[vs]
+                c = xp.sum(over, axis=0)
+                if single is not None:  # the partners' counts: |t| >= |t_obs| again, or t <= -t_obs
+                    if neg:
+                        over = sc <= nthr_d[vs]
+                        c = c + xp.sum(over, axis=0)
+                    else:
+                        c = 2 * c
+                    c = c - xp.sum(over[single], axis=0)
+                count_d[vs] += c   # disjoint slices: safe across threads
             if dnull is not None:
-                return m, dnull.batch(sc, to_t)
-            sup = None
+                return m, dnull.batch(sc, to_t), None, None
+            mneg = -sc.min(axis=1) if neg else None
+            sup = supn = None
             if cfg.cluster_t is not None:
                 # supra-threshold voxels of this block (sparse), signed t values
                 w = vs.stop - vs.start
@@ -390,35 +557,60 @@ def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, 
                 tv = to_t(sc.reshape(-1)[idx])
                 idx_h = be.to_host(idx)
                 sup = (idx_h // w, idx_h % w + vs.start, be.to_host(tv))
+                if neg:  # the partners' maps -sc: their voxels above the threshold
+                    below = sc < -thr_score
+                    below[single] = False
+                    idx = xp.flatnonzero(below)
+                    idx_h = be.to_host(idx)
+                    supn = (idx_h // w, idx_h % w + vs.start, be.to_host(to_t(-sc.reshape(-1)[idx])))
             if tb is not None:
                 tb[:, vs] = be.to_host(to_t(sc))
-            return m, sup
+            return m, sup, mneg, supn
 
         parts = list(pool.map(block, vblocks)) if pool is not None else [block(vs) for vs in vblocks]
         bmax = parts[0][0]
-        for m, _ in parts[1:]:
-            bmax = xp.maximum(bmax, m)
+        for p in parts[1:]:
+            bmax = xp.maximum(bmax, p[0])
         sup = [p[1] for p in parts]
-        h0_max[sl] = be.to_host(bmax)
+        bmax = be.to_host(bmax)
+        h0_max[rows] = bmax
+        pr = partner[bsl][hp]   # the partners' rows (empty without the symmetry)
+        if neg:
+            bneg = parts[0][2]
+            for p in parts[1:]:
+                bneg = np.maximum(bneg, p[2])
+            h0_max[pr] = bneg[hp]
+        else:
+            h0_max[pr] = bmax[hp]
         if dnull is not None:
             if cfg.cluster_t is not None:
-                h0_ext[sl], h0_mass[sl] = sup[0]["extent"], sup[0]["mass"]
+                h0_ext[rows], h0_mass[rows] = sup[0]["extent"], sup[0]["mass"]
             if cfg.tfce:
-                h0_tfce[sl] = sup[0]["tfce"]
+                h0_tfce[rows] = sup[0]["tfce"]
         if cfg.cluster_t is not None and dnull is None:
-            rows = np.concatenate([x[0] for x in sup])
-            vox = np.concatenate([x[1] for x in sup])
-            tv = np.concatenate([x[2] for x in sup])
-            h0_ext[sl], h0_mass[sl] = batch_cluster_max(rows, vox, tv, cfg.cluster_t, b, mask_valid,
-                                                        cfg.connectivity)
+            parts_sup = [sup] + ([[p[3] for p in parts]] if neg else [])
+            found = []
+            for sp in parts_sup:
+                found.append(batch_cluster_max(np.concatenate([x[0] for x in sp]), np.concatenate([x[1] for x in sp]),
+                                               np.concatenate([x[2] for x in sp]), cfg.cluster_t, b, mask_valid,
+                                               cfg.connectivity))
+            h0_ext[rows], h0_mass[rows] = found[0]
+            h0_ext[pr], h0_mass[pr] = found[-1][0][hp], found[-1][1][hp]
         if cfg.tfce and dnull is None:
             # max-only exact TFCE (radix sort + union-find in numba, rows split over the threads)
-            h0_tfce[sl] = tfce_max(tb, nbr, cfg.tfce_H, cfg.tfce_E, cfg.two_sided, pool, n_threads)
+            if neg:  # one sort per map serves both: the positive part for s, the negative part for -s
+                tails = tfce_max_tails(tb, nbr, cfg.tfce_H, cfg.tfce_E, True, pool, n_threads)
+                h0_tfce[rows] = tails[:, 0]
+                h0_tfce[pr] = tails[hp, 1]
+            else:
+                tf = tfce_max(tb, nbr, cfg.tfce_H, cfg.tfce_E, cfg.two_sided, pool, n_threads)
+                h0_tfce[rows] = tf
+                h0_tfce[pr] = tf[hp]
         if progress is not None:
-            progress(b)
+            progress(b + pr.size)
 
     res = EngineResult(t=t_obs, count=be.to_host(count_d).astype(np.int64), h0_max_t=h0_max, dtype=dtname,
-                       extra={"batch_size": B})
+                       extra={"batch_size": B, "maps_computed": int(comp.size), "sign_flip_symmetry": sym})
     if vsm is not None:
         res.extra["variance_smoothing_sigma_vox"] = [float(x) for x in vsm.sigmas]
     # the identity's null entries are the observed values computed in float64 (guarantees p >= 1/N)
@@ -470,3 +662,6 @@ def f_from_U(xp: Any, U: Any, Fb: Any, s: int, df: int, eps: float) -> Any:
     num = xp.sum((Fb[None] @ U) ** 2, axis=1)
     rss = xp.maximum(1.0 - xp.sum(U * U, axis=1), max(eps, 1e-300))
     return num / s / (rss / df)
+
+
+start_cold_compile()  # a fresh install: the TFCE kernels compile in the background from the first import

@@ -191,6 +191,81 @@ class Inference:
             raise InputError(f"{source}: {exc}") from None
 
 
+def add_inference_arguments(g: Any, *, defaults: Inference | None = None) -> None:
+    """The inference flags, one per :class:`Inference` field (flag names and meanings: :data:`FLAGS`), added to
+    ``g`` (an argparse parser or group): ``--n-perm``, ``--cluster-p`` / ``--cluster-t`` / ``--no-clusters``,
+    ``--connectivity``, ``--tfce`` / ``--no-tfce``, ``--tfce-h``, ``--tfce-e``, ``--two-sided`` / ``--one-sided``,
+    ``--variance-smoothing``, ``--accel``, ``--seed``, ``--batch-size``, ``--dtype``.  ``defaults``: the values a
+    flag not given takes (e.g. :data:`DEFAULTS`; the help then shows them); None: every default is None, so that
+    :func:`inference_overrides` passes on only the flags given (``voxelkit run``: a study file's ``[inference]``
+    keeps its values)."""
+    D = defaults  # noqa: N806
+
+    def dflt(name: str) -> Any:
+        return getattr(D, name) if D is not None else None
+
+    def shown(name: str) -> str:
+        if D is None:
+            return f" (default {_shown(getattr(DEFAULTS, name))})"
+        return f" (default {_shown(getattr(D, name))})"
+
+    g.add_argument("--n-perm", type=int, default=dflt("n_perm"), metavar="N", help=FLAGS["n_perm"][1] + shown("n_perm"))
+    thr = g.add_mutually_exclusive_group()
+    thr.add_argument("--cluster-p", type=float, default=None, metavar="P",
+                     help=FLAGS["cluster_p"][1] + ": cluster extent and mass FWE" + shown("cluster_p"))
+    thr.add_argument("--cluster-t", type=float, default=None, metavar="T", help=FLAGS["cluster_t"][1])
+    thr.add_argument("--no-clusters", action="store_true", default=None, help="form no clusters (max-T and TFCE only)")
+    g.add_argument("--connectivity", type=int, choices=CONNECTIVITIES, default=dflt("connectivity"),
+                   help=FLAGS["connectivity"][1] + shown("connectivity") + ", as FSL; nilearn uses 6")
+    tf = g.add_mutually_exclusive_group()
+    tf.add_argument("--tfce", dest="tfce", action="store_true", default=None, help=FLAGS["tfce"][1] + shown("tfce"))
+    tf.add_argument("--no-tfce", dest="tfce", action="store_false", help="no TFCE")
+    g.add_argument("--tfce-h", dest="tfce_H", type=float, default=dflt("tfce_H"), metavar="H",
+                   help=FLAGS["tfce_H"][1] + shown("tfce_H"))
+    g.add_argument("--tfce-e", dest="tfce_E", type=float, default=dflt("tfce_E"), metavar="E",
+                   help=FLAGS["tfce_E"][1] + shown("tfce_E"))
+    sides = g.add_mutually_exclusive_group()
+    sides.add_argument("--two-sided", dest="two_sided", action="store_true", default=None,
+                       help=FLAGS["two_sided"][1] + shown("two_sided"))
+    sides.add_argument("--one-sided", dest="two_sided", action="store_false",
+                       help="one-sided test of t > 0 (A > B; swap A and B for the other tail)")
+    g.add_argument("--variance-smoothing", type=float, default=dflt("variance_smoothing"), metavar="MM",
+                   help=FLAGS["variance_smoothing"][1] + ": the variance image smoothed within the mask before "
+                        "forming t, in every permutation alike (randomise -v takes sigma, this FWHM)")
+    g.add_argument("--accel", choices=ACCEL, default=dflt("accel"), help=FLAGS["accel"][1] + " (PALM's -accel tail; "
+                   "the plain p is kept where the fit is poor)")
+    g.add_argument("--seed", type=int, default=dflt("seed"), help=FLAGS["seed"][1] + shown("seed"))
+    g.add_argument("--batch-size", type=int, default=dflt("batch_size"), metavar="N", help=FLAGS["batch_size"][1])
+    g.add_argument("--dtype", choices=DTYPES, default=dflt("dtype"), help=FLAGS["dtype"][1] + shown("dtype"))
+
+
+def _shown(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return f"{float(v):g}" if isinstance(v, float) else str(v)
+
+
+def inference_overrides(args: Any) -> dict[str, Any]:
+    """The :class:`Inference` fields given on the command line (flags of :func:`add_inference_arguments` with
+    ``defaults=None``), for a study's ``[inference]`` table: ``--no-clusters`` gives ``cluster_p = False`` (no
+    clusters); a cluster-forming threshold given one way turns the other off (the command line wins over a
+    study file's)."""
+    out: dict[str, Any] = {}
+    for f in fields(Inference):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            out[f.name] = v
+    if getattr(args, "no_clusters", None):
+        out["cluster_p"], out["cluster_t"] = False, False
+    elif "cluster_t" in out:
+        out["cluster_p"] = False
+    elif "cluster_p" in out:
+        out["cluster_t"] = False
+    return out
+
+
 def _is_int(v: Any) -> bool:
     try:
         return int(v) == v

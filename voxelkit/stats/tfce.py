@@ -300,7 +300,13 @@ def _radix_sort(vals: np.ndarray, lin: np.ndarray, kbuf: np.ndarray, pbuf: np.nd
                 sv: np.ndarray, sg: np.ndarray) -> None:
     """Stable LSD radix sort (3 digits of 11 bits) of float32 ``vals`` carrying the grid cells ``lin``: writes
     the sorted values ``sv`` and their cells ``sg``.  Floats are mapped to order-preserving unsigned keys
-    (flip all bits of negatives, the sign bit of the rest); a digit shared by all keys is skipped."""
+    (flip all bits of negatives, the sign bit of the rest); a digit shared by all keys is skipped.
+
+    Ties keep the order of the first pass's input, which holds the negative values (sign bit set) in increasing
+    voxel order and the others in decreasing voxel order.  Both passes of :func:`_max_pass` (the positive part
+    from the end, the negative part from the start) therefore visit tied voxels in increasing voxel order, and
+    the negative part of ``t`` is processed exactly as the positive part of ``-t``: the TFCE of ``-t`` equals
+    that of ``t`` with the tails swapped, bit for bit (the engine's exact sign-flip symmetry relies on it)."""
     V = vals.shape[0]
     bits = vals.view(np.uint32)
     sign = np.uint32(0x80000000)
@@ -309,11 +315,20 @@ def _radix_sort(vals: np.ndarray, lin: np.ndarray, kbuf: np.ndarray, pbuf: np.nd
     cnt[:] = 0
     k0 = kbuf[0]
     p0 = pbuf[0]
+    lo = 0
+    hi = V - 1
     for i in range(V):
         b = bits[i]
-        k = (b ^ ones) if b & sign else (b | sign)
-        k0[i] = k
-        p0[i] = lin[i]
+        if b & sign:
+            k = b ^ ones
+            pos = lo
+            lo += 1
+        else:
+            k = b | sign
+            pos = hi
+            hi -= 1
+        k0[pos] = k
+        p0[pos] = lin[i]
         cnt[0, k & mask] += 1
         cnt[1, (k >> np.uint32(11)) & mask] += 1
         cnt[2, k >> np.uint32(22)] += 1
@@ -354,32 +369,37 @@ def _max_rows_f32(maps: np.ndarray, lin: np.ndarray, offs: np.ndarray, H: float,
                   two_sided: bool, out: np.ndarray, r0: int, r1: int, kbuf: np.ndarray, pbuf: np.ndarray,
                   cnt: np.ndarray, sv: np.ndarray, sg: np.ndarray, parent: np.ndarray, best: np.ndarray,
                   nb: np.ndarray) -> None:
-    """Max |TFCE| of float32 rows ``r0:r1`` (radix-sorted here; one sort serves both signs).  The work arrays
-    come from :func:`_workspace` (``parent`` all zero on entry and on return)."""
+    """Max TFCE of the positive part (``out[r, 0]``) and, with ``two_sided``, of the negative part
+    (``out[r, 1]``; else 0) of float32 rows ``r0:r1`` (radix-sorted here; one sort serves both signs).  The work
+    arrays come from :func:`_workspace` (``parent`` all zero on entry and on return)."""
     V = maps.shape[1]
     for r in range(r0, r1):
         m = 0.0
+        mn = 0.0
         if V:
             _radix_sort(maps[r], lin, kbuf, pbuf, cnt, sv, sg)
             m = _max_pass(sv, sg, V - 1, DOWN, 1.0, offs, H, sizeE, parent, best, nb)
             if two_sided:
-                m = max(m, _max_pass(sv, sg, FIRST, UP, -1.0, offs, H, sizeE, parent, best, nb))
-        out[r] = m / (H + 1.0)
+                mn = _max_pass(sv, sg, FIRST, UP, -1.0, offs, H, sizeE, parent, best, nb)
+        out[r, 0] = m / (H + 1.0)
+        out[r, 1] = mn / (H + 1.0)
 
 
 @numba.njit(cache=True, nogil=True)
 def _max_rows_sorted(svals: np.ndarray, sgrid: np.ndarray, offs: np.ndarray, H: float, sizeE: np.ndarray,
                      two_sided: bool, out: np.ndarray, r0: int, r1: int, parent: np.ndarray, best: np.ndarray,
                      nb: np.ndarray) -> None:
-    """Max |TFCE| of rows ``r0:r1`` already sorted (any float dtype)."""
+    """As :func:`_max_rows_f32` for rows ``r0:r1`` already sorted (any float dtype)."""
     V = svals.shape[1]
     for r in range(r0, r1):
         m = 0.0
+        mn = 0.0
         if V:
             m = _max_pass(svals[r], sgrid[r], V - 1, DOWN, 1.0, offs, H, sizeE, parent, best, nb)
             if two_sided:
-                m = max(m, _max_pass(svals[r], sgrid[r], FIRST, UP, -1.0, offs, H, sizeE, parent, best, nb))
-        out[r] = m / (H + 1.0)
+                mn = _max_pass(svals[r], sgrid[r], FIRST, UP, -1.0, offs, H, sizeE, parent, best, nb)
+        out[r, 0] = m / (H + 1.0)
+        out[r, 1] = mn / (H + 1.0)
 
 
 _tls = threading.local()
@@ -411,21 +431,34 @@ def tfce_max(maps: np.ndarray, grid: Grid, H: float = 2.0, E: float = 0.5, two_s
     equally exact summation of the same integral; relative differences ~1e-14).
     """
     m = np.asarray(maps)
+    tails = tfce_max_tails(m, grid, H, E, two_sided, pool, n_threads)
+    return np.maximum(tails[..., 0], tails[..., 1]) if two_sided else tails[..., 0]
+
+
+def tfce_max_tails(maps: np.ndarray, grid: Grid, H: float = 2.0, E: float = 0.5, negative: bool = True,
+                   pool: Executor | None = None, n_threads: int = 1) -> np.ndarray:
+    """Max over voxels of the exact TFCE of the positive part (``[..., 0]``) and, with ``negative``, of the
+    negative part (``[..., 1]``, else 0) of each row of ``maps`` (B x V, or V): shape (B, 2), or (2,).
+
+    The negative part of ``t`` gives exactly (bit for bit, for float32 rows) the positive part of ``-t``: the
+    engine takes the null of a one-sided test at the sign-flipped map ``-s`` from it.  Float32 rows are sorted by
+    a radix sort inside numba (both signs from one sort); other dtypes by NumPy."""
+    m = np.asarray(maps)
     one = m.ndim == 1
     m2 = m[None, :] if one else m
     B, V = m2.shape
-    out = np.zeros(B, np.float64)
+    out = np.zeros((B, 2), np.float64)
     sizeE = _size_pow(V, float(E))
     if m2.dtype == np.float32:
         m2 = np.ascontiguousarray(m2)
-        _map_rows(lambda r0, r1: _max_rows_f32(m2, grid.lin, grid.offs, float(H), sizeE, bool(two_sided), out,
+        _map_rows(lambda r0, r1: _max_rows_f32(m2, grid.lin, grid.offs, float(H), sizeE, bool(negative), out,
                                                r0, r1, *_workspace(V, grid)), B, pool, n_threads)
     else:
         m2 = np.ascontiguousarray(m2, np.float64)
         orders = np.argsort(m2, axis=1)
         svals = np.take_along_axis(m2, orders, axis=1)
         sgrid = grid.lin[orders]
-        _map_rows(lambda r0, r1: _max_rows_sorted(svals, sgrid, grid.offs, float(H), sizeE, bool(two_sided),
+        _map_rows(lambda r0, r1: _max_rows_sorted(svals, sgrid, grid.offs, float(H), sizeE, bool(negative),
                                                   out, r0, r1, *_workspace(V, grid)[5:]), B, pool, n_threads)
     return out[0] if one else out
 
