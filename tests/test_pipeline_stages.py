@@ -126,3 +126,72 @@ def test_group_stats_without_mask_is_one_line(study: Path, tmp_path: Path):
         group_stats(cfg, [np.zeros((2, 2, 2))] * 6, [np.zeros((2, 2, 2))] * 6)
     assert "\n" not in str(exc.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_roi_tables_and_provenance_alone_equal_run_study(study: Path, whole, tmp_path: Path, monkeypatch):
+    """roi_tables and provenance called alone on the in-memory stage objects: the same tables and records as
+    run_study's, and no image read."""
+    from voxelkit.io import read_table
+    from voxelkit.pipeline import RoiTables, provenance, roi_tables
+
+    cfg = _cfg(study, tmp_path / "out")
+    fits = fit_scans(cfg)
+    a, b, mask, affine = contrast_maps(cfg, fits)
+    res = group_stats(cfg, a, b, mask, affine, fits=fits)
+
+    def no_read(*a, **k):
+        raise AssertionError(f"image read again: {a}")
+
+    monkeypatch.setattr(nib, "load", no_read)
+    roi = roi_tables(cfg, fits)
+    prov = provenance(cfg, fits, res)
+    monkeypatch.undo()
+    assert isinstance(roi, RoiTables) and roi.tests and roi.values
+    same = json.dumps  # NaN (pct_change near BPND 0) compares equal as text
+    assert same(roi.tests) == same(whole.roi_tests)  # the same paired tests per region as run_study
+    assert whole.roi is not None and same(roi.values) == same(whole.roi.values)
+    assert roi.paths["tests"] == layout.roi_tests_path(cfg.output_dir)
+    on_disk = read_table(layout.roi_values_path(cfg.output_dir), what="roi values")
+    assert len(on_disk.rows) == len(roi.values)
+    assert (layout.roi_tests_path(cfg.output_dir).read_text() == layout.roi_tests_path(whole.output_dir).read_text())
+    written = json.loads((cfg.output_dir / "provenance.json").read_text())
+    assert written["inputs"] == json.loads(json.dumps(prov["inputs"]))
+    assert written["subjects"] == whole.subjects and written["inference"]["n_perm"] == 64
+    assert json.loads((cfg.output_dir / "study.json").read_text()) == json.loads(json.dumps(cfg.to_dict()))
+    ref = json.loads((whole.output_dir / "provenance.json").read_text())
+    for key in ("inputs", "subjects", "dropped_subjects", "scans", "settings", "inference", "k2prime_per_scan"):
+        if key == "settings":
+            assert {k: v for k, v in written[key].items() if k != "output_dir"} == \
+                {k: v for k, v in ref[key].items() if k != "output_dir"}
+        else:
+            assert written[key] == ref[key], key
+    manifest = json.loads((cfg.output_dir / "voxelkit_manifest.json").read_text())
+    assert {"provenance.json", "study.json", "roi/roi_values.tsv", "roi/roi_tests.tsv"} <= set(manifest["written"])
+
+
+def test_each_image_read_at_most_once_per_run(study: Path, tmp_path: Path, monkeypatch):
+    """Counting nibabel.load (under every voxelkit loader): a fresh run opens each PET and each mask once and no
+    fitted map (they are kept from the fits); a run reusing the fits opens each map once."""
+    import collections
+
+    counts: collections.Counter = collections.Counter()
+    real = nib.load
+
+    def counting(path, *a, **k):
+        counts[Path(path).resolve()] += 1
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(nib, "load", counting)
+    out = tmp_path / "out"
+    for attempt in ("fresh", "reuse"):
+        counts.clear()
+        res = run_study(_cfg(study, out, tfce=False, cluster_p=0.01, n_perm=32), progress=False)
+        assert counts and max(counts.values()) == 1, (attempt, {str(k): v for k, v in counts.items() if v > 1})
+        maps = [p for p in counts if p.is_relative_to(out.resolve())]
+        pets = [p for p in counts if p.name.endswith("_pet.nii.gz")]
+        masks = [p for p in counts if "derivatives" in p.parts]
+        assert len(pets) == 2 * N_SUBJECTS and len(masks) == 3, sorted(map(str, counts))  # ref, brain, atlas
+        if attempt == "fresh":
+            assert res.fitted == 2 * N_SUBJECTS and maps == []
+        else:
+            assert res.reused == 2 * N_SUBJECTS and len(maps) == 2 * N_SUBJECTS

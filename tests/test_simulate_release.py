@@ -296,7 +296,7 @@ def test_demo_release_planted_vs_found(tmp_path, capsys, caplog):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert (cap.out + cap.err + caplog.text).count("wrote 12 PET scans") == 1  # the simulation summary once
-    assert "model mrtm2 (k2prime_mask=space-MNI152NLin2009cAsym_res-4_desc-highbinding_mask.nii.gz, " \
+    assert "model mrtm2 (k2prime=space-MNI152NLin2009cAsym_res-4_desc-highbinding_mask.nii.gz, " \
            "k2prime_window=[0.0, 45.0])" in cap.out
     assert "warning:" not in cap.out  # the default combination at Kbol 80: "ok" in the table
     lines = cap.out.splitlines()

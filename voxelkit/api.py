@@ -88,7 +88,8 @@ def region_mean_tac(pet: DynamicPET, data: np.ndarray, mask: Any, what: str, *,
     description.  Fractional masks: voxels ``>= mask_threshold`` (default 0.5; see
     :func:`voxelkit.io.mask_from_values`).  ``info`` (if given) receives the rule and voxel counts.
     Raises :class:`InputError` naming the mask file when nothing usable is inside."""
-    where = str(mask) if isinstance(mask, str | Path) else f"{what} image"
+    fname = mask.get_filename() if hasattr(mask, "get_filename") else None  # an image read once, named by its file
+    where = str(mask) if isinstance(mask, str | Path) else (fname or f"{what} image")
     desc: dict[str, Any] = {}
     m = load_mask(_mask_image(mask, pet.image), pet.image, pet.name, what=what, threshold=mask_threshold, info=desc)
     tac, desc["n_used"] = mean_of_finite_rows(data[m], where, what, pet.name)

@@ -11,9 +11,13 @@ log = logging.getLogger("voxelkit")
 def add_study_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``demo`` (they override the study file)."""
     g = p.add_argument_group("study")
-    g.add_argument("--conditions", nargs=2, metavar=("A", "B"), default=None,
-                   help="the two conditions: session labels, or values of --condition-column; the contrast is A - B "
-                        "(default anakinra placebo)")
+    g.add_argument("--conditions", nargs="+", metavar="COND", default=None,
+                   help="the conditions: session labels, or values of --condition-column; with two (A B) the "
+                        "contrast is A - B (default anakinra placebo); with more, name the contrasts (--contrasts)")
+    g.add_argument("--contrasts", nargs="+", metavar="A-B", default=None,
+                   help="named contrasts over --conditions, e.g. --conditions anakinra placebo baseline --contrasts "
+                        "anakinra-placebo anakinra-baseline: every scan of the conditions is fitted once, then each "
+                        "contrast gets its paired test in group/stats-LABEL/ and roi/desc-LABEL_roi_*.tsv")
     g.add_argument("--condition-column", default=None, metavar="COLUMN",
                    help="sub-XX_sessions.tsv column holding each session's condition (e.g. drug); found by itself "
                         "when the condition values occur in exactly one column")
@@ -54,26 +58,24 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-failed-scans", dest="keep_failed_scans", action="store_true", default=None,
                    help="keep scans whose fit failed in most voxels in the group test (default: report them and "
                         "leave their subjects out)")
-    i = p.add_argument_group("inference")
-    i.add_argument("--n-perm", type=int, default=None, help="permutations (default 5000)")
-    i.add_argument("--cluster-p", type=float, default=None, help="cluster-forming threshold p (default 0.001)")
-    i.add_argument("--tfce", dest="tfce", action="store_true", default=None, help="TFCE (default on)")
-    i.add_argument("--no-tfce", dest="tfce", action="store_false", help="no TFCE")
-    i.add_argument("--one-sided", dest="two_sided", action="store_false", default=None,
-                   help="one-sided test A > B (default two-sided)")
-    i.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    from ..stats.settings import add_inference_arguments  # noqa: PLC0415  (light: no numba, no scipy)
+
+    # every voxelkit.stats.settings.Inference field, from its one definition (also [inference] in the study file)
+    add_inference_arguments(p.add_argument_group("inference (also [inference] in the study file)"), defaults=None)
     p.add_argument("--no-report", dest="report", action="store_false", default=None, help="skip the HTML report")
 
 
 def study_overrides(args: argparse.Namespace) -> dict:
     opts = {}
-    for key in ("conditions", "ref_mask", "brain_mask", "atlas", "atlas_labels", "model", "contrast",
-                "smoothing_fwhm", "covariates", "on_missing", "jobs", "n_perm", "cluster_p", "tfce", "two_sided",
-                "seed", "report", "device", "keep_failed_scans", "condition_column", "input_derivatives", "space",
-                "scheduler", "workers"):
+    for key in ("conditions", "contrasts", "ref_mask", "brain_mask", "atlas", "atlas_labels", "model", "contrast",
+                "smoothing_fwhm", "covariates", "on_missing", "jobs", "report", "device", "keep_failed_scans",
+                "condition_column", "input_derivatives", "space", "scheduler", "workers"):
         val = getattr(args, key, None)
         if val is not None:
             opts[key] = val
+    from ..stats.settings import inference_overrides  # noqa: PLC0415
+
+    opts.update(inference_overrides(args))  # the inference flags given (voxelkit.stats.settings.Inference fields)
     from ..models.options import collect_model_options  # noqa: PLC0415
 
     model_options = collect_model_options(args, "run")  # the one option table (voxelkit.models.options)
@@ -146,6 +148,11 @@ def print_summary(result) -> None:
         vals = [v["value"] for v in k2.values()]
         print(f"k2' estimated once per scan: {min(vals):.4g}-{max(vals):.4g}/min over {len(vals)} scans "
               "(per scan in provenance.json)")
+    for label, c in getattr(result, "contrasts", {}).items():
+        tests = c["roi"].tests if c.get("roi") is not None else []
+        n_sig = sum(1 for r in tests if r.get("p_fdr", 1) < 0.05)
+        print(f"contrast {c['conditions'][0]} - {c['conditions'][1]} ({label}): statistics in {c['stats_dir']}"
+              + (f"; {n_sig} of {len(tests)} regions with FDR q < 0.05" if tests else ""))
     sig = [r for r in result.roi_tests if r.get("p_fdr", 1) < 0.05]
     if result.roi_tests:
         print(f"ROI paired tests ({cfg.contrast}, {cfg.conditions[0]} - {cfg.conditions[1]}): "

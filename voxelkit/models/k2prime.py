@@ -69,6 +69,30 @@ def is_median(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() in MEDIAN_WORDS
 
 
+#: File-name endings that make a ``k2prime`` text a mask image's path (see :func:`k2prime_kind`).
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".img", ".hdr", ".mgz", ".mgh", ".v")
+
+
+def k2prime_kind(value: Any) -> str:
+    """Which form of ``k2prime`` ``value`` is: ``"none"``, ``"number"`` (1/min), ``"median"``, ``"mask"`` (a mask
+    image: a path ending in :data:`IMAGE_SUFFIXES` or holding a folder, a nibabel image, a 3-D array), ``"tac"``
+    (a 1-D array) or ``"region"`` (any other text: a region name -- an atlas region for ``voxelkit run``, a TAC
+    column for :func:`voxelkit.fit_tacs`)."""
+    if value is None:
+        return "none"
+    if _number(value) is not None:
+        return "number"
+    if is_median(value):
+        return "median"
+    if isinstance(value, Path) or hasattr(value, "affine"):
+        return "mask"
+    if isinstance(value, str):
+        text = value.strip()
+        return "mask" if text.lower().endswith(IMAGE_SUFFIXES) or "/" in text or "\\" in text else "region"
+    arr = np.asarray(value)
+    return "tac" if arr.ndim == 1 and arr.dtype != bool else "mask"
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -219,5 +243,6 @@ def region_k2prime(first_pass: ReferenceModel, tac: np.ndarray, reference: np.nd
                  "k2prime_method": "region_tac"}
 
 
-__all__ = ["K2PRIME_ESTIMATING_MODELS", "MEDIAN_METHOD", "MIN_SELECTED", "estimate_k2prime", "is_median",
-           "mean_tac", "record_k2prime", "region_k2prime", "resolve_k2prime", "select_high_binding"]
+__all__ = ["IMAGE_SUFFIXES", "K2PRIME_ESTIMATING_MODELS", "MEDIAN_METHOD", "MIN_SELECTED", "estimate_k2prime",
+           "is_median", "k2prime_kind", "mean_tac", "record_k2prime", "region_k2prime", "resolve_k2prime",
+           "select_high_binding"]

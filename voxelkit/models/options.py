@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import DEFAULT_MASK_THRESHOLD, InputError
-from .k2prime import K2PRIME_ESTIMATING_MODELS, K2PRIME_NUMBER_MODELS
+from .k2prime import K2PRIME_ESTIMATING_MODELS, K2PRIME_NUMBER_MODELS, k2prime_kind
 
 #: The models this table knows.  ``OptionSpec.models == ALL_MODELS`` means "every model"; for a model not listed
 #: here (a newly registered one) applicability is left to its constructor.  To expose a new model's option on
@@ -206,8 +206,9 @@ MODEL_OPTION_SPECS: tuple[OptionSpec, ...] = (
                models=("logan",), metavar="MIN"),
     OptionSpec("k2prime", "--k2prime", _k2prime, "1/min",
                "reference-region efflux rate k2'; mrtm2/srtm2/lpntpet2 also 'median' (median MRTM/SRTM k2' over the "
-               "voxels/regions of highest tissue/reference ratio, from all frames or --k2prime-window) or (fit, "
-               "fit-tacs) a high-binding region: mask image / column name, k2' from a fit of its mean TAC",
+               "voxels/regions of highest tissue/reference ratio, from all frames or --k2prime-window) or a "
+               "high-binding region: mask image (fit, run), atlas region name (run), column name (fit-tacs); k2' from "
+               "a fit of its mean TAC",
                models=K2PRIME_NUMBER_MODELS, metavar="K"),
     OptionSpec("k2prime_window", "--k2prime-window", _pair(_nonneg), "min",
                "mrtm2/srtm2: frames whose mid-time lies in [START, END) estimate k2' (default: all frames, also "
@@ -239,7 +240,7 @@ MODEL_OPTION_SPECS: tuple[OptionSpec, ...] = (
                "integer/binary masks: every non-zero voxel", commands=("fit", "run"), metavar="T"),
     OptionSpec("k2prime_mask", "--k2prime-mask", _text, "",
                "mrtm2/srtm2: mask image of a high-binding region; k2' from a fit of its mean TAC (fit: the same as "
-               "--k2prime IMG)",
+               "--k2prime IMG; run: deprecated, use --k2prime IMG)",
                models=K2PRIME_ESTIMATING_MODELS, commands=("fit", "run"), metavar="IMG"),
     OptionSpec("k2prime_region", "--k2prime-region", _text, "",
                "mrtm2/srtm2: column of a high-binding region; k2' from its fit (the same as --k2prime COLUMN)",
@@ -312,9 +313,13 @@ def validate_model_options(options: dict[str, Any] | None, model: str | None, so
                              f"{', '.join(spec.models)}, not {model.lower()!r}")
         if value is None:
             continue
-        if spec.name == "k2prime" and command in ("fit", "fit-tacs") and isinstance(value, str) \
-                and not _is_rate_or_median(value):
-            out[spec.name] = value  # a high-binding region: mask image (fit) or column (fit-tacs), checked later
+        if spec.name == "k2prime" and command in ("fit", "fit-tacs", "run") and isinstance(value, str | Path) \
+                and not _is_rate_or_median(str(value)):
+            # a high-binding region: mask image (fit, run), atlas region name (run) or column (fit-tacs), checked
+            # later; a relative mask path is relative to base_dir (the study file's folder)
+            if base_dir is not None and k2prime_kind(str(value)) == "mask" and not Path(value).is_absolute():
+                value = Path(base_dir) / value
+            out[spec.name] = str(value)
             continue
         val = spec.check(value, source)
         if spec.name == "k2prime" and val == "median" and model is not None and model.lower() == "logan":

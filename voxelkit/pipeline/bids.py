@@ -12,6 +12,7 @@ import nibabel as nib
 
 from ..frames import FrameTiming
 from ..io import InputError, read_table, sidecar_path
+from ..io.derivatives import BIDS_PARTICIPANTS, BIDS_PET_GLOBS, JSON_EXT, PREPROC_PET_SUFFIX, bids_sessions_name
 
 log = logging.getLogger("voxelkit")
 
@@ -43,13 +44,13 @@ def _check_session_level(bids_dir: Path) -> None:
     for subdir in sorted(bids_dir.glob("sub-*")):
         if not subdir.is_dir():
             continue
-        pets = sorted(subdir.glob("pet/*_pet.nii*"))
+        pets = sorted(subdir.glob(BIDS_PET_GLOBS[0].removeprefix("ses-*/")))
         if pets:
             raise InputError(f"{subdir}: PET data without a ses- level ({pets[0].relative_to(bids_dir)}): voxelkit "
                              f"run compares two sessions per subject; put each scan in {subdir.name}/ses-<label>/pet/")
         if not any(d.is_dir() for d in subdir.glob("ses-*")):
             log.warning("WARNING: %s has no ses-* folder and no PET data: subject not used", subdir)
-        elif not any(subdir.glob("ses-*/pet/*_pet.nii*")):
+        elif not any(subdir.glob(BIDS_PET_GLOBS[0])):
             log.warning("WARNING: %s has no PET file under ses-*/pet/: subject not used", subdir)
 
 
@@ -60,7 +61,7 @@ def find_scans(bids_dir: Path) -> list[Scan]:
         raise InputError(f"{bids_dir}: not a directory (expected a BIDS-PET dataset)")
     _check_session_level(bids_dir)
     scans = []
-    for pet in sorted([*bids_dir.glob("sub-*/ses-*/pet/*_pet.nii*"), *bids_dir.glob("sub-*/ses-*/pet/*_pet.v")]):
+    for pet in sorted(p for g in BIDS_PET_GLOBS for p in bids_dir.glob(f"sub-*/{g}")):
         m = _PET_RE.match(pet.name)
         if not m:
             log.warning("skipping %s: not a BIDS PET file name", pet)
@@ -74,7 +75,7 @@ def find_scans(bids_dir: Path) -> list[Scan]:
             raise InputError(f"{pet}: BIDS sidecar {side.name} is missing (frame times are needed)")
         scans.append(Scan(m["sub"], m["ses"], pet, side, _entities(m["rest"] or "")))
     if not scans:
-        raise InputError(f"{bids_dir}: no PET scans found (expected sub-*/ses-*/pet/*_pet.nii.gz)")
+        raise InputError(f"{bids_dir}: no PET scans found (expected sub-*/{BIDS_PET_GLOBS[0]})")
     return scans
 
 
@@ -118,7 +119,7 @@ def pair_scans(scans: list[Scan], conditions: tuple[str, str], on_missing: str =
 
 def read_participants(bids_dir: Path) -> dict[str, dict[str, str]]:
     """``participants.tsv`` as {subject label: {column: value}} (empty when the file is absent)."""
-    path = Path(bids_dir) / "participants.tsv"
+    path = Path(bids_dir) / BIDS_PARTICIPANTS
     if not path.exists():
         return {}
     table = read_table(path, what="participants table", min_rows=0)  # the one TSV reader (voxelkit.io.tables)
@@ -170,7 +171,7 @@ def parse_filters(items: list[str] | dict[str, str] | None) -> dict[str, str]:
 def n_frames(scan: Scan) -> int:
     """Number of frames from the sidecar's ``FrameDuration`` or else the NIfTI header (no image data read); an
     ECAT7 file without sidecar: its frame subheaders."""
-    if scan.sidecar.suffix != ".json":
+    if scan.sidecar.suffix != JSON_EXT:
         return scan_frames(scan).n_frames
     try:
         meta = json.loads(scan.sidecar.read_text())
@@ -226,7 +227,7 @@ def select_scans(scans: list[Scan], filters: dict[str, str] | None = None) -> li
 
 def read_sessions_tsv(bids_dir: Path, subject: str) -> dict[str, dict[str, str]] | None:
     """``sub-XX/sub-XX_sessions.tsv`` as {session label: {column: value}}; None when the file is absent."""
-    path = Path(bids_dir) / f"sub-{subject}" / f"sub-{subject}_sessions.tsv"
+    path = Path(bids_dir) / f"sub-{subject}" / bids_sessions_name(subject)
     if not path.exists():
         return None
     table = read_table(path, what="sessions table", min_rows=0)  # the one TSV reader (voxelkit.io.tables)
@@ -310,7 +311,7 @@ def apply_condition_column(scans: list[Scan], bids_dir: Path, conditions: tuple[
     seen: dict[tuple[str, str], Scan] = {}
     for s in scans:
         table = tables.get(s.subject)
-        tsv = bids_dir / f"sub-{s.subject}" / f"sub-{s.subject}_sessions.tsv"
+        tsv = bids_dir / f"sub-{s.subject}" / bids_sessions_name(s.subject)
         if table is None:
             raise InputError(f"{tsv}: missing (--condition-column {column} reads the condition of each session there)")
         row = table.get(s.session)
@@ -341,11 +342,11 @@ def find_preproc_scans(deriv_dir: Path, space: str, bids_dir: Path | None = None
         raise InputError(f"{deriv_dir}: not a directory (expected a derivatives dataset such as PETPrep's)")
     _check_session_level(deriv_dir)
     pets = sorted(p for p in deriv_dir.glob(f"sub-*/ses-*/pet/*_space-{space}_*_pet.nii*")  # also _res-2_ etc.
-                  if re.search(r"_desc-preproc_pet\.nii(\.gz)?$", p.name))
+                  if p.name.endswith((PREPROC_PET_SUFFIX, PREPROC_PET_SUFFIX.removesuffix(".gz"))))
     if not pets:
         other = sorted({re.sub(r".*_space-([A-Za-z0-9]+)_.*", r"\1", p.name)
-                        for p in deriv_dir.glob("sub-*/ses-*/pet/*_space-*_desc-preproc_pet.nii*")})
-        raise InputError(f"{deriv_dir}: no *_space-{space}_desc-preproc_pet.nii.gz under sub-*/ses-*/pet/"
+                        for p in deriv_dir.glob(f"sub-*/ses-*/pet/*_space-*{PREPROC_PET_SUFFIX.removesuffix('.gz')}*")})
+        raise InputError(f"{deriv_dir}: no *_space-{space}{PREPROC_PET_SUFFIX} under sub-*/ses-*/pet/"
                          + (f"; spaces present: {', '.join(other)}" if other else ""))
     scans = []
     for pet in pets:
@@ -366,7 +367,7 @@ def find_preproc_scans(deriv_dir: Path, space: str, bids_dir: Path | None = None
             if bids_dir is not None:
                 rest = "".join(f"_{k}-{v}" for k, v in ents if k not in ("space", "desc", "res", "den"))
                 raw = Path(bids_dir) / f"sub-{m['sub']}" / f"ses-{m['ses']}" / "pet" / \
-                    f"sub-{m['sub']}_ses-{m['ses']}{rest}_pet.json"
+                    f"sub-{m['sub']}_ses-{m['ses']}{rest}_pet{JSON_EXT}"
             if raw is None or not raw.exists():
                 raise InputError(f"{pet}: no frame timing: {side.name} lacks FrameTimesStart/FrameDuration and the raw "
                                  f"sidecar {raw if raw is not None else '(no raw dataset given)'} is missing")
@@ -402,7 +403,7 @@ def scan_table(pairing: Pairing) -> list[dict[str, str]]:
 
 def scan_frames(scan: Scan) -> FrameTiming:
     """Frame timing (seconds) of a scan: its BIDS sidecar, or the subheaders of an ECAT7 file without one."""
-    if scan.sidecar.suffix == ".json":
+    if scan.sidecar.suffix == JSON_EXT:
         return FrameTiming.from_bids_json(scan.sidecar)
     from ..ecat import ecat_frames  # noqa: PLC0415
 

@@ -19,7 +19,8 @@ Example study file (all keys optional except where the data cannot tell)::
     keep_failed_scans = false              # true: keep scans whose fit failed in most voxels in the group test
 
     [model_options]
-    k2prime = 0.1                          # 1/min
+    k2prime = 0.1                          # 1/min; or "median", a mask image ("thal_mask.nii.gz", relative to
+                                           # this file) or an atlas region name ("thalamus"; needs an atlas)
 
     [windows]                              # minutes; needed for contrast = "activation"
     baseline = [0, 45]
@@ -31,10 +32,13 @@ Example study file (all keys optional except where the data cannot tell)::
     tfce = true
     two_sided = true
     seed = 0
+    # and every other field of voxelkit.stats.settings.Inference: cluster_t, tfce_H, tfce_E, connectivity,
+    # variance_smoothing (FWHM mm), accel ("tail"), batch_size, dtype
 """
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -42,12 +46,73 @@ from typing import Any
 
 from ..io import InputError
 from ..stats.settings import DEFAULTS as _INF
+from ..stats.settings import Inference
+
+#: The ``[inference]`` keys: every field of :class:`voxelkit.stats.settings.Inference` (the one definition).
+INFERENCE_KEYS = tuple(f.name for f in fields(Inference))
+
+log = logging.getLogger("voxelkit")
 
 CONTRASTS = ("bp_nd", "activation", "release")
 #: Models that estimate release over time (``contrast = "release"``): lp-ntPET (voxelkit.models.lpntpet).
 RELEASE_MODELS = ("lpntpet", "lpntpet2")
 #: Model used for ``contrast = "bp_nd"`` when none is given.
 DEFAULT_MODEL = "srtm"
+
+
+def normalise_k2prime(model_options: dict[str, Any], source: str) -> dict[str, Any]:
+    """``model_options`` with the deprecated ``k2prime_mask`` (``--k2prime-mask``) moved to ``k2prime`` (which
+    takes a mask path itself), with a ``DEPRECATED`` warning; both given is an :class:`InputError`."""
+    if model_options.get("k2prime_mask") is None:
+        model_options.pop("k2prime_mask", None)
+        return model_options
+    opts = dict(model_options)
+    mask = opts.pop("k2prime_mask")
+    if opts.get("k2prime") is not None:
+        raise InputError(f"{source}: give one source of k2' (k2prime), not both k2prime and k2prime_mask")
+    log.warning("DEPRECATED: %s: k2prime_mask (--k2prime-mask) is deprecated and will be removed in the next "
+                "release; use k2prime = \"<mask image>\" (--k2prime IMG)", source)
+    opts["k2prime"] = str(mask)
+    return opts
+
+
+def k2prime_source(model_options: dict[str, Any]) -> tuple[str, Any]:
+    """``(kind, value)`` of the study's ``k2prime`` (:func:`voxelkit.models.k2prime.k2prime_kind`: ``"none"``,
+    ``"number"``, ``"median"``, ``"mask"`` (an image path) or ``"region"`` (an atlas region name))."""
+    from ..models.k2prime import k2prime_kind  # noqa: PLC0415
+
+    value = model_options.get("k2prime")
+    return k2prime_kind(value), value
+
+
+def check_k2prime(model_options: dict[str, Any], model: str | None, source: str, *,
+                  atlas: Path | None = None, atlas_labels: Path | None = None) -> None:
+    """The study's ``k2prime`` checked when the settings are read (before any work): a mask file must exist, a
+    region name needs an atlas and (with a look-up table) must be one of its regions, and the model must take a
+    region (:func:`voxelkit.models.k2prime.resolve_k2prime`, the one resolver, with a placeholder region TAC).
+    Raises :class:`InputError` naming ``source`` and the key."""
+    kind, value = k2prime_source(model_options)
+    if kind not in ("mask", "region"):
+        return
+    if kind == "mask" and not Path(value).is_file():
+        raise InputError(f"{source}: option 'k2prime' (--k2prime): no such mask file {value}")
+    if kind == "region":  # without an atlas yet (found in derivatives later): checked by validate_study
+        if atlas_labels is not None and Path(atlas_labels).is_file():
+            from ..io import read_lookup  # noqa: PLC0415
+
+            names = sorted(read_lookup(atlas_labels).values())
+            if value not in names:
+                raise InputError(f"{source}: option 'k2prime' (--k2prime) = {value!r}: no such region in "
+                                 f"{atlas_labels}; regions: {', '.join(names)}")
+    if model is not None:
+        import numpy as np  # noqa: PLC0415
+
+        from ..models.k2prime import resolve_k2prime  # noqa: PLC0415
+
+        try:
+            resolve_k2prime(value, model, lambda v: (np.ones(1), str(v), {}), what="option 'k2prime' (--k2prime)")
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
 
 
 def default_release(model_options: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
@@ -78,7 +143,7 @@ class StudyConfig:
 
     bids_dir: Path
     output_dir: Path | None = None
-    conditions: tuple[str, str] = ("anakinra", "placebo")
+    conditions: tuple[str, ...] = ("anakinra", "placebo")  #: A, B (contrast A - B); more with ``contrasts``
     ref_mask: Path | None = None
     brain_mask: Path | None = None
     atlas: Path | None = None
@@ -89,13 +154,22 @@ class StudyConfig:
     contrast: str = "bp_nd"
     smoothing_fwhm: float = 0.0
     covariates: list[str] = field(default_factory=list)
-    # [inference]: defaults and validation from voxelkit.stats.settings.Inference (shared with `voxelkit stats`
-    # and the Python API); __post_init__ normalises them through it (cluster_p = false: no clusters)
+    # [inference]: every field of voxelkit.stats.settings.Inference, with its defaults (shared with `voxelkit
+    # stats` and the Python API); __post_init__ validates and normalises them through it (cluster_p = false: no
+    # clusters); a test checks that this list and Inference's fields are the same (INFERENCE_KEYS)
     n_perm: int = _INF.n_perm
     cluster_p: float | None = _INF.cluster_p
     tfce: bool = _INF.tfce
     two_sided: bool = _INF.two_sided
-    seed: int = _INF.seed
+    seed: int | None = _INF.seed
+    cluster_t: float | None = _INF.cluster_t  #: cluster-forming threshold in t units (instead of cluster_p)
+    tfce_H: float = _INF.tfce_H  # noqa: N815 - the Inference field's name
+    tfce_E: float = _INF.tfce_E  # noqa: N815
+    connectivity: int = _INF.connectivity  #: 6, 18 or 26 (clusters and TFCE)
+    variance_smoothing: float | None = _INF.variance_smoothing  #: FWHM in mm of the variance image (pseudo-t)
+    accel: str | None = _INF.accel  #: "tail": generalized Pareto tail approximation of the FWE p-values
+    batch_size: int | None = _INF.batch_size
+    dtype: str = _INF.dtype
     on_missing: str = "drop"
     jobs: int = 1
     device: str | None = None
@@ -107,12 +181,14 @@ class StudyConfig:
     space: str | None = None  #: template space of the preprocessed images, e.g. MNI152NLin2009cAsym
     scheduler: str = "threads"  #: threads, dask (local cluster) or tcp://HOST:PORT (see pipeline.scheduler)
     workers: int | None = None  #: local Dask workers (scheduler "dask"; default one per CPU)
+    #: named contrasts "A-B" over ``conditions`` (needed with more than two): every scan of the conditions is
+    #: fitted once, then the paired stage runs per contrast into its own folders (see :meth:`contrast_pairs`)
+    contrasts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        inf = _INF.from_mapping({k: getattr(self, k) for k in ("n_perm", "cluster_p", "tfce", "two_sided", "seed")},
-                                "study settings [inference]")
-        self.n_perm, self.cluster_p, self.tfce, self.two_sided, self.seed = (
-            inf.n_perm, inf.cluster_p, inf.tfce, inf.two_sided, inf.seed)
+        inf = Inference.from_mapping({k: getattr(self, k) for k in INFERENCE_KEYS}, "study settings [inference]")
+        for k in INFERENCE_KEYS:
+            setattr(self, k, getattr(inf, k))
         self.bids_dir = Path(self.bids_dir)
         from ..models.options import validate_model_options  # noqa: PLC0415
 
@@ -123,11 +199,15 @@ class StudyConfig:
         if self.contrast == "release" and self.model is not None and self.model.lower() not in RELEASE_MODELS:
             raise InputError(f"contrast 'release' needs an lp-ntPET model ({', '.join(RELEASE_MODELS)}), got "
                              f"--model {self.model}")
-        self.model_options = validate_model_options(self.model_options, self.model, "study settings [model_options]")
+        self.model_options = normalise_k2prime(
+            validate_model_options(self.model_options, self.model, "study settings [model_options]"),
+            "study settings [model_options]")
         #: how the model was chosen when not given (set for the defaults of contrast activation / release)
         self.model_choice: dict[str, Any] | None = None
         #: contrast activation: the protocol read from the sidecars and check_activation's warnings (run sets it)
         self.activation_check: dict[str, Any] | None = None
+        #: the study file the settings came from (load_study_file sets it; named in later errors)
+        self.study_file: Path | None = None
         if self.model is None and self.contrast == "release":
             model, opts, why = default_release(self.model_options)
             self.model_choice = {"model": model, "options": dict(opts), "reason": why,
@@ -137,10 +217,20 @@ class StudyConfig:
             val = getattr(self, name)
             if val is not None:
                 setattr(self, name, Path(val))
-        self.conditions = tuple(self.conditions)  # type: ignore[assignment]
-        if len(self.conditions) != 2 or self.conditions[0] == self.conditions[1]:
-            raise InputError(f"conditions must be two different session labels, got {list(self.conditions)}")
-        self.conditions = tuple(c.removeprefix("ses-") for c in self.conditions)  # type: ignore[assignment]
+        check_k2prime(self.model_options, self.model, "study settings [model_options]", atlas=self.atlas,
+                      atlas_labels=self.atlas_labels)
+        if k2prime_source(self.model_options)[0] == "mask":  # absolute: the same file from any working folder
+            self.model_options["k2prime"] = str(Path(self.model_options["k2prime"]).absolute())
+        self.conditions = tuple(str(c).removeprefix("ses-") for c in self.conditions)  # type: ignore[assignment]
+        self.contrasts = [str(c) for c in (self.contrasts or [])]
+        if len(self.conditions) < 2 or len(set(self.conditions)) != len(self.conditions):
+            raise InputError(f"conditions must be different session labels (two, or more with contrasts), got "
+                             f"{list(self.conditions)}")
+        if len(self.conditions) > 2 and not self.contrasts:
+            raise InputError(f"{len(self.conditions)} conditions ({' '.join(self.conditions)}): name the contrasts "
+                             f"to test, e.g. --contrasts {self.conditions[0]}-{self.conditions[1]} "
+                             f"{self.conditions[0]}-{self.conditions[2]} (study file: contrasts = [...])")
+        self.contrast_pairs()  # checks every named contrast
         if self.windows is not None:
             self.windows = {k: (float(v[0]), float(v[1])) for k, v in self.windows.items()}
         if self.contrast == "activation":
@@ -159,6 +249,39 @@ class StudyConfig:
         from .scheduler import check_spec  # noqa: PLC0415
 
         self.scheduler = check_spec(self.scheduler, self.workers)
+
+    def contrast_pairs(self) -> list[tuple[str, str]]:
+        """The named contrasts as ``(A, B)`` pairs (A - B), from ``contrasts`` ("A-B"); without named contrasts
+        the one pair of the two conditions.  A contrast naming an unknown or the same condition twice is an
+        :class:`InputError`."""
+        if not self.contrasts:
+            return [(self.conditions[0], self.conditions[1])]
+        pairs = []
+        for text in self.contrasts:
+            a, sep, b = text.partition("-")
+            a, b = a.removeprefix("ses-"), b.removeprefix("ses-")
+            if not sep or a not in self.conditions or b not in self.conditions or a == b:
+                raise InputError(f"contrast {text!r}: expected A-B with two different conditions of "
+                                 f"{' '.join(self.conditions)} (e.g. {self.conditions[0]}-{self.conditions[1]})")
+            if (a, b) in pairs:
+                raise InputError(f"contrast {text!r} is named twice")
+            pairs.append((a, b))
+        return pairs
+
+    def for_contrast(self, a: str, b: str) -> StudyConfig:
+        """These settings for the one contrast A - B (conditions ``(a, b)``, no named contrasts): what the paired
+        stages (contrast_maps, group_stats, roi_tables) of a named contrast use."""
+        import copy  # noqa: PLC0415
+
+        sub = copy.copy(self)
+        sub.conditions = (a, b)
+        sub.contrasts = []
+        return sub
+
+    def inference(self) -> Inference:
+        """The inference settings (:class:`voxelkit.stats.settings.Inference`) that ``group_stats`` passes to
+        :func:`voxelkit.stats.permutation_test`."""
+        return Inference(**{k: getattr(self, k) for k in INFERENCE_KEYS})
 
     @property
     def phases(self) -> list[str | None]:
@@ -197,6 +320,11 @@ def load_study_file(path: str | Path, **overrides: Any) -> StudyConfig:
         doc = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"{path}: cannot read study file ({exc})") from exc
+    table = doc.get("inference")
+    if table is not None:  # every key an Inference field, every value valid: errors name the file
+        if not isinstance(table, dict):
+            raise InputError(f"{path}: [inference] must be a table of setting = value, got {table!r}")
+        Inference.from_mapping(table, f"{path} [inference]")
     doc = _flatten(doc)
     known = {f.name for f in fields(StudyConfig)}
     unknown = sorted(set(doc) - known)
@@ -210,9 +338,20 @@ def load_study_file(path: str | Path, **overrides: Any) -> StudyConfig:
     model = overrides.get("model") or doc.get("model")
     file_opts = validate_model_options(doc.get("model_options"), model, f"{path} [model_options]",
                                        base_dir=path.parent)
+    file_opts = normalise_k2prime(file_opts, f"{path} [model_options]")
     cli_opts = overrides.pop("model_options", None) or {}
+    cli_opts = normalise_k2prime(cli_opts, "command line") if cli_opts else cli_opts
     doc["model_options"] = {**file_opts, **cli_opts}  # command-line options win, key by key
     doc.update({k: v for k, v in overrides.items() if v is not None})
     if "bids_dir" not in doc:
         raise InputError(f"{path}: bids_dir is required")
-    return StudyConfig(**doc)
+    if "k2prime" not in cli_opts:  # the file's k2' (mask file, atlas region) checked now, naming the file
+        check_k2prime(file_opts, model, f"{path} [model_options]", atlas=_opt_path(doc.get("atlas")),
+                      atlas_labels=_opt_path(doc.get("atlas_labels")))
+    cfg = StudyConfig(**doc)
+    cfg.study_file = path
+    return cfg
+
+
+def _opt_path(v: Any) -> Path | None:
+    return None if v is None else Path(v)

@@ -27,6 +27,7 @@ import numpy as np
 from ..io import InputError, read_rows
 from ..io.derivatives import stats_map_name
 from ..simulate.options import DEMO_DEFAULT_DESIGN
+from ..simulate.study import OCCUPANCY_TABLE, SIMULATION_RECORD, TRUE_PEAK_OCCUPANCY_SUFFIX, TRUTH_TABLE
 from . import layout
 from .config import StudyConfig
 from .run import StudyResult, run_study
@@ -63,13 +64,21 @@ class RegionFinding:
     frac_sig: dict[str, float]  # map -> fraction of the region's voxels with FWE p < alpha
 
 
-def region_findings(out: Path, atlas: Path, atlas_tsv: Path, alpha: float = 0.05) -> list[RegionFinding]:
-    """Smallest FWE p and fraction of significant voxels per atlas region, for every FWE map present."""
-    labels = np.asarray(nib.load(str(atlas)).dataobj).astype(int)
+def region_findings(out: Path, atlas: Path, atlas_tsv: Path, alpha: float = 0.05, *, stats: Any = None,
+                    labels: np.ndarray | None = None) -> list[RegionFinding]:
+    """Smallest FWE p and fraction of significant voxels per atlas region, for every FWE map present.
+
+    ``stats`` (the run's :class:`~voxelkit.stats.PermutationResult`) and ``labels`` (the atlas on its grid) are
+    used from memory when given; otherwise the maps are read from ``out``'s ``group/stats`` folder."""
+    if labels is None:
+        labels = np.asarray(nib.load(str(atlas)).dataobj).astype(int)
     rows = read_rows(atlas_tsv, what="atlas look-up table")
-    sdir = layout.stats_dir(out)
-    maps = {m: np.abs(np.asarray(nib.load(str(sdir / stats_map_name(m))).dataobj, dtype=float))
-            for m in FWE_MAPS if (sdir / stats_map_name(m)).exists()}
+    if stats is not None:
+        maps = {m: np.abs(np.asarray(stats.image(m).dataobj, dtype=float)) for m in FWE_MAPS if m in stats.maps}
+    else:
+        sdir = layout.stats_dir(out)
+        maps = {m: np.abs(np.asarray(nib.load(str(sdir / stats_map_name(m))).dataobj, dtype=float))
+                for m in FWE_MAPS if (sdir / stats_map_name(m)).exists()}
     found = []
     for r in rows:
         k = int(r["index"])
@@ -84,6 +93,25 @@ def region_findings(out: Path, atlas: Path, atlas_tsv: Path, alpha: float = 0.05
             frac[m] = float((vals > -np.log10(alpha)).mean()) if vals.size else 0.0
         found.append(RegionFinding(r["name"], r.get("effect") == "1", int(reg.sum()), best, frac))
     return found
+
+
+def _findings(result: StudyResult) -> list[RegionFinding]:
+    """:func:`region_findings` of a run, from the objects it holds in memory."""
+    cfg, fits = result.config, result.fits
+    labels = fits.labels if fits is not None and fits.labels is not None else None
+    return region_findings(result.output_dir, cfg.atlas, cfg.atlas_labels, stats=result.stats, labels=labels)
+
+
+def _scan_map(result: StudyResult, sub: str, ses: str, param: str, phase: str | None = None) -> np.ndarray:
+    """A fitted per-scan map of the run (3-D float): from memory (``result.fits``) when it holds it, else read."""
+    fits = result.fits
+    if fits is not None:
+        if param == "bp_nd" and (sub, ses, phase) in fits.bp_nd:
+            return np.asarray(fits.bp_nd[(sub, ses, phase)], dtype=float)
+        if param == result.config.contrast and phase is None and (sub, ses) in fits.maps:
+            return np.asarray(fits.maps[(sub, ses)], dtype=float)
+    path = layout.map_path(result.output_dir, sub, ses, result.config.model, param, phase)
+    return np.asarray(nib.load(str(path)).dataobj, dtype=float)
 
 
 def findings_legend(alpha: float = 0.05) -> str:
@@ -161,7 +189,7 @@ def run_demo(outdir: str | Path, *, n_subjects: int = 10, resolution: float = 3,
                           smoothing_fwhm=smoothing_fwhm, device=device)
         result = run_study(cfg, progress=progress)  # finds the simulator's masks and atlas in derivatives/
         atlas, atlas_tsv = result.config.atlas, result.config.atlas_labels
-        text = format_findings(region_findings(result.output_dir, atlas, atlas_tsv)) if atlas and atlas_tsv else ""
+        text = format_findings(_findings(result)) if atlas and atlas_tsv else ""
         return result, text, sim
     return _run_release_demo(bids, n_subjects=n_subjects, resolution=resolution, effect=effect, seed=seed,
                              n_perm=n_perm, model=model, smoothing_fwhm=smoothing_fwhm, overwrite=overwrite,
@@ -190,7 +218,7 @@ def _run_release_demo(bids: Path, *, n_subjects: int, resolution: float, effect:
     end = float(probe.scan_frames().end_min[-1])
     windows = default_windows(float(probe.challenge_window_min[0]), end)
     # k2' of the default combination: the simulator's high-binding regions (desc-highbinding_mask)
-    mask_placeholder = "derivatives/voxelkit-sim/*_desc-highbinding_mask.nii.gz"
+    mask_placeholder = "<the simulator's high-binding mask>"  # replaced by its path once simulated
     if model is None:
         model, model_options = default_activation(protocol, windows, k2prime_mask=mask_placeholder)
     else:
@@ -199,9 +227,10 @@ def _run_release_demo(bids: Path, *, n_subjects: int, resolution: float, effect:
     warnings = check_activation(model, model_options, protocol, windows, probe.kbol_min)
     sim = simulate_study(bids, preset="demo", n_subjects=n_subjects, resolution=resolution, effect=effect,
                          seed=seed, overwrite=overwrite, design="release", **opts)
-    if model_options.get("k2prime_mask") == mask_placeholder:
-        files = json.loads((Path(sim.derivatives) / "simulation.json").read_text())["files"]
-        model_options["k2prime_mask"] = str(Path(sim.derivatives) / files["highbinding_mask"])
+    if model_options.get("k2prime_mask") == mask_placeholder:  # the activation table's name: k2prime = IMG here
+        files = json.loads((Path(sim.derivatives) / SIMULATION_RECORD).read_text())["files"]
+        model_options = {("k2prime" if k == "k2prime_mask" else k): v for k, v in model_options.items()}
+        model_options["k2prime"] = str(Path(sim.derivatives) / files["highbinding_mask"])
     cfg = StudyConfig(bids_dir=bids, model=model, model_options=model_options, windows=windows,
                       contrast="activation", n_perm=n_perm, seed=seed, smoothing_fwhm=smoothing_fwhm, device=device)
     result = run_study(cfg, progress=progress)
@@ -212,7 +241,7 @@ def _run_release_demo(bids: Path, *, n_subjects: int, resolution: float, effect:
              + f", {cfg.conditions[0]} - {cfg.conditions[1]}"]
     lines += [f"warning: {w}" for w in warnings]
     if atlas and atlas_tsv:
-        lines.append(format_findings(region_findings(result.output_dir, atlas, atlas_tsv)))
+        lines.append(format_findings(_findings(result)))
         lines.append(format_planted_found(planted_vs_found(result, sim, model, model_options, windows)))
     return result, "\n".join(lines), sim
 
@@ -248,7 +277,7 @@ def _run_release_contrast_demo(bids: Path, probe: Any, opts: dict[str, Any], *, 
         lines.append(f"model not given: {rc.model_choice['model']} ({rc.model_choice['reason']})")
     atlas, atlas_tsv = rc.atlas, rc.atlas_labels
     if atlas and atlas_tsv:
-        lines.append(format_findings(region_findings(result.output_dir, atlas, atlas_tsv)))
+        lines.append(format_findings(_findings(result)))
         lines.append(format_planted_found(planted_vs_found_release(result, sim), quantity="release"))
     roi_tests = getattr(result, "roi_tests", None) or []
     if roi_tests:
@@ -274,12 +303,11 @@ def planted_vs_found_release(result: StudyResult, sim: Any) -> list[dict[str, An
     found: dict[tuple[str, str], np.ndarray] = {}
     for sub in result.subjects:
         for ses in (drug, placebo):
-            tp = sorted((deriv / f"sub-{sub}" / f"ses-{ses}" / "pet").glob("*desc-truepeakoccupancy_mimap.nii.gz"))
+            tp = sorted((deriv / f"sub-{sub}" / f"ses-{ses}" / "pet").glob(f"*{TRUE_PEAK_OCCUPANCY_SUFFIX}"))
             if not tp:
                 raise InputError(f"{deriv}: no true peak occupancy map of sub-{sub} ses-{ses} (release design?)")
             truth[(sub, ses)] = np.asarray(nib.load(str(tp[0])).dataobj, dtype=float)
-            found[(sub, ses)] = np.asarray(nib.load(str(layout.map_path(result.output_dir, sub, ses, cfg.model,
-                                                                       "release"))).dataobj, dtype=float)
+            found[(sub, ses)] = _scan_map(result, sub, ses, "release")
     rows = []
     for idx, r in sorted(lookup.items()):
         if r.get("effect") != "1":
@@ -303,16 +331,19 @@ def planted_vs_found(result: StudyResult, sim: Any, model: str, model_options: d
     from ..frames import FrameTiming  # noqa: PLC0415
     from ..models import get_model  # noqa: PLC0415
     from ..models.activation import true_window_bp  # noqa: PLC0415
+    from .run import _build_check_model  # noqa: PLC0415
 
     cfg = result.config
     deriv = Path(sim.derivatives)
-    meta = json.loads((deriv / "simulation.json").read_text())
+    meta = json.loads((deriv / SIMULATION_RECORD).read_text())
     frames = FrameTiming.from_bids_dict(meta["frames"])
-    used = {w: get_model(model, window=tuple(windows[w]), **model_options).used_frames(frames)
+    # the model of each window as the run built it (a k2' region replaced by a placeholder: frames only)
+    used = {w: _build_check_model(cfg, w).used_frames(frames) if cfg.windows and w in cfg.windows
+            else get_model(model, window=tuple(windows[w]), **model_options).used_frames(frames)
             for w in ("baseline", "challenge")}
-    truth = {(r["participant_id"], r["session"]): r for r in _read_tsv(deriv / "truth.tsv")}
+    truth = {(r["participant_id"], r["session"]): r for r in _read_tsv(deriv / TRUTH_TABLE)}
     occ: dict[tuple[str, str], list[dict[str, str]]] = {}
-    for r in _read_tsv(deriv / "occupancy.tsv"):
+    for r in _read_tsv(deriv / OCCUPANCY_TABLE):
         occ.setdefault((r["participant_id"], r["session"]), []).append(r)
     labels = np.asarray(nib.load(str(cfg.atlas)).dataobj).astype(int)
     lookup = {int(r["index"]): r for r in _read_tsv(cfg.atlas_labels)}
@@ -334,9 +365,7 @@ def planted_vs_found(result: StudyResult, sim: Any, model: str, model_options: d
                 segs = bp0 * (1.0 - np.array([[float(x[name]) for x in seg_rows]]))
                 acts_true[ses] = float(true_window_bp(frames, used["baseline"], segs, edges)[0]
                                        - true_window_bp(frames, used["challenge"], segs, edges)[0])
-                maps = {w: np.asarray(nib.load(str(layout.map_path(result.output_dir, sub, ses, cfg.model, "bp_nd",
-                                                                   w))).dataobj, dtype=float)
-                        for w in ("baseline", "challenge")}
+                maps = {w: _scan_map(result, sub, ses, "bp_nd", w) for w in ("baseline", "challenge")}
                 vals = (maps["baseline"] - maps["challenge"])[reg]
                 acts_found[ses] = float(np.nanmean(vals))
             true_d.append(acts_true[drug] - acts_true[placebo])

@@ -17,9 +17,11 @@
     sub-XX_desc-CONTRAST_mimap.nii.gz      per-subject contrast maps (condition A - B, smoothed);
                                            CONTRAST = contrast_label(quantity, A, B), e.g. BPNDanakinraMinusPlacebo
     stats/                                 voxelkit.stats outputs (t, logp_* maps, tfce, nulls .npz, clusters)
+    stats-CONTRAST/                        the same per named contrast (--conditions A B C --contrasts A-B A-C)
   roi/
     roi_values.tsv                         subject, condition, phase, region, value (mean BPND)
     roi_tests.tsv                          region, n, mean_a, mean_b, mean_diff, t, p, p_fdr
+    desc-CONTRAST_roi_values.tsv, desc-CONTRAST_roi_tests.tsv    the same per named contrast
   report.html
 ```
 PHASE is ``baseline`` / ``challenge`` when time windows are used, absent otherwise.  Functions take parameter
@@ -33,6 +35,9 @@ from ..io.derivatives import (
     bids_label,
     contrast_label,
     contrast_path,
+    contrast_roi_tests_path,
+    contrast_roi_values_path,
+    contrast_stats_dir,
     find_scan_maps,
     fit_record_path,
     legacy_name,
@@ -52,7 +57,8 @@ from ..io.derivatives import (
     stats_dir,
 )
 
-__all__ = ["PARAM_LABELS", "bids_label", "contrast_label", "contrast_path", "find_scan_maps", "fit_record_path",
+__all__ = ["PARAM_LABELS", "bids_label", "contrast_label", "contrast_path", "contrast_roi_tests_path",
+           "contrast_roi_values_path", "contrast_stats_dir", "find_scan_maps", "fit_record_path",
            "legacy_name", "map_path", "map_sidecar_path", "qc_path", "report_path", "resolve_output", "roi_dir",
            "roi_tests_path", "roi_values_path", "scan_dir", "scan_map_glob", "scan_outputs", "scan_stem",
            "sidecar_of", "stats_dir"]

@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,25 @@ from ..backend import get_backend
 from ..conform import conform_to
 from ..conform import notes as conform_notes
 from ..io import DynamicPET, InputError, Masker, check_same_space, load_image, load_mask, write_json, write_tsv
+from ..io.derivatives import (
+    ATLAS_GLOB,
+    BIDS_PARTICIPANTS,
+    BRAIN_MASK_GLOB,
+    DATASET_DESCRIPTION,
+    JSON_EXT,
+    PROVENANCE,
+    REFERENCE_MASK_GLOB,
+    STUDY_RECORD,
+    contrast_roi_tests_path,
+    contrast_roi_values_path,
+    contrast_stats_dir,
+    lookup_of,
+)
 from ..models.status import Status
 from ..outputs import LOCK_NAME, MANIFEST_NAME, FolderLock, OutputFolder, read_manifest
 from . import layout
 from .bids import Pairing, Scan, discover_scans, find_derivative, pair_scans, read_participants, scan_frames, scan_table
-from .config import StudyConfig
+from .config import StudyConfig, k2prime_source
 
 log = logging.getLogger("voxelkit")
 
@@ -54,6 +69,12 @@ class StudyResult:
     seconds: dict[str, float] = field(default_factory=dict)
     failed_scans: list[dict[str, Any]] = field(default_factory=list)  #: fits where most voxels failed
     k2prime: dict[str, Any] = field(default_factory=dict)  #: per scan: the k2' estimated once (1/min)
+    roi: Any = None  #: the RoiTables (values and tests) of :func:`roi_tables`
+    #: named contrasts (``contrasts``): label -> {"conditions": (A, B), "stats": PermutationResult, "roi":
+    #: RoiTables, "stats_dir": Path}; ``stats`` and ``roi`` above are then None
+    contrasts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  #: what :func:`provenance` wrote
+    fits: Any = field(default=None, repr=False)  #: the :class:`ScanFits` (per-scan maps in memory)
 
 
 class _Checksums:
@@ -91,26 +112,28 @@ def _check_output_dir(cfg: StudyConfig) -> Path:
 def _discover_derivatives(cfg: StudyConfig) -> None:
     """Fill in masks and atlas left unset from ``derivatives/*/`` (as ``voxelkit simulate`` writes them)."""
     if cfg.ref_mask is None:
-        cfg.ref_mask = find_derivative(cfg.bids_dir, "*desc-reference_mask.nii.gz")
+        cfg.ref_mask = find_derivative(cfg.bids_dir, REFERENCE_MASK_GLOB)
         if cfg.ref_mask is None:
             raise InputError("a reference region mask is required (ref_mask / --ref-mask); none found under "
-                             f"{cfg.bids_dir}/derivatives/*/ as *desc-reference_mask.nii.gz")
+                             f"{cfg.bids_dir}/derivatives/*/ as {REFERENCE_MASK_GLOB}")
         log.info("reference region mask: %s (found in derivatives)", cfg.ref_mask)
     if cfg.brain_mask is None:
-        cfg.brain_mask = find_derivative(cfg.bids_dir, "*desc-brain_mask.nii.gz")
+        cfg.brain_mask = find_derivative(cfg.bids_dir, BRAIN_MASK_GLOB)
         if cfg.brain_mask is not None:
             log.info("brain mask: %s (found in derivatives)", cfg.brain_mask)
     if cfg.atlas is None:
-        cfg.atlas = find_derivative(cfg.bids_dir, "*_dseg.nii.gz")
+        cfg.atlas = find_derivative(cfg.bids_dir, ATLAS_GLOB)
         if cfg.atlas is not None:
             log.info("label atlas: %s (found in derivatives)", cfg.atlas)
     if cfg.atlas is not None and cfg.atlas_labels is None:
-        tsv = cfg.atlas.with_name(cfg.atlas.name.replace(".nii.gz", ".tsv"))
+        tsv = lookup_of(cfg.atlas)
         cfg.atlas_labels = tsv if tsv.exists() else None
 
 
-def _load_dynamic(scan: Scan) -> DynamicPET:
-    img = load_image(scan.pet)
+def _load_dynamic(scan: Scan, header: Any = None) -> DynamicPET:
+    """The scan's 4-D data (float32) with its frame timing; ``header``: the image opened at validation (its data
+    is read now, through the same file handle: the file is opened once per run)."""
+    img = load_image(scan.pet) if header is None else header
     if img.ndim != 4:
         raise InputError(f"{scan.pet}: expected a 4-D dynamic image, got shape {img.shape}")
     frames = scan_frames(scan)
@@ -299,6 +322,8 @@ class _ScanFits:
     reused: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     k2prime: dict[str, Any] | None = None
+    #: (param, phase) -> 3-D float32 map of the fits done now (the later stages take them from here, not disk)
+    maps: dict[tuple[str, str | None], np.ndarray] = field(default_factory=dict)
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
@@ -323,8 +348,14 @@ def _note_failure(res: _ScanFits, scan: Scan, phase: str | None, counts: dict[st
 
 
 def _fit_scan(scan: Scan, cfg: StudyConfig, out: Path, sums: _Checksums, brain: tuple[np.ndarray, Any] | None,
-              atlas: tuple[np.ndarray | None, dict[int, str]], folder: OutputFolder | None = None) -> _ScanFits:
+              atlas: tuple[np.ndarray | None, dict[int, str]], folder: OutputFolder | None = None, *,
+              ref: Any = None, header: Any = None, keep: tuple[str, ...] = (), k2_region: Any = None) -> _ScanFits:
     """Fit every phase of one scan unless a finished fit with the same inputs and settings exists.
+
+    ``ref``: the reference mask already read (an in-memory image on the PET grid; default: read ``cfg.ref_mask``);
+    ``header``: the scan's image already opened at validation (its data is read once, here); ``keep``: the
+    parameters whose fitted maps are returned in memory (``_ScanFits.maps``); ``k2_region``: the k2' region
+    (``k2prime`` = mask file or atlas region) read once (:func:`_k2prime_region`; default: read here).
 
     With windows and an estimated k2' (MRTM2/SRTM2 ``k2prime="median"`` or a k2' mask), k2' is estimated once per
     scan (by the first window's fit, from all frames or the model's ``k2prime_window``) and that value (1/min) is
@@ -333,6 +364,9 @@ def _fit_scan(scan: Scan, cfg: StudyConfig, out: Path, sums: _Checksums, brain: 
 
     inputs = {"pet": sums(scan.pet), "sidecar": sums(scan.sidecar), "ref_mask": sums(cfg.ref_mask),
               "brain_mask": sums(cfg.brain_mask)}
+    k2_file = k2prime_region_file(cfg)
+    if k2_file is not None:  # the k2' region's file (mask, or the atlas holding the named region)
+        inputs["k2prime_region"] = sums(k2_file)
     settings = cfg.fit_settings()
     res = _ScanFits()
     todo = []
@@ -349,9 +383,9 @@ def _fit_scan(scan: Scan, cfg: StudyConfig, out: Path, sums: _Checksums, brain: 
         todo.append(phase)
     if not todo:
         return res
-    dpet = _load_dynamic(scan)
+    dpet = _load_dynamic(scan, header)
     ref_info: dict[str, Any] = {}
-    ref_tac, ref_desc = reference_tac(dpet, dpet.data(), cfg.ref_mask,
+    ref_tac, ref_desc = reference_tac(dpet, dpet.data(), cfg.ref_mask if ref is None else ref,
                                       mask_threshold=cfg.model_options.get("mask_threshold"), info=ref_info)
     if brain is not None:
         check_same_space(brain[1], dpet.image, str(brain[1].get_filename()), scan.pet.name)
@@ -365,17 +399,18 @@ def _fit_scan(scan: Scan, cfg: StudyConfig, out: Path, sums: _Checksums, brain: 
     # k2' belongs to the scan: with windows, the first window's fit estimates it (the model uses all frames, or
     # k2prime_window, whatever the fit's window) and that value (1/min) is given to every other window
     per_scan = res.k2prime if estimated and cfg.windows else None
+    if k2_region is None and k2_file is not None:  # a Dask worker: the region read here
+        k2_region = _k2prime_region(cfg, dpet.image, labels, names)
     sdir = layout.scan_dir(out, scan.subject, scan.session)
     for phase in todo:
         opts = dict(cfg.model_options)
         if phase is not None:
             opts["window"] = cfg.windows[phase]
         if per_scan is not None:
-            for key in ("k2prime_mask", "k2prime_window"):
-                opts.pop(key, None)
+            opts.pop("k2prime_window", None)
             opts["k2prime"] = per_scan["value"]
-        if "k2prime_mask" in opts:  # the study file's key; the API takes a region mask as k2prime=
-            opts["k2prime"] = opts.pop("k2prime_mask")
+        elif k2_region is not None:  # k2prime = mask file or atlas region name: the image read once
+            opts["k2prime"] = k2_region
         result = fit(dpet, reference=ref_tac, model=cfg.model, mask=brain_img, device=cfg.device, **opts)
         k2rec = per_scan if per_scan is not None else (_k2prime_record(result.info, cfg) if estimated else None)
         if estimated and cfg.windows and per_scan is None and k2rec is not None:
@@ -394,8 +429,10 @@ def _fit_scan(scan: Scan, cfg: StudyConfig, out: Path, sums: _Checksums, brain: 
         imgs = result.to_images()
         meta = result.sidecar()
         for param, img in imgs.items():
+            if param in keep:
+                res.maps[(param, phase)] = np.asarray(img.dataobj, dtype=np.float32)
             path = layout.map_path(out, scan.subject, scan.session, cfg.model, param, phase)
-            side = path.with_name(path.name.replace(".nii.gz", ".json"))
+            side = layout.sidecar_of(path)
             if folder is not None:
                 folder.record(path)
                 folder.record(side)
@@ -446,7 +483,7 @@ def _scan_value_map(out: Path, cfg: StudyConfig, subject: str, session: str,
     if load is None:
         def load(phase: str | None, param: str = "bp_nd") -> np.ndarray:
             path = layout.map_path(out, subject, session, cfg.model, param, phase)
-            return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+            return np.asarray(load_image(path).dataobj, dtype=np.float32)
 
     if cfg.contrast == "release":
         return load(None, "release")
@@ -473,36 +510,47 @@ def _read_atlas(cfg: StudyConfig, like: Any) -> tuple[np.ndarray | None, dict[in
     return labels, names
 
 
-def _roi_tables(out: Path, cfg: StudyConfig, pairing: Pairing, labels: np.ndarray | None,
-                names: dict[int, str], brain: np.ndarray, *, folder: OutputFolder | None = None,
-                scan_maps: dict[tuple[str, str], np.ndarray] | None = None,
-                bp_nd_maps: dict[tuple[str, str, str | None], np.ndarray] | None = None) -> list[dict[str, Any]]:
-    """Mean BPND per region, condition, phase and subject, and a paired test per region (BH-FDR).
-    ``scan_maps``: the per-scan contrast quantity already read (subject, condition) -> map, not read again;
-    ``bp_nd_maps``: the BPND maps already read (subject, condition, phase) -> map, not read again."""
+@dataclass
+class RoiTables:
+    """What :func:`roi_tables` gives: the rows of ``roi_values.tsv`` (mean BPND, and for ``contrast = "release"``
+    the mean release, per subject, condition, phase and region; unitless) and of ``roi_tests.tsv`` (a paired t
+    test per region with BH-FDR q), and the paths written (empty without an atlas)."""
+
+    values: list[dict[str, Any]] = field(default_factory=list)
+    tests: list[dict[str, Any]] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def roi_tables(cfg: StudyConfig, fits: ScanFits, *, label: str | None = None) -> RoiTables:
+    """Mean BPND per atlas region, condition, phase and subject, and a paired test of the contrast quantity per
+    region (BH-FDR), from the maps ``fits`` (:func:`fit_scans`) holds in memory (no image is read); written to
+    ``roi/`` of the output folder as by :func:`run_study`.  Regions mostly inside the reference mask (BPND ~ 0 by
+    construction) are not tested.  Without an atlas: empty tables, nothing written.  ``label`` (a named contrast's
+    :func:`~voxelkit.io.derivatives.contrast_label`): the tables go to ``roi/desc-<label>_roi_*.tsv``."""
+    return _run_stage(fits, _roi_tables, cfg, fits, label)
+
+
+def _roi_tables(cfg: StudyConfig, fits: ScanFits, label: str | None = None) -> RoiTables:
+    labels, names, brain, out = fits.labels, fits.names, fits.mask, fits.output_dir
     if labels is None:
-        return []
+        return RoiTables()
     from scipy import stats as sps  # noqa: PLC0415
 
+    pairing = fits.pairing
     rows = []
     per_cond: dict[tuple[str, str], np.ndarray] = {}
-    ref = conform_to(cfg.ref_mask, nib.load(str(layout.map_path(out, pairing.subjects[0], cfg.conditions[0], cfg.model,
-                                                               "bp_nd", cfg.phases[0]))), "mask",
-                     name=str(cfg.ref_mask))[0] != 0 if cfg.ref_mask is not None else np.zeros_like(brain)
+    ref = fits.ref_mask if fits.ref_mask is not None else np.zeros_like(brain)
     # regions mostly inside the reference mask have BPND ~ 0 by construction: no test there
     region_ids = [k for k in sorted(names) if k > 0 and (labels == k).any() and (ref[labels == k]).mean() < 0.5]
     masks = {k: (labels == k) & brain for k in region_ids}
     for sub in pairing.subjects:
         for cond in cfg.conditions:
-            value_map = (scan_maps or {}).get((sub, cond))
+            value_map = fits.maps.get((sub, cond))
             for phase in cfg.phases:
-                if bp_nd_maps is not None and (sub, cond, phase) in bp_nd_maps:
-                    vol = bp_nd_maps[(sub, cond, phase)]  # read once, by fit_scans
-                elif value_map is not None and phase is None and cfg.contrast == "bp_nd":
-                    vol = value_map  # the whole-scan BPND map, read once for the contrasts
-                else:
+                vol = fits.bp_nd.get((sub, cond, phase))  # read once (or kept from the fit) by fit_scans
+                if vol is None:
                     path = layout.map_path(out, sub, cond, cfg.model, "bp_nd", phase)
-                    vol = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+                    vol = np.asarray(load_image(path).dataobj, dtype=np.float32)
                 for k in region_ids:
                     v = vol[masks[k]]
                     v = v[np.isfinite(v)]
@@ -521,10 +569,12 @@ def _roi_tables(out: Path, cfg: StudyConfig, pairing: Pairing, labels: np.ndarra
                 warnings.simplefilter("ignore", RuntimeWarning)
                 per_cond[(sub, cond)] = np.array([np.nanmean(vol[masks[k]]) if masks[k].any() else np.nan
                                                   for k in region_ids])
-    if folder is not None:
-        folder.record(layout.roi_dir(out) / "roi_values.tsv")
-        folder.record(layout.roi_dir(out) / "roi_tests.tsv")
-    write_tsv(rows, layout.roi_dir(out) / "roi_values.tsv")
+    values_path, tests_path = (layout.roi_values_path(out), layout.roi_tests_path(out)) if label is None else \
+        (contrast_roi_values_path(out, label), contrast_roi_tests_path(out, label))
+    if fits.folder is not None:
+        fits.folder.record(values_path)
+        fits.folder.record(tests_path)
+    write_tsv(rows, values_path)
     a = np.stack([per_cond[(s, cfg.conditions[0])] for s in pairing.subjects])
     b = np.stack([per_cond[(s, cfg.conditions[1])] for s in pairing.subjects])
     tests = []
@@ -540,8 +590,8 @@ def _roi_tables(out: Path, cfg: StudyConfig, pairing: Pairing, labels: np.ndarra
                       "pct_change": 100.0 * (ma - mb) / mb if abs(mb) >= 0.1 and cfg.contrast != "release"
                       else float("nan"),
                       "t": float(t[j]), "p": float(p[j]), "p_fdr": float(p_fdr[j])})
-    write_tsv(tests, layout.roi_dir(out) / "roi_tests.tsv")
-    return tests
+    write_tsv(tests, tests_path)
+    return RoiTables(rows, tests, {"values": values_path, "tests": tests_path})
 
 
 def _fdr(p: np.ndarray) -> np.ndarray:
@@ -563,7 +613,7 @@ def _code_covariates(cfg: StudyConfig, subjects: list[str]) -> Any:
         return None
     from ..stats.covariates import code_covariates  # noqa: PLC0415
 
-    src = cfg.bids_dir / "participants.tsv"
+    src = cfg.bids_dir / BIDS_PARTICIPANTS
     parts = read_participants(cfg.bids_dir)
     if not parts:
         raise InputError(f"{src}: missing or empty, but covariates (--covariates {' '.join(cfg.covariates)}) are "
@@ -620,6 +670,9 @@ class _Plan:
     labels: np.ndarray | None
     names: dict[int, str]
     covariates: Any  #: CodedCovariates or None
+    ref: Any = None  #: the reference mask read once: an in-memory image on the PET grid named by its file
+    headers: dict[Path, Any] = field(default_factory=dict)  #: PET file -> image opened lazily (data not read)
+    k2prime_region: Any = None  #: k2' region (mask / atlas region) read once: an in-memory image, or None
 
 
 def validate_study(cfg: StudyConfig, pairing: Pairing) -> _Plan:
@@ -640,7 +693,7 @@ def validate_study(cfg: StudyConfig, pairing: Pairing) -> _Plan:
     headers = []
     for scan in scans:
         _check_readable(scan.pet, "a PET image")
-        img = load_image(scan.pet)  # header only: nibabel reads data lazily
+        img = load_image(scan.pet)  # header only: nibabel reads data lazily (the fit reads it through this image)
         if len(img.shape) != 4:
             raise InputError(f"{scan.pet}: expected a 4-D dynamic image, got shape {img.shape}")
         frames = scan_frames(scan)
@@ -649,27 +702,73 @@ def validate_study(cfg: StudyConfig, pairing: Pairing) -> _Plan:
         headers.append((scan, img))
     first = headers[0][1]
     masks = [("--ref-mask", "the reference region mask", cfg.ref_mask), ("--mask", "the brain mask", cfg.brain_mask),
-             ("--atlas", "the atlas", cfg.atlas), ("--k2prime-mask", "the k2' region mask",
-                                                    cfg.model_options.get("k2prime_mask"))]
+             ("--atlas", "the atlas", cfg.atlas),
+             ("--k2prime", "the k2' region mask", k2prime_region_file(cfg) if k2prime_source(cfg.model_options)[0]
+              == "mask" else None)]
     for scan, pimg in headers[1:]:
         check_same_space(first, pimg, str(headers[0][0].pet), str(scan.pet))
     for flag, what, path in masks:
         if path is None:
             continue
         _check_readable(Path(path), f"{what} ({flag})")
-        # same grid, or reoriented / resampled by nearest neighbour (logged, in provenance); refused outside the FOV
-        conform_to(path, first, "labels" if flag == "--atlas" else "mask", name=str(path))
+    # each mask read once, here: same grid, or reoriented / resampled by nearest neighbour (logged, in
+    # provenance); refused outside the FOV.  The fits and the ROI tables use these in-memory copies.
+    threshold = cfg.model_options.get("mask_threshold")  # fractional masks: the same rule as the fits
+    ref = _read_mask_once(cfg.ref_mask, first)
+    load_mask(ref, first, str(scans[0].pet), "reference region mask", threshold=threshold)
+    brain = (load_mask(_read_mask_once(cfg.brain_mask, first), first, str(scans[0].pet), "brain mask",
+                       threshold=threshold), first) if cfg.brain_mask is not None else None
     if cfg.atlas_labels is not None:
         _check_readable(cfg.atlas_labels, "the atlas look-up table (--atlas-labels)")
-    threshold = cfg.model_options.get("mask_threshold")  # fractional masks: the same rule as the fits
-    load_mask(cfg.ref_mask, first, str(scans[0].pet), "reference region mask", threshold=threshold)
-    brain = (load_mask(cfg.brain_mask, first, str(scans[0].pet), "brain mask", threshold=threshold), first) \
-        if cfg.brain_mask is not None else None
     labels, names = _read_atlas(cfg, first)
+    k2_region = _k2prime_region(cfg, first, labels, names)
     _check_model_options(cfg)
     covariates = _code_covariates(cfg, pairing.subjects)
     _check_group_size(cfg, pairing)
-    return _Plan(first, brain, labels, names, covariates)
+    lazy = {scan.pet: img for scan, img in headers if nib.is_proxy(img.dataobj)}  # ECAT is read whole: not kept
+    return _Plan(first, brain, labels, names, covariates, ref=ref, headers=lazy, k2prime_region=k2_region)
+
+
+def k2prime_region_file(cfg: StudyConfig) -> Path | None:
+    """The file the study's k2' region comes from: the ``k2prime`` mask image, or the atlas holding the named
+    region (``k2prime = "thalamus"``); None when k2' is a number, ``"median"`` or not given."""
+    kind, value = k2prime_source(cfg.model_options)
+    if kind == "mask":
+        return Path(value)
+    if kind == "region":
+        return cfg.atlas
+    return None
+
+
+def _k2prime_region(cfg: StudyConfig, like: Any, labels: np.ndarray | None, names: dict[int, str]) -> Any:
+    """The study's k2' region read once as an in-memory mask image on the grid of ``like`` (the ``k2prime`` mask
+    file, or the atlas region it names); None when k2' is a number, ``"median"`` or not given.  An unknown region,
+    or a region name without an atlas, is an :class:`InputError` naming the study file and the key."""
+    kind, value = k2prime_source(cfg.model_options)
+    where = f"{cfg.study_file} [model_options]" if cfg.study_file is not None else "study settings [model_options]"
+    if kind == "mask":
+        return _read_mask_once(Path(value), like)
+    if kind != "region":
+        return None
+    if labels is None:
+        raise InputError(f"{where}: option 'k2prime' (--k2prime) = {value!r} names an atlas region, but no atlas is "
+                         "given or found in derivatives (atlas / --atlas; or give a mask image path)")
+    ids = [k for k, n in sorted(names.items()) if n == value]
+    if not ids or not (labels == ids[0]).any():
+        raise InputError(f"{where}: option 'k2prime' (--k2prime) = {value!r}: no such region in the atlas "
+                         f"{cfg.atlas_labels or cfg.atlas}; regions: {', '.join(names[k] for k in sorted(names))}")
+    return nib.Nifti1Image((labels == ids[0]).astype(np.uint8), like.affine)
+
+
+def _read_mask_once(path: Path | None, like: Any) -> Any:
+    """The mask (or label) image at ``path`` on the grid of ``like``, read once, as an in-memory image that
+    carries the file's name (messages, provenance and the mask rule are as for the file); None for None."""
+    if path is None:
+        return None
+    data, _ = conform_to(path, like, "mask", name=str(path))
+    img = nib.Nifti1Image(np.asarray(data), like.affine)
+    img.set_filename(str(path))
+    return img
 
 
 def _build_check_model(cfg: StudyConfig, phase: str | None) -> Any:
@@ -682,7 +781,8 @@ def _build_check_model(cfg: StudyConfig, phase: str | None) -> Any:
     except ImportError:  # pragma: no cover
         INPUT_OPTIONS = ("mask_threshold", "k2prime_mask", "k2prime_region")  # noqa: N806
     base = {k: v for k, v in cfg.model_options.items() if k not in INPUT_OPTIONS}
-    if "k2prime_mask" in cfg.model_options and base.get("k2prime") is None:
+    if k2prime_source(cfg.model_options)[0] in ("mask", "region"):
+        del base["k2prime"]  # a region: api.fit gives the model its mean TAC
         if cfg.model.lower() == "mrtm2":
             base["k2prime_tac"] = np.ones(2)  # stands for the region TAC api.fit derives from the mask
         elif cfg.model.lower() == "lpntpet2":
@@ -785,7 +885,7 @@ def scan_protocol(scans: list[Scan]) -> ScanProtocol:
     modes, kbols = set(), []
     for scan in scans:
         meta: dict[str, Any] = {}
-        if scan.sidecar.suffix == ".json":
+        if scan.sidecar.suffix == JSON_EXT:
             try:
                 meta = json.loads(scan.sidecar.read_text())
             except (OSError, json.JSONDecodeError) as exc:
@@ -816,8 +916,11 @@ def _check_activation(cfg: StudyConfig, protocol: ScanProtocol) -> None:
     from ..models.options import validate_model_options  # noqa: PLC0415
 
     if cfg.model is None:
+        kind, k2 = k2prime_source(cfg.model_options)
         model, opts = default_activation(protocol.protocol, cfg.windows,
-                                         k2prime_mask=cfg.model_options.get("k2prime_mask"))
+                                         k2prime_mask=k2 if kind in ("mask", "region") else None)
+        if "k2prime_mask" in opts:  # the activation table's name for a k2' region: k2prime in the study settings
+            opts["k2prime"] = opts.pop("k2prime_mask")
         merged = {**opts, **cfg.model_options}  # the user's options win, key by key
         merged = validate_model_options(merged, model, "default activation model options")
         cfg.model, cfg.model_options = model, merged
@@ -825,10 +928,21 @@ def _check_activation(cfg: StudyConfig, protocol: ScanProtocol) -> None:
                             "default_activation", "reason": "contrast activation without a model"}
         log.info("contrast activation without --model: %s with %s (voxelkit.models.activation.default_activation)",
                  model, ", ".join(f"{k}={v}" for k, v in merged.items()))
-    warns = check_activation(cfg.model, cfg.model_options, protocol.protocol, cfg.windows, protocol.kbol_min)
+    warns = check_activation(cfg.model, _activation_options(cfg.model_options), protocol.protocol, cfg.windows,
+                             protocol.kbol_min)
     for w in warns:
         log.warning("WARNING: %s", w)
     cfg.activation_check = {**protocol.as_dict(), "model": cfg.model, "warnings": warns}
+
+
+def _activation_options(model_options: dict[str, Any]) -> dict[str, Any]:
+    """The options as :mod:`voxelkit.models.activation`'s table reads them: a k2' region (``k2prime`` = mask file or
+    atlas region) under its name there, ``k2prime_mask``."""
+    if k2prime_source(model_options)[0] not in ("mask", "region"):
+        return model_options
+    opts = dict(model_options)
+    opts["k2prime_mask"] = opts.pop("k2prime")
+    return opts
 
 
 def _check_not_foreign(out: Path) -> None:
@@ -836,7 +950,7 @@ def _check_not_foreign(out: Path) -> None:
     a non-empty folder without a voxelkit manifest.  Reads only."""
     if not out.is_dir():
         return
-    desc = out / "dataset_description.json"
+    desc = out / DATASET_DESCRIPTION
     if desc.is_file():
         try:
             doc = json.loads(desc.read_text())
@@ -846,7 +960,7 @@ def _check_not_foreign(out: Path) -> None:
         tools = [str(g.get("Name")) for g in gen if isinstance(g, dict)] if isinstance(gen, list) else []
         if not tools or tools[0] != "voxelkit":
             who = f"made by {', '.join(tools)}" if tools else "not made by voxelkit"
-            raise InputError(f"{out}: a derivatives dataset {who} (see its dataset_description.json); voxelkit run "
+            raise InputError(f"{out}: a derivatives dataset {who} (see its {DATASET_DESCRIPTION}); voxelkit run "
                              f"writes only into folders it created: choose another output folder, e.g. "
                              f"{out.parent / 'voxelkit'}")
     entries = [e.name for e in out.iterdir() if e.name not in (MANIFEST_NAME, LOCK_NAME)]
@@ -858,8 +972,8 @@ def _check_not_foreign(out: Path) -> None:
 
 def _input_paths(cfg: StudyConfig, pairing: Pairing) -> list[Path]:
     paths: list[Path] = [p for s in pairing.scans.values() for p in (s.pet, s.sidecar)]
-    for p in (cfg.ref_mask, cfg.brain_mask, cfg.atlas, cfg.atlas_labels, cfg.model_options.get("k2prime_mask"),
-              cfg.bids_dir / "participants.tsv"):
+    for p in (cfg.ref_mask, cfg.brain_mask, cfg.atlas, cfg.atlas_labels, k2prime_region_file(cfg),
+              cfg.bids_dir / BIDS_PARTICIPANTS):
         if p is not None and Path(p).exists():
             paths.append(Path(p))
     return paths
@@ -873,8 +987,8 @@ def _os_error_line(exc: OSError) -> str:
 def run_study(cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
     """Run the whole study; re-running with the same inputs and settings reuses finished per-scan fits.
 
-    It sequences the stages that can also be called alone -- :func:`fit_scans`, :func:`contrast_maps`,
-    :func:`group_stats` -- under one folder lock, then the ROI tables, provenance and report.
+    It only sequences the stages that can also be called alone -- :func:`fit_scans`, :func:`contrast_maps`,
+    :func:`group_stats`, :func:`roi_tables`, :func:`provenance` -- under one folder lock, then the report.
 
     Order: every cheap check first (:func:`validate_study`, nothing written), then the output folder is locked
     (:class:`voxelkit.outputs.FolderLock`) for the whole run, per-scan fits (cached; a fit record is written last),
@@ -893,6 +1007,8 @@ def run_study(cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
 def _run_study(cfg: StudyConfig, progress: bool) -> StudyResult:
     t_start = time.perf_counter()
     out, pairing, plan, backend, folder = _prepare(cfg)
+    if cfg.tfce:  # a fresh install compiles the TFCE kernels in the background on the engine's first import,
+        import_module("voxelkit.stats.engine")  # so start it now, behind the per-scan fits
     with FolderLock(out, "voxelkit run"):
         folder.write_manifest(complete=False)  # first: an interrupted run stays resumable
         try:
@@ -925,8 +1041,9 @@ def _write_json_atomic(obj: dict[str, Any], path: Path, folder: OutputFolder) ->
 @dataclass
 class ScanFits:
     """What :func:`fit_scans` gives the later stages, in memory: the subjects kept (failed scans left out unless
-    ``keep_failed_scans``), every map they need read once as a 3-D float32 array on the PET grid, the brain mask,
-    affine, atlas, coded covariates, and the fit counts.  BPND unitless; k2' in 1/min."""
+    ``keep_failed_scans``), every map they need as a 3-D float32 array on the PET grid (kept from the fits done
+    now, read once from the cache otherwise), the brain and reference masks, affine, atlas, coded covariates, and
+    the fit counts.  BPND unitless; k2' in 1/min."""
 
     config: StudyConfig
     output_dir: Path
@@ -948,6 +1065,7 @@ class ScanFits:
     sums: _Checksums | None = field(default=None, repr=False)
     first: Any = field(default=None, repr=False)  #: header-only image of the first scan
     locked: bool = field(default=False, repr=False)  #: True while run_study holds the folder lock
+    ref_mask: np.ndarray | None = field(default=None, repr=False)  #: reference mask (non-zero voxels) on the grid
 
     @property
     def subjects(self) -> list[str]:
@@ -1000,7 +1118,7 @@ def _fit_scans_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: O
     timings: dict[str, float] = {}
     _write_json_atomic({"Name": "voxelkit outputs", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
                         "GeneratedBy": [{"Name": "voxelkit", "Version": __version__}]},
-                       out / "dataset_description.json", folder)
+                       out / DATASET_DESCRIPTION, folder)
     sums = _Checksums()
     first, brain, labels, names = plan.first, plan.brain, plan.labels, plan.names
 
@@ -1009,8 +1127,11 @@ def _fit_scans_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: O
     todo = [pairing.scans[(s, c)] for s in pairing.subjects for c in cfg.conditions]
     manifest_lock = threading.Lock()
 
+    keep = ("bp_nd", "release") if cfg.contrast == "release" else ("bp_nd",)  # the maps the later stages use
+
     def fit_one(scan: Scan) -> _ScanFits:
-        res = _fit_scan(scan, cfg, out, sums, brain, (labels, names), folder)
+        res = _fit_scan(scan, cfg, out, sums, brain, (labels, names), folder, ref=plan.ref,
+                        header=plan.headers.get(scan.pet), keep=keep, k2_region=plan.k2prime_region)
         with manifest_lock:
             folder.write_manifest(complete=False)
         return res
@@ -1061,22 +1182,25 @@ def _fit_scans_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: O
     elif failed:
         log.warning("WARNING: %d failed scan(s) kept in the group test (keep_failed_scans)", len(failed))
 
-    # every map the later stages use, read once
+    # every map the later stages use: those just fitted from memory, the reused ones read once
     t0 = time.perf_counter()
     cache: dict[tuple[str, str, str, str | None], np.ndarray] = {}
+    for scan, o in zip(todo, outcomes, strict=True):
+        for (param, phase), vol in getattr(o, "maps", {}).items():
+            cache[(scan.subject, scan.session, param, phase)] = vol
 
     def reader(sub: str, cond: str) -> Any:
         def load(phase: str | None, param: str = "bp_nd") -> np.ndarray:
             key = (sub, cond, param, phase)
             if key not in cache:
                 path = layout.map_path(out, sub, cond, cfg.model, param, phase)
-                cache[key] = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+                cache[key] = np.asarray(load_image(path).dataobj, dtype=np.float32)
             return cache[key]
         return load
 
     maps: dict[tuple[str, str], np.ndarray] = {}
     for sub in pairing.subjects:
-        for cond in cfg.conditions[:2]:
+        for cond in cfg.conditions:  # every condition (named contrasts use any two)
             maps[(sub, cond)] = _scan_value_map(out, cfg, sub, cond, load=reader(sub, cond))
     if labels is not None:  # the ROI tables: BPND of every phase
         for sub in pairing.subjects:
@@ -1088,11 +1212,13 @@ def _fit_scans_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: O
     else:
         first_map = reader(pairing.subjects[0], cfg.conditions[0])(cfg.phases[0], "bp_nd")
         brain_mask = np.isfinite(first_map)
-    bp_nd = {(s, c, ph): v for (s, c, param, ph), v in cache.items() if param == "bp_nd"}
+    kept = set(pairing.subjects)  # the fits of subjects left out (failed scans) are not passed on
+    bp_nd = {(s, c, ph): v for (s, c, param, ph), v in cache.items() if param == "bp_nd" and s in kept}
     timings["read_maps"] = time.perf_counter() - t0
+    ref_mask = np.asarray(plan.ref.dataobj) != 0 if plan.ref is not None else None
     return ScanFits(cfg, out, pairing, maps, bp_nd, brain_mask, first.affine, labels, names, covariates,
                     fitted=fitted, reused=reused, failed=failed, k2prime=k2prime, seconds=timings, folder=folder,
-                    backend=backend, sums=sums, first=first)
+                    backend=backend, sums=sums, first=first, ref_mask=ref_mask)
 
 
 def contrast_maps(cfg: StudyConfig, fits: ScanFits) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray,
@@ -1122,11 +1248,13 @@ def _contrast_maps(cfg: StudyConfig, fits: ScanFits) -> tuple[list[np.ndarray], 
 
 def group_stats(cfg: StudyConfig, a: Any, b: Any, mask: np.ndarray | None = None, affine: np.ndarray | None = None,
                 *, fits: ScanFits | None = None, covariates: Any = None, labels: np.ndarray | None = None,
-                names: dict[int, str] | None = None, backend: Any = None, progress: bool = False) -> Any:
+                names: dict[int, str] | None = None, backend: Any = None, progress: bool = False,
+                stats_dir: Path | None = None) -> Any:
     """The group test on A - B (``a``, ``b``: per-subject 3-D maps, e.g. from :func:`contrast_maps`), as in
     :func:`run_study`: a paired sign-flip permutation test, or with covariates the centred-covariate GLM
     (:func:`run_group_stats`).  With ``fits`` (from :func:`fit_scans`), the mask, affine, covariates, atlas and
-    backend default to its; the statistics are written to ``stats/`` of ``cfg.output_dir``.  Returns the
+    backend default to its; the statistics are written to ``group/stats/`` of ``cfg.output_dir`` (or
+    ``stats_dir``).  Every inference setting of ``cfg`` (:meth:`StudyConfig.inference`) is passed on.  Returns the
     :class:`~voxelkit.stats.PermutationResult`."""
     if fits is not None:
         mask = fits.mask if mask is None else mask
@@ -1143,7 +1271,8 @@ def group_stats(cfg: StudyConfig, a: Any, b: Any, mask: np.ndarray | None = None
 
     def call() -> Any:
         return run_group_stats(cfg, list(a), list(b), mask, affine, covariates, labels, names or {}, out,
-                               backend=backend, progress=progress, folder=fits.folder if fits is not None else None)
+                               backend=backend, progress=progress, folder=fits.folder if fits is not None else None,
+                               stats_dir=stats_dir)
 
     if fits is None:
         return call()
@@ -1152,62 +1281,112 @@ def group_stats(cfg: StudyConfig, a: Any, b: Any, mask: np.ndarray | None = None
 
 def _run_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputFolder, backend: Any,
                 progress: bool, t_start: float) -> StudyResult:
+    """The stages in order under the folder lock: fit_scans -> contrast_maps -> group_stats -> roi_tables ->
+    provenance -> report."""
     out = folder.path.resolve()
-    # 1. per-scan fits (cached), maps read once
     fits = _fit_scans_locked(cfg, pairing, plan, folder, backend, progress)
     fits.locked = True
     timings = dict(fits.seconds)
-    pairing, sums, covariates = fits.pairing, fits.sums, fits.covariates
-    fitted, reused, failed, k2prime = fits.fitted, fits.reused, fits.failed, fits.k2prime
 
-    # 2. contrast maps
-    t0 = time.perf_counter()
-    maps_a, maps_b, brain_mask, affine = contrast_maps(cfg, fits)
-    timings["contrast"] = time.perf_counter() - t0
+    if cfg.contrasts:  # named contrasts: every scan fitted once above, the paired stages per contrast
+        result = StudyResult(cfg, out, fits.pairing.subjects, fits.pairing.dropped, fits.fitted, fits.reused,
+                             None, [], failed_scans=fits.failed, k2prime=fits.k2prime, fits=fits)
+        stats_result = None
+        for a, b in cfg.contrast_pairs():
+            sub = cfg.for_contrast(a, b)
+            label = layout.contrast_label(cfg.contrast, a, b)
+            t0 = time.perf_counter()
+            maps_a, maps_b, brain_mask, affine = contrast_maps(sub, fits)
+            sdir = contrast_stats_dir(out, label)
+            res = group_stats(sub, maps_a, maps_b, brain_mask, affine, fits=fits, progress=progress, stats_dir=sdir)
+            roi = roi_tables(sub, fits, label=label)
+            timings[f"contrast {a}-{b}"] = time.perf_counter() - t0
+            result.contrasts[label] = {"conditions": (a, b), "stats": res, "roi": roi, "stats_dir": sdir}
+            log.info("contrast %s - %s: statistics in %s", a, b, sdir)
+    else:
+        t0 = time.perf_counter()
+        maps_a, maps_b, brain_mask, affine = contrast_maps(cfg, fits)
+        timings["contrast"] = time.perf_counter() - t0
 
-    # 3. inference
-    t0 = time.perf_counter()
-    stats_result = group_stats(cfg, maps_a, maps_b, brain_mask, affine, fits=fits, progress=progress)
-    timings["stats"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stats_result = group_stats(cfg, maps_a, maps_b, brain_mask, affine, fits=fits, progress=progress)
+        timings["stats"] = time.perf_counter() - t0
 
-    # 4. ROI tables
-    t0 = time.perf_counter()
-    roi_tests = _roi_tables(out, cfg, pairing, fits.labels, fits.names, brain_mask, folder=folder,
-                            scan_maps=fits.maps, bp_nd_maps=fits.bp_nd)
-    timings["roi"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        roi = roi_tables(cfg, fits)
+        timings["roi"] = time.perf_counter() - t0
 
-    result = StudyResult(cfg, out, pairing.subjects, pairing.dropped, fitted, reused, stats_result, roi_tests,
-                         failed_scans=failed, k2prime=k2prime)
-    for p in (cfg.ref_mask, cfg.brain_mask, cfg.atlas, cfg.atlas_labels, cfg.bids_dir / "participants.tsv"):
-        if p is not None and Path(p).exists():
-            sums(Path(p))
+        result = StudyResult(cfg, out, fits.pairing.subjects, fits.pairing.dropped, fits.fitted, fits.reused,
+                             stats_result, roi.tests, failed_scans=fits.failed, k2prime=fits.k2prime, roi=roi,
+                             fits=fits)
     _remove_stale(folder)
     timings["total_before_report"] = time.perf_counter() - t_start
-    provenance = {
-        "voxelkit": __version__, "command": sys.argv, "settings": cfg.to_dict(), "seed": cfg.seed,
-        "backend": {"name": backend.name, "reason": backend.reason}, "versions": _versions(),
-        "inputs": sums.table(), "subjects": pairing.subjects, "dropped_subjects": pairing.dropped,
-        "scans": scan_table(pairing), "spatial_conform": conform_notes([cfg.ref_mask, cfg.brain_mask, cfg.atlas,
-                                                                      cfg.model_options.get("k2prime_mask")]),
-        "failed_scans": failed, "k2prime_per_scan": k2prime, "model_choice": cfg.model_choice,
-        "activation_check": cfg.activation_check,
-        "covariate_coding": covariates.as_dict() if covariates is not None else None,
-        "fits": {"fitted": fitted, "reused": reused}, "seconds": {k: round(v, 3) for k, v in timings.items()},
-    }
-    # the settings record is written beside the results it describes, at the end (never before validation)
-    _write_json_atomic(cfg.to_dict(), out / "study.json", folder)
-    _write_json_atomic(provenance, out / "provenance.json", folder)
+    result.provenance = provenance(cfg, fits, stats_result, seconds=timings)
 
-    # 5. report
-    if cfg.report:
+    if cfg.report and cfg.contrasts:
+        log.warning("WARNING: the HTML report covers one contrast; with named contrasts (--contrasts) it is not "
+                    "written: see %s", ", ".join(str(c["stats_dir"]) for c in result.contrasts.values()))
+    elif cfg.report:
         t0 = time.perf_counter()
         from ..report import write_report  # noqa: PLC0415
 
         folder.record(layout.report_path(out))
-        result.report = write_report(out, layout.report_path(out))
+        result.report = write_report(out, layout.report_path(out), study=cfg, provenance=result.provenance,
+                                     stats=stats_result, written=folder.written,
+                                     bp_nd=[fits.bp_nd[k] for k in sorted(fits.bp_nd, key=str)])
         timings["report"] = time.perf_counter() - t0
     result.seconds = timings
     return result
+
+
+def provenance(cfg: StudyConfig, fits: ScanFits, stats_result: Any = None, *,
+               seconds: dict[str, float] | None = None) -> dict[str, Any]:
+    """The run's provenance: voxelkit and library versions, command, resolved settings, seed, backend, every
+    input file with its sha256 and size, subjects kept and dropped (and why), the scan used per subject and
+    condition, spatial conforming notes, failed scans, the k2' estimated per scan (1/min), covariate coding, fit
+    counts and stage timings (seconds; default ``fits.seconds``).  Written with the resolved settings as
+    ``provenance.json`` and ``study.json`` into the output folder (last, beside the results they describe) and
+    returned.  ``stats_result`` (from :func:`group_stats`): its inference settings are recorded."""
+    return _run_stage(fits, _provenance, cfg, fits, stats_result, seconds)
+
+
+def _provenance(cfg: StudyConfig, fits: ScanFits, stats_result: Any, seconds: dict[str, float] | None) -> dict:
+    out, pairing, folder = fits.output_dir, fits.pairing, fits.folder
+    sums = fits.sums if fits.sums is not None else _Checksums()
+    for scan in pairing.scans.values():
+        sums(scan.pet)
+        sums(scan.sidecar)
+    k2_file = k2prime_region_file(cfg)
+    for p in (cfg.ref_mask, cfg.brain_mask, cfg.atlas, cfg.atlas_labels, k2_file, cfg.bids_dir / BIDS_PARTICIPANTS):
+        if p is not None and Path(p).exists():
+            sums(Path(p))
+    backend = fits.backend if fits.backend is not None else get_backend(cfg.device)
+    timings = dict(fits.seconds if seconds is None else seconds)
+    settings = stats_result.settings if stats_result is not None and hasattr(stats_result, "settings") else {}
+    record = {
+        "voxelkit": __version__, "command": sys.argv, "settings": cfg.to_dict(), "seed": cfg.seed,
+        "backend": {"name": backend.name, "reason": backend.reason}, "versions": _versions(),
+        "inputs": sums.table(), "subjects": pairing.subjects, "dropped_subjects": pairing.dropped,
+        "scans": scan_table(pairing),
+        "spatial_conform": conform_notes([cfg.ref_mask, cfg.brain_mask, cfg.atlas,
+                                          k2_file if k2prime_source(cfg.model_options)[0] == "mask" else None]),
+        "failed_scans": fits.failed, "k2prime_per_scan": fits.k2prime, "model_choice": cfg.model_choice,
+        "activation_check": cfg.activation_check,
+        "covariate_coding": fits.covariates.as_dict() if fits.covariates is not None else None,
+        "inference": settings.get("inference", cfg.inference().to_dict()) if isinstance(settings, dict)
+        else cfg.inference().to_dict(),
+        "fits": {"fitted": fits.fitted, "reused": fits.reused},
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+    # the settings record is written beside the results it describes, at the end (never before validation)
+    if folder is not None:
+        _write_json_atomic(cfg.to_dict(), out / STUDY_RECORD, folder)
+        _write_json_atomic(record, out / PROVENANCE, folder)
+    else:
+        write_json(cfg.to_dict(), out / STUDY_RECORD, atomic=True)
+        write_json(record, out / PROVENANCE, atomic=True)
+    return record
+
 
 def _remove_stale(folder: OutputFolder) -> None:
     """Remove group-level files an earlier run recorded here that this run did not write (a TFCE map after
@@ -1227,7 +1406,7 @@ def _remove_stale(folder: OutputFolder) -> None:
 def run_group_stats(cfg: StudyConfig, maps_a: list[np.ndarray], maps_b: list[np.ndarray], mask: np.ndarray,
                     affine: np.ndarray, covariates: Any, labels: np.ndarray | None,
                     names: dict[int, str], out: Path, *, backend: Any, progress: bool,
-                    folder: OutputFolder | None = None) -> Any:
+                    folder: OutputFolder | None = None, stats_dir: Path | None = None) -> Any:
     """Paired permutation inference on A - B.  With covariates (a :class:`~voxelkit.stats.covariates.
     CodedCovariates`: numeric columns mean-centred, categorical effect-coded and centred), a GLM of the differences
     on ``[1, Z]`` whose intercept -- the mean difference at the sample's average covariate values -- is tested."""
@@ -1257,16 +1436,17 @@ def run_group_stats(cfg: StudyConfig, maps_a: list[np.ndarray], maps_b: list[np.
     else:
         design = one_sample_design(n, kind="paired")
     atlas_img = nib.Nifti1Image(labels.astype(np.int32), affine) if labels is not None else None
-    res = permutation_test(diff, masker, design, n_perm=cfg.n_perm, two_sided=cfg.two_sided,
-                           cluster_p=cfg.cluster_p, tfce=cfg.tfce, seed=cfg.seed, device=backend,
+    # every inference setting of the study ([inference]: voxelkit.stats.settings.Inference), as given
+    res = permutation_test(diff, masker, design, **cfg.inference().as_kwargs(), device=backend,
                            progress=progress, atlas=atlas_img, atlas_lookup=names or None,
                            extra_settings=extra)
-    paths = res.save(layout.stats_dir(out), overwrite=True)
+    sdir = layout.stats_dir(out) if stats_dir is None else Path(stats_dir)
+    paths = res.save(sdir, overwrite=True)
     if folder is not None:
         for p in paths.values():
             folder.record(p)
-        if (layout.stats_dir(out) / MANIFEST_NAME).exists():
-            folder.record(layout.stats_dir(out) / MANIFEST_NAME)
+        if (sdir / MANIFEST_NAME).exists():
+            folder.record(sdir / MANIFEST_NAME)
     return res
 
 

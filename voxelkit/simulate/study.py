@@ -66,6 +66,13 @@ __all__ = ["PRESETS", "StudyConfig", "StudyResult", "simulate_study", "plan_stud
 
 BIDS_VERSION = "1.10.0"
 DERIV = "voxelkit-sim"
+#: The simulator's own records in ``derivatives/<DERIV>/``: the full configuration, the ground truth per scan and
+#: (release designs) the occupancy time courses.
+SIMULATION_RECORD = "simulation.json"
+TRUTH_TABLE = "truth.tsv"
+OCCUPANCY_TABLE = "occupancy.tsv"
+#: Ending of the true peak-occupancy map of a release scan (``<sub>_<ses>`` + this, in the scan's pet folder).
+TRUE_PEAK_OCCUPANCY_SUFFIX = "_desc-truepeakoccupancy_mimap.nii.gz"
 SPACE = "MNI152NLin2009cAsym"
 CARFENTANIL_MW = 394.5  # g/mol
 #: Input scale (kBq/mL per unit Feng shape) for 350 MBq: reference TAC peaks near 12 kBq/mL.
@@ -536,7 +543,7 @@ def _simulate_scan(plan: ScanPlan) -> tuple[str, dict]:
                   {"Description": "true BPND (unitless) of the scan outside the release", **common})
         _save_map(plan.bp_base * (1.0 - plan.peak_occ), brain, aff, d / f"{pre}_desc-truebpndpeak_mimap.nii.gz",
                   {"Description": "true BPND (unitless) at the peak of the release", **common})
-        _save_map(plan.peak_occ, brain, aff, d / f"{pre}_desc-truepeakoccupancy_mimap.nii.gz",
+        _save_map(plan.peak_occ, brain, aff, d / f"{pre}{TRUE_PEAK_OCCUPANCY_SUFFIX}",
                   {"Description": "true occupancy 1 - BP(t_P)/BP at the peak of the release (unitless)", **common})
     else:
         _save_map(plan.bp_segments[:, 0], brain, aff, d / f"{pre}_desc-truebpnd_mimap.nii.gz",
@@ -732,9 +739,9 @@ def simulate_study(outdir: str | Path, *, preset: str | None = None, config: Stu
         _CTX.clear()
 
     truth = _truth_rows(cfg, phantom, scans)
-    write_tsv(truth, deriv / "truth.tsv")
+    write_tsv(truth, deriv / TRUTH_TABLE)
     if cfg.challenge == "within":
-        write_tsv(occupancy_rows(cfg, phantom, scans, switch), deriv / "occupancy.tsv")
+        write_tsv(occupancy_rows(cfg, phantom, scans, switch), deriv / OCCUPANCY_TABLE)
     result = StudyResult(root, cfg, pets, deriv, truth, time.perf_counter() - t0)
     log.debug("%s", result.summary())  # callers print it (the CLI once); logging it too printed it twice
     return result
@@ -890,7 +897,7 @@ def _write_static(root: Path, deriv: Path, cfg: StudyConfig, phantom: Phantom, p
     cfg_dict["files"] = {"atlas": f"{atlas}.nii.gz", "lookup": f"{atlas}.tsv",
                          **{f"{d}_mask": f"{pre}_desc-{d}_mask.nii.gz"
                             for d in ("brain", "reference", "effect", "challenge", "highbinding")}}
-    write_json(cfg_dict, deriv / "simulation.json")
+    write_json(cfg_dict, deriv / SIMULATION_RECORD)
 
 
 #: Phantom BPND from which a region counts as high-binding (``desc-highbinding_mask``: a k2' source).
