@@ -95,3 +95,31 @@ def test_frame_validation_names_source_and_frame():
     with pytest.raises(FrameError, match="frame count mismatch: pet.nii has 4 frames"):
         ft.check_count(4, "pet.nii")
     np.testing.assert_allclose(ft.mid_min, [0.75, 1.5, 2.5])
+
+
+def test_auto_keeps_a_small_problem_on_the_cpu(fake_gpu, tmp_path):
+    """One rule for every entry point: ``auto`` (the default of fit and fit_tacs) picks the GPU when usable,
+    except for a problem the caller says is small (fewer than AUTO_GPU_MIN_ITEMS items, e.g. the regional TACs
+    of a table); ``gpu`` is always the GPU."""
+    assert be.get_backend("auto").is_gpu  # the stand-in GPU is usable
+    assert be.get_backend("auto", n_items=be.AUTO_GPU_MIN_ITEMS).is_gpu
+    assert not be.get_backend("auto", n_items=be.AUTO_GPU_MIN_ITEMS - 1).is_gpu
+    assert not be.get_backend(None, n_items=100).is_gpu
+    assert be.get_backend("gpu", n_items=3).is_gpu
+    import inspect
+
+    import voxelkit
+
+    assert inspect.signature(voxelkit.fit).parameters["device"].default is None
+    assert inspect.signature(voxelkit.fit_tacs).parameters["device"].default is None
+    # fit_tacs with the default device on a machine with a GPU: a 3-region table stays on the CPU
+    t = np.arange(0, 3600, 300.0)
+    rows = ["frame_start\tframe_end\tref\tA\tB\tC"]
+    for s in t:
+        m = (s + 150) / 60
+        ref = 10 * m * np.exp(-m / 8) + 1
+        rows.append(f"{s}\t{s + 300}\t{ref}\t{ref * 2}\t{ref * 3}\t{ref * 1.5}")
+    p = tmp_path / "tacs.tsv"
+    p.write_text("\n".join(rows) + "\n")
+    fit = voxelkit.fit_tacs(p, reference="ref", model="mrtm")
+    assert fit.backend == "numpy"

@@ -28,7 +28,7 @@ def test_demo_findings_from_memory_equal_findings_from_disk(tmp_path, monkeypatc
     monkeypatch.setattr(nib, "load", guarded)
     memory = demo._findings(result)
     assert [f.region for f in memory] == [f.region for f in disk]
-    for m, d in zip(memory, disk):
+    for m, d in zip(memory, disk, strict=True):
         assert m.n_voxels == d.n_voxels and m.planted == d.planted
         for k in d.best:
             assert np.isclose(m.best[k], d.best[k], rtol=1e-6) and m.frac_sig[k] == d.frac_sig[k], (m.region, k)

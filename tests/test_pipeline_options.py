@@ -271,3 +271,38 @@ def test_cli_conditions_and_contrasts() -> None:
     cfg = StudyConfig(bids_dir=args.bids_dir, **study_overrides(args))
     assert cfg.contrast_pairs() == [("anakinra", "placebo"), ("anakinra", "baseline")]
     assert cfg.for_contrast("anakinra", "baseline").conditions == ("anakinra", "baseline")
+
+
+def test_one_vocabulary_aliases_on_the_command_line_and_in_the_study_file(tmp_path):
+    """--reference (= --ref-mask / --ref), --atlas-lookup / --atlas-labels in run and stats, --quantity
+    (= --contrast) and the study file's quantity key: the same settings under the names of the other layers."""
+    import argparse
+
+    from voxelkit.cli import build_parser
+    from voxelkit.io import InputError
+    from voxelkit.pipeline import load_study_file
+
+    parser = build_parser()
+    a = parser.parse_args(["run", "bids", "--reference", "occ.nii.gz", "--atlas-lookup", "lut.tsv",
+                           "--quantity", "release"])
+    b = parser.parse_args(["run", "bids", "--ref-mask", "occ.nii.gz", "--atlas-labels", "lut.tsv",
+                           "--contrast", "release"])
+    assert (a.ref_mask, a.atlas_labels, a.contrast) == (b.ref_mask, b.atlas_labels, b.contrast) \
+        == ("occ.nii.gz", "lut.tsv", "release")
+    f = parser.parse_args(["fit", "pet.nii.gz", "--reference", "occ.nii.gz", "-o", "out"])
+    assert f.ref_mask == "occ.nii.gz"
+    t = parser.parse_args(["fit-tacs", "tacs.tsv", "--reference", "Occ", "--model", "mrtm"])
+    assert t.ref == "Occ"
+    s = parser.parse_args(["stats", "paired", "--a", "a.nii", "--b", "b.nii", "--atlas", "at.nii",
+                           "--atlas-labels", "lut.tsv", "-o", "o"])
+    assert s.atlas_lookup == "lut.tsv"
+    assert isinstance(a, argparse.Namespace)
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    study = tmp_path / "s.toml"
+    study.write_text('bids_dir = "bids"\nquantity = "bp_nd"\n')
+    cfg = load_study_file(study)
+    assert cfg.contrast == cfg.quantity == "bp_nd"
+    study.write_text('bids_dir = "bids"\nquantity = "bp_nd"\ncontrast = "bp_nd"\n')
+    with pytest.raises(InputError, match="quantity or contrast"):
+        load_study_file(study)

@@ -16,7 +16,7 @@ from voxelkit.frames import FrameTiming
 from voxelkit.simulate.kinetics import FengInput, feng_input
 from voxelkit.simulate.phantom import build_phantom
 from voxelkit.simulate.study import (
-    StudyConfig,
+    SimulationConfig,
     plan_study,
     release_bp,
     release_shape,
@@ -71,19 +71,19 @@ def test_release_bp_reaches_the_planted_peak_occupancy():
 
 
 def test_release_steps_cover_the_challenge_window():
-    cfg = StudyConfig(design="release", challenge_window_min=(45.0, 70.0), release_step_min=0.5)
+    cfg = SimulationConfig(design="release", challenge_window_min=(45.0, 70.0), release_step_min=0.5)
     sw, h = release_steps(cfg)
     assert sw[0] == 45.0 and sw[-1] == 70.0 and np.allclose(np.diff(sw), 0.5)
     assert h.size == sw.size + 1 and h[0] == 0.0 and h[-1] == 0.0
     mids = sw[:-1] + 0.25
     assert np.allclose(h[1:-1], release_shape(mids, 45.0, 55.0, 1.0))
-    cfg = StudyConfig(design="release", challenge_window_min=(45.0, 90.0))  # to the end of the scan
+    cfg = SimulationConfig(design="release", challenge_window_min=(45.0, 90.0))  # to the end of the scan
     sw, h = release_steps(cfg)
     assert sw[-1] < 90.0 and h.size == sw.size + 1 and h[-1] > 0
 
 
 def test_release_plan_both_sessions_challenged_drug_adds_effect(ph4):
-    cfg = StudyConfig(n_subjects=3, resolution=4, design="release", effect=0.2, bp_session_sd=0.0)
+    cfg = SimulationConfig(n_subjects=3, resolution=4, design="release", effect=0.2, bp_session_sd=0.0)
     _, scans, switch = plan_study(cfg, ph4)
     eff = ph4.mask(list(cfg.effect_regions))[ph4.brain]
     chal = ph4.mask(list(cfg.challenge_regions))[ph4.brain]
@@ -195,10 +195,10 @@ def test_scan_design_writes_step_occupancy(tmp_path):
 
 
 def test_protocol_default_kbol(ph4, tmp_path):
-    cfg = StudyConfig(protocol="bolus-infusion")
+    cfg = SimulationConfig(protocol="bolus-infusion")
     assert cfg.kbol_min == 80.0 and cfg.protocol_name == "bolus-infusion"
-    assert StudyConfig(kbol=40.0).protocol_name == "bolus-infusion"
-    assert StudyConfig().kbol_min is None and StudyConfig().protocol_name == "bolus"
+    assert SimulationConfig(kbol=40.0).protocol_name == "bolus-infusion"
+    assert SimulationConfig().kbol_min is None and SimulationConfig().protocol_name == "bolus"
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -20,7 +20,7 @@ from voxelkit.simulate.kinetics import FengInput, decay_factor, one_tissue_tac, 
 from voxelkit.simulate.phantom import build_phantom
 from voxelkit.simulate.study import (
     BASE_SCALE_PER_MBQ,
-    StudyConfig,
+    SimulationConfig,
     _gauss_unit_factor,
     plan_study,
     simulate_study,
@@ -264,7 +264,7 @@ def ph4():
 
 
 def test_balanced_crossover_and_covariate_links(ph4):
-    cfg = StudyConfig(n_subjects=40, resolution=4, activation_links={"il1b": 0.8}, challenge_sd=0.05,
+    cfg = SimulationConfig(n_subjects=40, resolution=4, activation_links={"il1b": 0.8}, challenge_sd=0.05,
                       pain_link=-0.9)
     parts, scans, switch = plan_study(cfg, ph4)
     orders = [p["session_order"] for p in parts]
@@ -279,12 +279,12 @@ def test_balanced_crossover_and_covariate_links(ph4):
 
 
 def test_between_design_with_baseline_and_effect_on_challenge(ph4):
-    cfg = StudyConfig(n_subjects=2, resolution=4, challenge="between", baseline_session=True)
+    cfg = SimulationConfig(n_subjects=2, resolution=4, challenge="between", baseline_session=True)
     _, scans, switch = plan_study(cfg, ph4)
     assert switch.size == 0 and [s.session for s in scans][0] == "baseline"
     base = [s for s in scans if s.session == "baseline"]
     assert all(s.bp_segments.shape[1] == 1 and s.displacement == 0 and not s.challenged for s in base)
-    cfg = StudyConfig(n_subjects=2, resolution=4, effect_on="challenge", bp_session_sd=0.0, effect=0.2)
+    cfg = SimulationConfig(n_subjects=2, resolution=4, effect_on="challenge", bp_session_sd=0.0, effect=0.2)
     _, scans, _ = plan_study(cfg, ph4)
     eff = ph4.mask(list(cfg.effect_regions))[ph4.brain]
     chal = ph4.mask(list(cfg.challenge_regions))[ph4.brain]
@@ -327,3 +327,17 @@ def test_wide_kernel_noise_is_gaussian_with_unit_variance(tmp_path):
     assert abs(z.std() - 1.0) < 0.05
     kurt = np.mean((z - z.mean()) ** 4) / z.var() ** 2 - 3.0
     assert abs(kurt) < 0.1
+
+
+def test_old_simulation_class_names_are_deprecated_aliases(caplog):
+    """simulate.study.StudyConfig / StudyResult (names the pipeline's classes also had) are now
+    SimulationConfig / SimulationResult; the old names work for one release with a DEPRECATED warning."""
+    import logging
+
+    from voxelkit.simulate import study
+
+    caplog.set_level(logging.WARNING)
+    assert study.StudyConfig is study.SimulationConfig and study.StudyResult is study.SimulationResult
+    assert caplog.text.count("DEPRECATED") == 2
+    with pytest.raises(AttributeError):
+        study.NoSuchName  # noqa: B018

@@ -199,7 +199,7 @@ def test_engine_counts_and_nulls_equal_every_map(monkeypatch, two_sided):
     for k in ("h0_max_t", "h0_max_tfce", "h0_max_extent", "h0_max_mass"):
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
     # the uncorrected p counts the flips with (|)t(|) >= the observed one: check against explicit t maps
-    t = np.stack([engine.Prepared.t_from_U(prep, prep.Q.T @ (s[:, None] * prep.E)) for s in perms.signs])
+    t = np.stack([engine.PreparedDesign.t_from_U(prep, prep.Q.T @ (s[:, None] * prep.E)) for s in perms.signs])
     st = np.abs(t) if two_sided else t
     ref = (st >= st[0] - 1e-6 * (1 + np.abs(st[0]))).sum(axis=0)
     np.testing.assert_array_equal(a.count, ref)

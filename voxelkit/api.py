@@ -19,6 +19,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from .backend import get_backend
 from .frames import FrameTiming
 from .io import (
     DEFAULT_MASK_THRESHOLD,
@@ -170,9 +171,7 @@ def fit(pet: ImageLike | DynamicPET, reference: Any, model: str = "logan", mask:
     if chunked or (chunked is None and isinstance(pet, str | Path)):
         from . import bigfit  # noqa: PLC0415
 
-        independent = str(model).lower() in bigfit.INDEPENDENT_MODELS or (
-            str(model).lower() in ("mrtm2", "srtm2") and isinstance(k2prime, int | float))
-        if chunked or bigfit.is_zarr(pet) or (independent and bigfit.should_chunk(pet)):
+        if chunked or bigfit.is_zarr(pet) or (bigfit.is_independent(model, k2prime) and bigfit.should_chunk(pet)):
             if k2prime is not None:
                 options["k2prime"] = k2prime
             return bigfit.fit_chunked(pet, reference, model, mask, frames=frames, device=device, **options)
@@ -217,15 +216,16 @@ def fit(pet: ImageLike | DynamicPET, reference: Any, model: str = "logan", mask:
 
 def fit_tacs(tacs: str | Path | TACTable, reference: str | np.ndarray | None = None, model: str = "logan", *,
              regions: list[str] | None = None, weights: str | np.ndarray | None = None,
-             device: str | None = "cpu", k2prime: Any = None, **options: Any) -> ModelFit:
+             device: str | None = None, k2prime: Any = None, **options: Any) -> ModelFit:
     """Fit ``model`` to each regional TAC of a TSV table (``frame_start``/``frame_end`` in seconds).
 
     ``reference`` names the reference column (or is a TAC); ``ref=`` is a deprecated alias.  ``weights`` is a
     scheme name, a column name of the table (then that column is not a region), or an array.  Regions default to
     all other columns.  ``k2prime``: a number (1/min), ``"median"`` (over the fitted regions), or the column name
     of a high-binding region whose fit gives k2' (MRTM for MRTM2/lp-ntPET2, SRTM for SRTM2; the column need not
-    be among the fitted regions); ``k2prime_region=`` is a deprecated alias.  ``device`` defaults to the CPU
-    (a table is small)."""
+    be among the fitted regions); ``k2prime_region=`` is a deprecated alias.  ``device``: as in :func:`fit`
+    (None: ``$VOXELKIT_DEVICE`` or ``auto``); ``auto`` keeps a table of fewer than
+    :data:`voxelkit.backend.AUTO_GPU_MIN_ITEMS` regions on the CPU (:func:`voxelkit.backend.get_backend`)."""
     reference = _take_alias(options, "ref", "reference", reference, "reference=<column>")
     k2prime = _take_alias(options, "k2prime_region", "k2prime", k2prime, "k2prime=<column>")
     if reference is None:
@@ -263,7 +263,7 @@ def fit_tacs(tacs: str | Path | TACTable, reference: str | np.ndarray | None = N
         return rows.mean(axis=0), f"mean of regions {', '.join(names)} of {table.source}", {}
 
     k2_kwargs, k2_info = resolve_k2prime(k2prime, model, region)
-    mdl = get_model(model, device=device, **options, **k2_kwargs)
+    mdl = get_model(model, device=get_backend(device, n_items=arr.shape[0]), **options, **k2_kwargs)
     result = mdl.fit(arr, ref_tac, table.frames, names=list(regions))
     result.info.update(tacs=table.source, **k2_info)
     return result

@@ -160,13 +160,20 @@ def reset_probe() -> None:
     _XP_BY_ID.clear()
 
 
-def get_backend(device: str | Backend | None = None) -> Backend:
+#: ``auto`` keeps a problem of fewer independent items than this (e.g. regional TACs of a table) on the CPU:
+#: the GPU start-up (CuPy import, context, kernel load: about a second) costs more than the fit itself.
+AUTO_GPU_MIN_ITEMS = 10_000
+
+
+def get_backend(device: str | Backend | None = None, *, n_items: int | None = None) -> Backend:
     """Choose the backend.
 
     Parameters
     ----------
     device : ``"auto"``, ``"cpu"``, ``"gpu"``, an existing :class:`Backend`, or None (then the environment
         variable ``VOXELKIT_DEVICE``, default ``"auto"``).
+    n_items : the number of independent items (voxels, TACs) when the caller knows it: ``auto`` picks the CPU
+        below :data:`AUTO_GPU_MIN_ITEMS` (``gpu`` is always the GPU).
     """
     if isinstance(device, Backend):
         return device
@@ -175,7 +182,7 @@ def get_backend(device: str | Backend | None = None) -> Backend:
     device = str(device).lower()
     if device not in DEVICES:
         raise BackendError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
-    if device == "cpu":
+    if device == "cpu" or (device == "auto" and n_items is not None and n_items < AUTO_GPU_MIN_ITEMS):
         return NUMPY
     probe = probe_gpu()
     if probe.available:

@@ -111,17 +111,27 @@ def slabs(shape: tuple[int, ...], slab_voxels: int) -> list[tuple[int, int]]:
     return [(z, min(int(shape[2]), z + dz)) for z in range(0, int(shape[2]), dz)]
 
 
+#: Two-step models that are voxel-independent once k2' is a given number (1/min).
+FIXED_K2PRIME_MODELS = ("mrtm2", "srtm2")
+
+
+def is_independent(model: str, k2prime: Any = None) -> bool:
+    """Whether ``model``'s voxels are fitted independently of each other (so slabs give the whole-image
+    result): the models of :data:`INDEPENDENT_MODELS`, and those of :data:`FIXED_K2PRIME_MODELS` with k2' given
+    as a number (1/min)."""
+    name = str(model).lower()
+    return name in INDEPENDENT_MODELS or (name in FIXED_K2PRIME_MODELS and isinstance(k2prime, int | float)
+                                          and not isinstance(k2prime, bool))
+
+
 def check_independent(model: str, mdl: Any) -> None:
     """Refuse a model whose voxels are not fitted independently (the slabs would change its result)."""
     name = model.lower()
-    if name in INDEPENDENT_MODELS:
-        return
-    if name in ("mrtm2", "srtm2") and isinstance(getattr(mdl, "k2prime", None), float) \
-            and getattr(mdl, "k2prime_tac", None) is None:
+    if is_independent(name, getattr(mdl, "k2prime", None)) and getattr(mdl, "k2prime_tac", None) is None:
         return
     raise InputError(f"--chunked: model {model!r} " + (
         "estimates k2' from all voxels together (k2prime median / a k2' mask): give k2' in 1/min (--k2prime)"
-        if name in ("mrtm2", "srtm2") else "calibrates its test on all voxels together") +
+        if name in FIXED_K2PRIME_MODELS else "calibrates its test on all voxels together") +
         f"; chunked fits support {', '.join(INDEPENDENT_MODELS)} and mrtm2/srtm2 with a given k2'")
 
 

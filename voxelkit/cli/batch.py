@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                                    "region and the model's parameters (rates in 1/min). Regions may differ "
                                    "between scans. Nothing is written when a table cannot be fitted.")
     p.add_argument("derivatives", metavar="DIR", help="derivatives dataset (e.g. derivatives/petprep)")
-    p.add_argument("--ref", required=True, metavar="COLUMN", help="reference region column in every table")
+    p.add_argument("--ref", "--reference", required=True, metavar="COLUMN",
+                   help="reference region column in every table (--reference: the same)")
     p.add_argument("--regions", nargs="+", default=None,
                    help="region columns to fit (default: all others; a table lacking one skips it with a note)")
     p.add_argument("--pattern", default=DEFAULT_PATTERN, help=f"TAC file name pattern (default {DEFAULT_PATTERN})")
@@ -44,7 +44,7 @@ def find_tac_tables(root: Path, pattern: str = DEFAULT_PATTERN) -> list[Path]:
 
 
 def fit_batch(root: Path, ref: str, model: str, regions: list[str] | None = None, pattern: str = DEFAULT_PATTERN,
-              device: str | None = "cpu", **options: Any) -> list[dict[str, Any]]:
+              device: str | None = None, **options: Any) -> list[dict[str, Any]]:
     """Tidy rows (subject, session, file, frames, region, parameters...) of every TAC table under ``root``."""
     from ..api import fit_tacs  # noqa: PLC0415
     from ..io import InputError, read_tac_table  # noqa: PLC0415
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if target.exists() and not args.overwrite:
         raise CliError(f"output exists: {target} (use --overwrite)")
     _check_writable_dir(target.parent)
-    device = args.device or os.environ.get("VOXELKIT_DEVICE") or "cpu"  # small tables: the CPU unless asked
+    device = args.device  # None: $VOXELKIT_DEVICE or auto (auto keeps a small table on the CPU)
     rows = fit_batch(root, args.ref, args.model, args.regions, args.pattern, device=device, **opts)
     write_tsv_atomic(rows, target)
     log.info("wrote %d rows to %s", len(rows), target)

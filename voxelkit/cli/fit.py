@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                                    "manifest), never an input. When most voxels fail, a warning on stderr says "
                                    "why (exit 0; --strict: exit 2).")
     p.add_argument("pet", help="4-D PET image; frame times from its BIDS JSON sidecar unless --frames-json")
-    p.add_argument("--ref-mask", required=True, help="reference region mask (mean TAC used)")
+    p.add_argument("--ref-mask", "--reference", required=True,
+                   help="reference region mask (mean TAC used); --reference: the same (the Python keyword)")
     p.add_argument("--mask", default=None, help="brain mask (default: voxels with finite, non-zero signal)")
     p.add_argument("--frames-json", default=None, help="BIDS JSON with FrameTimesStart/FrameDuration (seconds)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory (empty or new)")
@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                        description="Fit a reference-tissue model to each region of a TAC table (TSV with "
                                    "frame_start, frame_end in seconds and one column per region).")
     q.add_argument("tacs", help="TAC table (TSV)")
-    q.add_argument("--ref", required=True, metavar="COLUMN", help="reference region column")
+    q.add_argument("--ref", "--reference", required=True, metavar="COLUMN",
+                   help="reference region column (--reference: the same, the Python keyword)")
     q.add_argument("--regions", nargs="+", default=None, help="region columns to fit (default: all others)")
     q.add_argument("-o", "--output", default=None, metavar="OUT.tsv",
                    help="output TSV (default: print); never the input table")
@@ -171,7 +172,7 @@ def run_fit_tacs(args: argparse.Namespace) -> int:
             raise CliError(f"output exists: {args.output} (use --overwrite)")
         _check_writable_dir(target.parent)
     result = fit_tacs(args.tacs, reference=args.ref, model=args.model, regions=args.regions, weights=weights,
-                      device=args.device or os.environ.get("VOXELKIT_DEVICE") or "cpu", **opts)
+                      device=args.device, **opts)
     if args.output is None:
         sys.stdout.write(write_tsv(result.rows(), None))
         return 0

@@ -2,7 +2,8 @@
 
 The report reads the files that the folder's manifests list (the run's and ``group/stats/``'s) and the
 significance decisions that the statistics recorded in ``stats.json``; a folder written by an older voxelkit is
-reported as "not recorded" where it lacks them (see :mod:`voxelkit.report.report`).
+reported as "not recorded" where it lacks them (see :mod:`voxelkit.report.report`).  A run with named contrasts
+(``--contrasts``) gets one report with a part per contrast (``group/stats-<LABEL>/``, ``roi/desc-<LABEL>_*``).
 """
 
 from __future__ import annotations

@@ -27,10 +27,12 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input-derivatives", default=None, metavar="DIR",
                    help="take the images from a derivatives dataset (PETPrep): *_space-SPACE_desc-preproc_pet.nii.gz")
     g.add_argument("--space", default=None, help="template space of --input-derivatives (e.g. MNI152NLin2009cAsym)")
-    g.add_argument("--ref-mask", default=None, help="reference region mask (e.g. occipital cortex)")
+    g.add_argument("--ref-mask", "--reference", default=None,
+                   help="reference region mask (e.g. occipital cortex); --reference: the same")
     g.add_argument("--mask", dest="brain_mask", default=None, help="brain mask")
     g.add_argument("--atlas", default=None, help="integer label atlas for region names and ROI tables")
-    g.add_argument("--atlas-labels", default=None, help="TSV lookup of the atlas: index, name")
+    g.add_argument("--atlas-labels", "--atlas-lookup", default=None,
+                   help="TSV lookup of the atlas: index, name (--atlas-lookup: the same, as in voxelkit stats)")
     g.add_argument("--model", default=None,
                    help="kinetic model (default: srtm for --contrast bp_nd; the validated default for activation "
                         "(mrtm2, k2' from the baseline window); lpntpet2 for release, k2' median over the frames "
@@ -40,8 +42,10 @@ def add_study_options(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p.add_argument_group("model options (also [model_options] in the study file)"), "run")
     g.add_argument("--window", nargs=3, action="append", metavar=("NAME", "START", "END"), default=None,
                    help="a named time window in minutes (repeat: --window baseline 0 45 --window challenge 45 90)")
-    g.add_argument("--contrast", choices=("bp_nd", "activation", "release"), default=None,
-                   help="bp_nd: condition difference of BPND; activation: of baseline - challenge BPND (--window); "
+    g.add_argument("--contrast", "--quantity", choices=("bp_nd", "activation", "release"), default=None,
+                   help="the quantity whose condition difference is tested (--quantity: the same; in voxelkit stats "
+                        "glm a contrast is a weight vector): bp_nd: condition difference of BPND; activation: "
+                        "of baseline - challenge BPND (--window); "
                         "release: of the lp-ntPET release map (peak fractional occupancy by the released "
                         "neurotransmitter; whole-scan fits, give --challenge-window START END)")
     g.add_argument("--smoothing-fwhm", type=float, default=None, metavar="MM", help="smoothing before statistics")

@@ -88,7 +88,8 @@ def _common_stats_options(p: argparse.ArgumentParser) -> None:
     # every Inference field, from its one definition (shared with voxelkit run and its study file)
     add_inference_arguments(g, defaults=D)
     g.add_argument("--atlas", help="label atlas (same space) for the cluster table's region column")
-    g.add_argument("--atlas-lookup", help="atlas look-up table: lines 'index<TAB>name'")
+    g.add_argument("--atlas-lookup", "--atlas-labels",
+                   help="atlas look-up table: lines 'index<TAB>name' (--atlas-labels: the same, as in voxelkit run)")
     g.add_argument("-o", "--output", required=True, help="output directory")
     g.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty output folder: first remove exactly the files the previous voxelkit "

@@ -291,9 +291,9 @@ def activation_bias(model: str, options: Mapping[str, Any], protocol: str, windo
         segs = np.stack([bp0, np.where(chal, bp0 * (1 - displacement), bp0)], axis=1)
         sw = np.array([challenge_on_min])
     else:
-        from ..simulate.study import StudyConfig, release_bp, release_steps  # noqa: PLC0415
+        from ..simulate.study import SimulationConfig, release_bp, release_steps  # noqa: PLC0415
 
-        cfg = StudyConfig(design="release", frames=fr, release_peak_min=float(release[0]),
+        cfg = SimulationConfig(design="release", frames=fr, release_peak_min=float(release[0]),
                           release_alpha=float(release[1]),
                           challenge_window_min=(challenge_on_min, float(fr.end_min[-1])))
         sw, h = release_steps(cfg)

@@ -284,6 +284,12 @@ class StudyConfig:
         return Inference(**{k: getattr(self, k) for k in INFERENCE_KEYS})
 
     @property
+    def quantity(self) -> str:
+        """The quantity whose condition difference is tested (``bp_nd``, ``activation``, ``release``): the study
+        file's ``quantity`` / ``contrast`` key, ``voxelkit run --quantity`` / ``--contrast``."""
+        return self.contrast
+
+    @property
     def phases(self) -> list[str | None]:
         """Fitted phases: the window names, or [None] for whole-scan fits."""
         return list(self.windows) if self.windows else [None]
@@ -326,6 +332,10 @@ def load_study_file(path: str | Path, **overrides: Any) -> StudyConfig:
             raise InputError(f"{path}: [inference] must be a table of setting = value, got {table!r}")
         Inference.from_mapping(table, f"{path} [inference]")
     doc = _flatten(doc)
+    if "quantity" in doc:  # the quantity tested (a synonym of contrast, which means a weight vector in stats glm)
+        if "contrast" in doc:
+            raise InputError(f"{path}: give quantity or contrast (the same setting), not both")
+        doc["contrast"] = doc.pop("quantity")
     known = {f.name for f in fields(StudyConfig)}
     unknown = sorted(set(doc) - known)
     if unknown:

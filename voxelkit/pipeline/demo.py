@@ -160,7 +160,7 @@ def run_demo(outdir: str | Path, *, n_subjects: int = 10, resolution: float = 3,
     ``design``: "scan" or "release" (None: :data:`DEFAULT_DESIGN`).  ``analysis`` (release design): "release"
     or "activation" (None: :data:`RELEASE_ANALYSIS`).  ``model``: the kinetic model (None: srtm for the scan
     design; for the release design the release contrast's default (lpntpet2) or the default activation
-    combination).  ``sim_options``: further :class:`voxelkit.simulate.study.StudyConfig` fields (protocol,
+    combination).  ``sim_options``: further :class:`voxelkit.simulate.study.SimulationConfig` fields (protocol,
     kbol, challenge_window_min, ...)."""
     from ..simulate.study import simulate_study  # noqa: PLC0415
 
@@ -173,7 +173,7 @@ def run_demo(outdir: str | Path, *, n_subjects: int = 10, resolution: float = 3,
     outdir = Path(outdir)
     bids = outdir / "bids"
     if noise is None and design == "release":
-        from ..simulate.study import StudyConfig as SimConfig  # noqa: PLC0415
+        from ..simulate.study import SimulationConfig as SimConfig  # noqa: PLC0415
 
         noise = DEMO_RELEASE_NOISE
         log.warning("release demo: noise %g (a low-noise study, so that the 10-subject demo shows what the "
@@ -200,7 +200,7 @@ def _run_release_demo(bids: Path, *, n_subjects: int, resolution: float, effect:
                       model: str | None, smoothing_fwhm: float, overwrite: bool, device: str | None, progress: bool,
                       sim_options: dict[str, Any], analysis: str = RELEASE_ANALYSIS) -> tuple[StudyResult, str, Any]:
     from ..models.activation import check_activation, default_activation, default_windows  # noqa: PLC0415
-    from ..simulate.study import StudyConfig as SimConfig  # noqa: PLC0415
+    from ..simulate.study import SimulationConfig as SimConfig  # noqa: PLC0415
     from ..simulate.study import simulate_study  # noqa: PLC0415
 
     opts = {k: v for k, v in sim_options.items() if k != "design"}

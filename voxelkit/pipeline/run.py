@@ -21,7 +21,17 @@ from .. import __version__
 from ..backend import get_backend
 from ..conform import conform_to
 from ..conform import notes as conform_notes
-from ..io import DynamicPET, InputError, Masker, check_same_space, load_image, load_mask, write_json, write_tsv
+from ..io import (
+    DynamicPET,
+    InputError,
+    Masker,
+    check_same_space,
+    load_image,
+    load_mask,
+    load_pet,
+    write_json,
+    write_tsv,
+)
 from ..io.derivatives import (
     ATLAS_GLOB,
     BIDS_PARTICIPANTS,
@@ -133,14 +143,10 @@ def _discover_derivatives(cfg: StudyConfig) -> None:
 def _load_dynamic(scan: Scan, header: Any = None) -> DynamicPET:
     """The scan's 4-D data (float32) with its frame timing; ``header``: the image opened at validation (its data
     is read now, through the same file handle: the file is opened once per run)."""
-    img = load_image(scan.pet) if header is None else header
-    if img.ndim != 4:
-        raise InputError(f"{scan.pet}: expected a 4-D dynamic image, got shape {img.shape}")
-    frames = scan_frames(scan)
-    frames.check_count(int(img.shape[3]), str(scan.pet))
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    mem = nib.Nifti1Image(data, img.affine, img.header)
-    return DynamicPET(mem, frames, str(scan.pet))
+    dpet = load_pet(load_image(scan.pet) if header is None else header, frames=scan_frames(scan))  # the checks
+    img = dpet.image
+    mem = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine, img.header)
+    return DynamicPET(mem, dpet.frames, str(scan.pet))
 
 
 def _qc_record(result: Any, scan: Scan, phase: str | None, cfg: StudyConfig, ref_tac: np.ndarray,
@@ -775,11 +781,8 @@ def _build_check_model(cfg: StudyConfig, phase: str | None) -> Any:
     """The model of ``phase`` built from the options without data (input masks replaced by placeholders);
     a bad or missing option is a one-line :class:`InputError`."""
     from ..models import get_model  # noqa: PLC0415
+    from ..models.options import INPUT_OPTIONS  # noqa: PLC0415
 
-    try:
-        from ..models.options import INPUT_OPTIONS  # noqa: PLC0415
-    except ImportError:  # pragma: no cover
-        INPUT_OPTIONS = ("mask_threshold", "k2prime_mask", "k2prime_region")  # noqa: N806
     base = {k: v for k, v in cfg.model_options.items() if k not in INPUT_OPTIONS}
     if k2prime_source(cfg.model_options)[0] in ("mask", "region"):
         del base["k2prime"]  # a region: api.fit gives the model its mean TAC
@@ -1323,17 +1326,15 @@ def _run_locked(cfg: StudyConfig, pairing: Pairing, plan: _Plan, folder: OutputF
     timings["total_before_report"] = time.perf_counter() - t_start
     result.provenance = provenance(cfg, fits, stats_result, seconds=timings)
 
-    if cfg.report and cfg.contrasts:
-        log.warning("WARNING: the HTML report covers one contrast; with named contrasts (--contrasts) it is not "
-                    "written: see %s", ", ".join(str(c["stats_dir"]) for c in result.contrasts.values()))
-    elif cfg.report:
+    if cfg.report:  # with named contrasts: one report, a part per contrast (what result.contrasts holds)
         t0 = time.perf_counter()
         from ..report import write_report  # noqa: PLC0415
 
         folder.record(layout.report_path(out))
         result.report = write_report(out, layout.report_path(out), study=cfg, provenance=result.provenance,
                                      stats=stats_result, written=folder.written,
-                                     bp_nd=[fits.bp_nd[k] for k in sorted(fits.bp_nd, key=str)])
+                                     bp_nd=[fits.bp_nd[k] for k in sorted(fits.bp_nd, key=str)],
+                                     contrasts=result.contrasts or None)
         timings["report"] = time.perf_counter() - t0
     result.seconds = timings
     return result

@@ -11,8 +11,16 @@ What it reads, every name from :mod:`voxelkit.io.derivatives`:
 - the significance decisions from ``stats.json`` key ``decisions`` (:mod:`voxelkit.stats.decisions`: made once, in
   memory, by the statistics): the report never re-thresholds values read back from disk.
 
+With named contrasts (study.json ``contrasts``, ``voxelkit run --conditions A B C --contrasts A-B A-C``) the one
+report has the design and the per-scan QC once and, per contrast in the order named, its key results, maps,
+clusters, ROI tables and null distributions headed by the contrast ("anakinra − baseline"): the contrasts and their
+labels come from study.json ``conditions``, ``contrasts`` and ``contrast`` (:func:`~voxelkit.io.derivatives.
+contrast_label`), each contrast's statistics from the manifest of its ``group/stats-<LABEL>/``, its ROI tables from
+``roi/desc-<LABEL>_roi_*.tsv``; a statistics folder of a contrast the study does not name is not shown.
+
 ``voxelkit run`` passes what it holds in memory (the study settings, the provenance, the
-:class:`~voxelkit.stats.PermutationResult`, the list of files it wrote), so no map is re-read for the report;
+:class:`~voxelkit.stats.PermutationResult`, the list of files it wrote; with named contrasts, each contrast's
+PermutationResult and RoiTables), so no map is re-read for the report;
 ``voxelkit report DIR`` reads them from disk through the manifests.  Figures still need images: each file is read
 once.  Images are embedded PNG data URIs, the stylesheet is inline, there is no script and no external resource.
 A piece that is absent is "not computed"; one that a folder written by an older voxelkit does not record (no
@@ -22,6 +30,7 @@ manifest, no decisions) is "not recorded" with what to rerun; a piece that canno
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import logging
@@ -35,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import InputError, read_table
+from ..io import InputError, read_table, write_tsv
 from ..io import derivatives as dv
 from ..io.derivatives import entity_labels, write_text_atomic
 from ..stats import decisions as dec
@@ -124,6 +133,16 @@ def _cell_value(v: Any) -> object:
     return v.item() if isinstance(v, np.generic) else v
 
 
+def _as_read_back(rows: Iterable[Mapping[str, Any]]) -> tuple[list[str], list[list[object]]]:
+    """Header and rows of an ROI table held in memory (the rows ``voxelkit run`` wrote) exactly as its file reads
+    back: through the one TSV writer's text (:func:`voxelkit.io.write_tsv`: 6 significant digits, NaN as n/a)
+    and :func:`parse_cell`, so that the report made in memory equals the one made from the folder."""
+    lines = [ln.split("\t") for ln in write_tsv(list(rows), None).splitlines() if ln.strip()]
+    if not lines:
+        return [], []
+    return [h.strip() for h in lines[0]], [[parse_cell(c) for c in r] for r in lines[1:]]
+
+
 def not_recorded(what: str, rerun: str) -> str:
     """The notice for a piece that a folder written by an older voxelkit does not record."""
     return f"{what}: not recorded (written by an older voxelkit); rerun {rerun} to get it."
@@ -136,9 +155,10 @@ class _Stats:
     """The group statistics the report shows: a :class:`~voxelkit.stats.PermutationResult` in memory, or the
     files that the manifest of ``group/stats/`` lists (each read once, when first needed)."""
 
-    def __init__(self, folder: Path, result: Any = None) -> None:
+    def __init__(self, folder: Path, result: Any = None, rel: str | None = None) -> None:
         self.folder = folder
         self.result = result
+        self.rel = rel if rel is not None else f"{dv.GROUP_DIR}/{dv.STATS_DIR}"  # for messages
         self.missing: str | None = None  # why nothing can be shown (not computed / not recorded)
         self.problems: list[str] = []
         self._images: dict[str, Any] = {}
@@ -157,7 +177,7 @@ class _Stats:
         manifest = dv.read_manifest(folder)
         if manifest is None:
             if folder.is_dir() and any(folder.iterdir()):
-                self.missing = not_recorded(f"the statistics in {dv.GROUP_DIR}/{dv.STATS_DIR} (no {dv.MANIFEST_NAME})",
+                self.missing = not_recorded(f"the statistics in {self.rel} (no {dv.MANIFEST_NAME})",
                                             f"{RERUN_RUN} or voxelkit stats")
             else:
                 self.missing = NOT_COMPUTED
@@ -167,7 +187,7 @@ class _Stats:
             try:
                 self.settings = read_json(folder / dv.STATS_SETTINGS) or {}
             except Exception as exc:  # noqa: BLE001
-                self.problems.append(f"{dv.GROUP_DIR}/{dv.STATS_DIR}/{dv.STATS_SETTINGS}: {type(exc).__name__}: {exc}")
+                self.problems.append(f"{self.rel}/{dv.STATS_SETTINGS}: {type(exc).__name__}: {exc}")
         self.map_names = [m for m in dv.STATS_MAP_NAMES if dv.stats_map_name(m) in self.listed]
         self.has_null = dv.STATS_NULL in self.listed
         self.has_clusters = dv.STATS_CLUSTERS in self.listed
@@ -282,11 +302,16 @@ def _short(v: Any) -> str:
 # -------------------------------------------------------------------------------------------------- report
 
 class _Report:
-    """Collects the pieces of one output directory and renders them to sections."""
+    """Collects the pieces of one output directory and renders them to sections.
+
+    With named contrasts (study.json ``contrasts``) it holds one view per contrast (:meth:`view`): a copy that
+    shares the run's records, problems and caches and has the contrast's own statistics (``group/stats-<LABEL>/``),
+    ROI tables (``roi/desc-<LABEL>_roi_*.tsv``), condition pair, section ids and headings."""
 
     def __init__(self, out_dir: Path, *, study: Any = None, provenance: Mapping[str, Any] | None = None,
                  stats: Any = None, written: Iterable[str | Path] | None = None,
-                 bp_nd: Iterable[np.ndarray] | None = None) -> None:
+                 bp_nd: Iterable[np.ndarray] | None = None,
+                 contrasts: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.out = Path(out_dir)
         self.roi = dv.roi_dir(self.out)
         self.problems: list[str] = []
@@ -298,11 +323,17 @@ class _Report:
         self.listed: list[str] = sorted({*(str(w) for w in (manifest or {}).get("written") or []),
                                          *(str(w) for w in written or [])})
         self._load_records(study, provenance)
-        self.stats = _Stats(dv.stats_dir(self.out), stats)
         self.bp_nd = bp_nd
         self._qc: dict[Path, tuple[dict[str, Any] | None, str]] = {}
-        self.problems += self.stats.problems
-        self.stats_settings: dict[str, Any] = self.stats.settings
+        self._shared: dict[str, Any] = {}  # caches shared with the contrast views (the background image)
+        # one contrast: the two conditions' statistics in group/stats/ and ROI tables in roi/
+        self.prefix = ""  # section-id prefix and heading of a named contrast ('' for the one contrast)
+        self.heading = ""
+        self.pair: tuple[str, str] | None = None
+        self.roi_paths = {"values": self.roi / dv.ROI_VALUES, "tests": self.roi / dv.ROI_TESTS}
+        self.roi_mem: dict[str, tuple[list[str], list[list[object]]]] | None = None
+        self._roi_read: dict[str, tuple[list[str], list[list[object]]]] = {}
+        self.views: list[_Report] = []
         # what the key-results summary needs, filled in by the section builders
         self.fwe_counts: list[tuple[str, int, int]] = []  # (method, significant voxels, clusters)
         self.fwe_signs: dict[str, tuple[int, int]] = {}  # method label -> (voxels with t > 0, with t < 0)
@@ -311,6 +342,77 @@ class _Report:
         self.sig_clusters: list[dict[str, object]] = []
         self.sig_rois: list[dict[str, object]] = []
         self.roi_p_name = ""
+        # the statistics: group/stats/, or one view per named contrast (made last: a view copies the above)
+        named = self.named_contrasts()
+        if named:
+            self.views = [self.view(label, a, b, (contrasts or {}).get(label)) for label, a, b in named]
+            self.stats = self.views[0].stats  # the settings cards (every contrast has the run's inference)
+        else:
+            self.stats = _Stats(dv.stats_dir(self.out), stats)
+            self.problems += self.stats.problems
+        self.stats_settings: dict[str, Any] = self.stats.settings
+
+    # -- named contrasts
+    def named_contrasts(self) -> list[tuple[str, str, str]]:
+        """(label, A, B) of each named contrast, in the order of study.json ``contrasts`` ("A-B" over
+        ``conditions``, as :meth:`voxelkit.pipeline.config.StudyConfig.contrast_pairs` reads them; the label is
+        :func:`voxelkit.io.derivatives.contrast_label` of ``contrast``); empty for a two-condition run."""
+        names, conds, quantity = self.study.get("contrasts"), self.study.get("conditions"), self.study.get("contrast")
+        if not isinstance(names, list) or not names:
+            return []
+        conds = [str(c) for c in conds] if isinstance(conds, list) else []
+        out: list[tuple[str, str, str]] = []
+        for text in names:
+            a, sep, b = str(text).partition("-")
+            a, b = a.removeprefix("ses-"), b.removeprefix("ses-")
+            if not sep or a not in conds or b not in conds or a == b or not isinstance(quantity, str):
+                self.problems.append(f"{dv.STUDY_RECORD}: contrast {text!r} is not A-B over the conditions "
+                                     f"{' '.join(conds)} (with a contrast quantity); not shown")
+                continue
+            label = dv.contrast_label(quantity, a, b)
+            if label not in (c[0] for c in out):
+                out.append((label, a, b))
+        return out
+
+    def view(self, label: str, a: str, b: str, given: Mapping[str, Any] | None) -> _Report:
+        """The report of the named contrast A - B (``label``): the run's records, problems and caches shared; its
+        statistics from ``given["stats"]`` (a PermutationResult in memory) or ``group/stats-<label>/`` through its
+        manifest; its ROI tables from ``given["roi"]`` (RoiTables in memory, as the files read back) or
+        ``roi/desc-<label>_roi_*.tsv``."""
+        v = copy.copy(self)
+        v.prefix, v.heading, v.pair, v.views = label, f"{a} − {b}", (a, b), []
+        folder = dv.contrast_stats_dir(self.out, label)
+        v.stats = _Stats(folder, (given or {}).get("stats"), f"{dv.GROUP_DIR}/{folder.name}")
+        v.stats_settings = v.stats.settings
+        self.problems += v.stats.problems  # one list, shared
+        v.roi_paths = {"values": dv.contrast_roi_values_path(self.out, label),
+                       "tests": dv.contrast_roi_tests_path(self.out, label)}
+        roi = (given or {}).get("roi")
+        v.roi_mem = None if roi is None else {k: _as_read_back(getattr(roi, k)) for k in v.roi_paths
+                                              if k in (getattr(roi, "paths", None) or {})}
+        v._roi_read = {}
+        v.fwe_counts, v.fwe_signs, v.pct_hidden, v.sig_clusters, v.sig_rois, v.roi_p_name = [], {}, [], [], [], ""
+        return v
+
+    def sid(self, name: str) -> str:
+        """A section (or heading) id, prefixed by the contrast label for a named contrast."""
+        return f"{self.prefix}-{name}" if self.prefix else name
+
+    def title(self, name: str) -> str:
+        """A section title, headed by the contrast ("anakinra − baseline: ...") for a named contrast."""
+        return f"{self.heading}: {name}" if self.heading else name
+
+    def roi_exists(self, kind: str) -> bool:
+        """Whether the ROI table ``kind`` ("values", "tests") was written (in memory: the run's RoiTables)."""
+        return kind in self.roi_mem if self.roi_mem is not None else self.roi_paths[kind].is_file()
+
+    def roi_table(self, kind: str) -> tuple[list[str], list[list[object]]]:
+        """Header and rows of the ROI table ``kind`` (in memory, typed as its file reads back; else read once)."""
+        if self.roi_mem is not None:
+            return self.roi_mem[kind]
+        if kind not in self._roi_read:
+            self._roi_read[kind] = read_tsv(self.roi_paths[kind])
+        return self._roi_read[kind]
 
     # -- helpers
     def guarded(self, name: str, fn: Callable[[], Section]) -> Section:
@@ -376,7 +478,9 @@ class _Report:
         return note(f"{what}: {NOT_COMPUTED}.")
 
     def conditions(self, seen: list[str]) -> list[str]:
-        """Condition order: as in study.json, else order of appearance."""
+        """Condition order: as in study.json, else order of appearance (a named contrast: its two conditions)."""
+        if self.pair is not None:
+            return [c for c in self.pair if c in seen]
         declared = self.study.get("conditions")
         order: list[str] = []
         if isinstance(declared, list):
@@ -397,6 +501,8 @@ class _Report:
         return "clusters (table)" if method in CLUSTER_P_COLUMNS.values() else "connected sets"
 
     def condition_pair(self) -> tuple[str, str] | None:
+        if self.pair is not None:
+            return self.pair
         conds = self.study.get("conditions")
         if isinstance(conds, list) and len(conds) == 2:
             return str(conds[0]), str(conds[1])
@@ -462,7 +568,9 @@ class _Report:
         contrast = study.get("contrast")
         cards = _cards([
             ("subjects", n_subj),
-            ("conditions (A vs B)", _short(conds) if conds is not None else None),
+            *([("conditions", _short(conds) if conds is not None else None),
+               ("named contrasts", ", ".join(v.heading for v in self.views))] if self.views else
+              [("conditions (A vs B)", _short(conds) if conds is not None else None)]),
             ("contrast", _short(contrast) if contrast is not None else None),
             ("model", _short(model) if model is not None else None),
             ("smoothing FWHM (mm)", study.get("smoothing_fwhm")),
@@ -488,9 +596,10 @@ class _Report:
         subs = [("design-settings", "Study settings")]
         parts.append('<h3 id="design-settings">Study settings</h3>')
         parts.append(render_value(self.study).html if self.study else note(f"{dv.STUDY_RECORD}: {NOT_COMPUTED}."))
-        if self.stats_settings:
-            parts.append(details(f"Inference settings ({dv.GROUP_DIR}/{dv.STATS_DIR}/{dv.STATS_SETTINGS})",
-                                 render_value(self.stats_settings).html))
+        for v in self.views or [self]:
+            if v.stats_settings:
+                parts.append(details(f"Inference settings ({v.stats.rel}/{dv.STATS_SETTINGS})"
+                                     + (f" — {v.heading}" if v.heading else ""), render_value(v.stats_settings).html))
         subs.append(("design-provenance", "Provenance"))
         parts.append('<h3 id="design-provenance">Provenance</h3>')
         if self.prov:
@@ -522,6 +631,12 @@ class _Report:
     def background(self, ref: Any) -> tuple[Any, str]:
         """Mean BPND over the per-scan maps (in memory, else the manifest's files, each read once; same grid as
         ``ref``) as the slice background, else nilearn's MNI template."""
+        key = ("background", tuple(ref.shape[:3]), np.asarray(ref.affine, np.float64).tobytes())
+        if key not in self._shared:
+            self._shared[key] = self._background(ref)
+        return self._shared[key]
+
+    def _background(self, ref: Any) -> tuple[Any, str]:
         import nibabel as nib  # noqa: PLC0415
 
         acc = None
@@ -559,11 +674,11 @@ class _Report:
         st = self.stats
         if st.missing is not None:
             text = f"Statistical maps: {st.missing}." if st.missing == NOT_COMPUTED else st.missing
-            return Section("maps", "Statistical maps", note(text))
+            return Section(self.sid("maps"), self.title("Statistical maps"), note(text))
         fwe = self.fwe_maps()
         has_t = "t" in st.map_names
         if not has_t and not fwe:
-            return Section("maps", "Statistical maps", note(f"Statistical maps: {NOT_COMPUTED}."))
+            return Section(self.sid("maps"), self.title("Statistical maps"), note(f"Statistical maps: {NOT_COMPUTED}."))
         import nibabel as nib  # noqa: PLC0415
 
         parts: list[str] = []
@@ -634,8 +749,8 @@ class _Report:
         else:
             parts.append(note(f"FWE-corrected maps (logp_fwe_*): {NOT_COMPUTED}."))
 
-        subs.append(("maps-t", f"{stat_name} map"))
-        parts.append(f'<h3 id="maps-t">The {esc(stat_name)} map</h3>')
+        subs.append((self.sid("maps-t"), f"{stat_name} map"))
+        parts.append(f'<h3 id="{self.sid("maps-t")}">The {esc(stat_name)} map</h3>')
         thr = self.cluster_threshold() if has_t else None
         if thr is not None:
             cp = st.settings.get("cluster_p")
@@ -653,7 +768,7 @@ class _Report:
 
         for method, sig in sig_masks.items():
             label = FWE_LABELS.get(method, method)
-            sid = f"maps-fwe-{method}"
+            sid = self.sid(f"maps-fwe-{method}")
             subs.append((sid, f"FWE: {label}"))
             parts.append(f'<h3 id="{esc(sid)}">FWE-significant voxels: {esc(label)}</h3>')
             if not sig.any():
@@ -672,7 +787,7 @@ class _Report:
                                 f"Sections through the strongest significant voxel, at "
                                 f"({xyz[0]:.0f}, {xyz[1]:.0f}, {xyz[2]:.0f}) mm."))
             parts.append("</div>")
-        return Section("maps", "Statistical maps", "\n".join(parts), subs)
+        return Section(self.sid("maps"), self.title("Statistical maps"), "\n".join(parts), subs)
 
     def cluster_threshold(self) -> float | None:
         """The cluster-forming |t| threshold the test used (stats.json ``cluster_threshold_t``), None when clusters
@@ -694,13 +809,13 @@ class _Report:
         st = self.stats
         if st.missing is not None or not st.has_clusters:
             text = st.missing if st.missing not in (None, NOT_COMPUTED) else f"Cluster table: {NOT_COMPUTED}."
-            return Section("clusters", "Clusters", note(text))
+            return Section(self.sid("clusters"), self.title("Clusters"), note(text))
         parts = []
         header, rows = st.cluster_table()
         parts.append(f"<h3>{esc(dv.STATS_CLUSTERS)}</h3>")
         if not rows:
             parts.append(note("No clusters (the table is empty)."))
-            return Section("clusters", "Clusters", "\n".join(parts))
+            return Section(self.sid("clusters"), self.title("Clusters"), "\n".join(parts))
         ids = self.significant_cluster_ids()
         if ids is None:
             parts.append(note(not_recorded(f"Which clusters are FWE-significant ({dv.STATS_SETTINGS} key "
@@ -720,17 +835,17 @@ class _Report:
                           "says which; the statistics' decisions). Rows without a size are further local maxima of "
                           "the cluster above them. Peak coordinates are world coordinates of the maps in mm; t is "
                           "the paired t statistic."))
-        return Section("clusters", "Clusters", "\n".join(parts))
+        return Section(self.sid("clusters"), self.title("Clusters"), "\n".join(parts))
 
     # -- ROIs
     def rois(self) -> Section:
         parts = []
         subs = []
-        vpath = self.roi / dv.ROI_VALUES
-        subs.append(("roi-values", "BPND by condition"))
-        parts.append('<h3 id="roi-values">Regional BPND by condition (paired)</h3>')
-        if vpath.is_file():
-            header, rows = read_tsv(vpath)
+        vpath = self.roi_paths["values"]
+        subs.append((self.sid("roi-values"), "BPND by condition"))
+        parts.append(f'<h3 id="{self.sid("roi-values")}">Regional BPND by condition (paired)</h3>')
+        if self.roi_exists("values"):
+            header, rows = self.roi_table("values")
             col = {h: i for i, h in enumerate(header)}
             need = {"subject", "condition", "region", "value"}
             if not need <= set(col):
@@ -759,12 +874,12 @@ class _Report:
                 else:
                     parts.append(note(f"{vpath.name} has no rows."))
         else:
-            parts.append(note(f"Regional values ({dv.ROI_DIR}/{dv.ROI_VALUES}): {NOT_COMPUTED}."))
-        tpath = self.roi / dv.ROI_TESTS
-        subs.append(("roi-tests", "ROI tests"))
-        parts.append('<h3 id="roi-tests">Paired tests per region</h3>')
-        if tpath.is_file():
-            header, rows = read_tsv(tpath)
+            parts.append(note(f"Regional values ({dv.ROI_DIR}/{vpath.name}): {NOT_COMPUTED}."))
+        tpath = self.roi_paths["tests"]
+        subs.append((self.sid("roi-tests"), "ROI tests"))
+        parts.append(f'<h3 id="{self.sid("roi-tests")}">Paired tests per region</h3>')
+        if self.roi_exists("tests"):
+            header, rows = self.roi_table("tests")
             rows = self.hide_pct_of_zero(header, rows)
             pcol = next((header.index(c) for c in ("p_fdr", "p_fwe", "p") if c in header), None)
             hl = [pcol is not None and isinstance(r[pcol], (int, float)) and r[pcol] < ALPHA for r in rows]
@@ -779,8 +894,8 @@ class _Report:
                                   f"below {PCT_MIN_BASELINE:g} in magnitude (about the reference level), so a "
                                   "percentage change is meaningless; see mean_diff."))
         else:
-            parts.append(note(f"ROI tests ({dv.ROI_DIR}/{dv.ROI_TESTS}): {NOT_COMPUTED}."))
-        return Section("roi", "Regions of interest", "\n".join(parts), subs)
+            parts.append(note(f"ROI tests ({dv.ROI_DIR}/{tpath.name}): {NOT_COMPUTED}."))
+        return Section(self.sid("roi"), self.title("Regions of interest"), "\n".join(parts), subs)
 
     # -- release (contrast "release": lp-ntPET on every whole scan)
     def scan_maps_by_condition(self, param: str) -> dict[str, list[tuple[str, Path]]]:
@@ -826,8 +941,8 @@ class _Report:
                      + (f"; challenge window {fmt_value(window[0])}–{fmt_value(window[1])} min" if window else "")
                      + ".</p>")
         # maps: mean over subjects per condition
-        subs.append(("release-maps", "Release and onset maps"))
-        parts.append('<h3 id="release-maps">Release and onset maps (mean over subjects)</h3>')
+        subs.append((self.sid("release-maps"), "Release and onset maps"))
+        parts.append(f'<h3 id="{self.sid("release-maps")}">Release and onset maps (mean over subjects)</h3>')
         for param, label, unit, cmap in (("release", "release", "fraction", "magma"),
                                          ("t_d", "onset t_D", "min", "viridis")):
             by_cond = self.scan_maps_by_condition(param)
@@ -858,9 +973,8 @@ class _Report:
                                                  f"{RELEASE_DISPLAY[1]:g}" if param == "release" else "")
                                 + "); voxel-level estimates are noisy, compare conditions, not single voxels."))
         # regional release (roi_values quantity = release)
-        vpath = self.roi / dv.ROI_VALUES
-        if vpath.is_file():
-            header, rows_t = read_tsv(vpath)
+        if self.roi_exists("values"):
+            header, rows_t = self.roi_table("values")
             col = {h: i for i, h in enumerate(header)}
             if {"quantity", "subject", "condition", "region", "value"} <= set(col):
                 values: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
@@ -875,8 +989,8 @@ class _Report:
                     values.setdefault((str(r[col["region"]]), ""), {}).setdefault(str(r[col["subject"]]), {})[
                         cond] = float(v) if isinstance(v, (int, float)) else float("nan")
                 if values:
-                    subs.append(("release-roi", "Regional release"))
-                    parts.append('<h3 id="release-roi">Regional release by condition (paired)</h3>')
+                    subs.append((self.sid("release-roi"), "Regional release"))
+                    parts.append(f'<h3 id="{self.sid("release-roi")}">Regional release by condition (paired)</h3>')
                     parts.append(figure(figures.roi_paired(values, self.conditions(seen), ylabel="release"),
                                         "Mean release (fraction of receptors) per region and condition; grey lines "
                                         "join each subject's values, black diamonds are condition means."))
@@ -896,8 +1010,8 @@ class _Report:
             t_min = t_min or rc.get("t_min")
             for region, d in (rc.get("regions") or {}).items():
                 curves.setdefault(region, {}).setdefault(cond, []).append(d.get("bp_t") or [])
-        subs.append(("release-bpt", "BP(t)"))
-        parts.append('<h3 id="release-bpt">BP(t) of the planted regions</h3>')
+        subs.append((self.sid("release-bpt"), "BP(t)"))
+        parts.append(f'<h3 id="{self.sid("release-bpt")}">BP(t) of the planted regions</h3>')
         if curves and t_min:
             chosen, why = self.planted_regions(list(curves))
             data = {}
@@ -917,8 +1031,8 @@ class _Report:
         else:
             parts.append(note(f"BP(t) curves (release_curves in the per-scan QC records): {NOT_COMPUTED}."))
         if examples:
-            subs.append(("release-tacs", "Voxel fits"))
-            parts.append('<h3 id="release-tacs">Voxel TACs with and without the release term</h3>')
+            subs.append((self.sid("release-tacs"), "Voxel fits"))
+            parts.append(f'<h3 id="{self.sid("release-tacs")}">Voxel TACs with and without the release term</h3>')
             for cond in self.conditions(list(examples)):
                 qc = examples[cond]
                 name = f"sub-{qc.get('subject')} ses-{qc.get('session')}"
@@ -931,7 +1045,7 @@ class _Report:
                                     f"{name}: example voxels ranked by the release F statistic (10th-99th "
                                     "percentile); solid: the lp-ntPET fit, dashed: the same fit without the release "
                                     "term (γ = 0)."))
-        return Section("release", "Release (lp-ntPET)", "\n".join(parts), subs)
+        return Section(self.sid("release"), self.title("Release (lp-ntPET)"), "\n".join(parts), subs)
 
     # -- per-scan QC
     def qc(self) -> Section:
@@ -1056,7 +1170,7 @@ class _Report:
             parts.append(table(cols, [[r.get(k) for k in cols] for r in self.sig_rois]))
         elif self.roi_p_name:
             parts.append(note(f"No region reaches {self.roi_p_name} < {ALPHA} in the paired ROI tests."))
-        return Section("summary", "Key results", "\n".join(parts))
+        return Section(self.sid("summary"), self.title("Key results"), "\n".join(parts))
 
     def effect_sentences(self) -> list[str]:
         """The direction and size of the effect in words, from the significant ROI tests and FWE maps."""
@@ -1105,7 +1219,7 @@ class _Report:
         if st.missing is not None or not st.has_null:
             text = st.missing if st.missing not in (None, NOT_COMPUTED) else \
                 f"Null distributions ({dv.STATS_NULL}): {NOT_COMPUTED}."
-            return Section("nulls", "Null distributions", note(text))
+            return Section(self.sid("nulls"), self.title("Null distributions"), note(text))
         arrays = st.null
         two_sided = st.settings.get("two_sided")
         rec = st.decisions
@@ -1119,7 +1233,7 @@ class _Report:
         if not keys:
             parts.append(note(f"No null distribution found in {dv.STATS_NULL} (arrays: "
                               f"{', '.join(arrays) or 'none'})."))
-            return Section("nulls", "Null distributions", "\n".join(parts))
+            return Section(self.sid("nulls"), self.title("Null distributions"), "\n".join(parts))
         if rec is None:
             parts.append(note(not_recorded(f"Critical values and observed maxima ({dv.STATS_SETTINGS} key "
                                            f"{dec.DECISIONS_KEY!r})", f"{RERUN_RUN} or voxelkit stats"), "warn"))
@@ -1138,7 +1252,7 @@ class _Report:
                             + (" Two-sided: maxima of |statistic|." if two_sided else "")))
         parts.append(table(["null", "permutations", f"critical value (FWE {ALPHA})", "observed maximum",
                             "p (FWE)"], rows, highlight=[isinstance(r[4], float) and r[4] <= ALPHA for r in rows]))
-        return Section("nulls", "Null distributions", "\n".join(parts))
+        return Section(self.sid("nulls"), self.title("Null distributions"), "\n".join(parts))
 
 
 def _range(vals: list[float], digits: int = 0) -> str:
@@ -1152,7 +1266,8 @@ def _range(vals: list[float], digits: int = 0) -> str:
 
 def write_report(out_dir: Path, path: Path | None = None, *, study: Any = None,
                  provenance: Mapping[str, Any] | None = None, stats: Any = None,
-                 written: Iterable[str | Path] | None = None, bp_nd: Iterable[np.ndarray] | None = None) -> Path:
+                 written: Iterable[str | Path] | None = None, bp_nd: Iterable[np.ndarray] | None = None,
+                 contrasts: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Write the self-contained HTML report of the pipeline outputs in ``out_dir``.
 
     Parameters
@@ -1164,6 +1279,12 @@ def write_report(out_dir: Path, path: Path | None = None, *, study: Any = None,
         the provenance record, the group :class:`~voxelkit.stats.PermutationResult`, the paths (relative to
         ``out_dir``) the run wrote (its :class:`~voxelkit.io.derivatives.OutputFolder`'s ``written``; added to the
         folder's manifest), and the per-scan BPND maps (3-D arrays on the statistics' grid) for the background.
+    contrasts : with named contrasts (study ``contrasts``), what ``voxelkit run`` holds per contrast
+        (``StudyResult.contrasts``: label -> ``{"stats": PermutationResult, "roi": RoiTables, ...}``; a label not
+        given is read from ``group/stats-<label>/`` and ``roi/desc-<label>_roi_*.tsv``).  The report then has the
+        design and per-scan QC once and, per contrast in the order named, its key results, maps, clusters, ROI
+        tables and null distributions, headed by the contrast ("anakinra − baseline").  A statistics folder of a
+        contrast the study does not name is not shown.
 
     Returns
     -------
@@ -1174,15 +1295,19 @@ def write_report(out_dir: Path, path: Path | None = None, *, study: Any = None,
     if not out.is_dir():
         raise InputError(f"{out}: no such output directory")
     dest = Path(path) if path is not None else dv.report_path(out)
-    rep = _Report(out, study=study, provenance=provenance, stats=stats, written=written, bp_nd=bp_nd)
+    rep = _Report(out, study=study, provenance=provenance, stats=stats, written=written, bp_nd=bp_nd,
+                  contrasts=contrasts)
     t0 = time.perf_counter()
-    sections = [rep.guarded("Design and settings", rep.design)]
-    sections += [rep.guarded(n, f) for n, f in (("Statistical maps", rep.maps), ("Clusters", rep.clusters),
-                                                 ("Regions of interest", rep.rois), ("Per-scan QC", rep.qc),
-                                                 ("Null distributions", rep.nulls))]
-    if rep.study.get("contrast") == "release":
-        sections.insert(3, rep.guarded("Release (lp-ntPET)", rep.release))
-    sections.insert(0, rep.guarded("Key results", rep.summary))
+    if rep.views:
+        sections = _contrast_sections(rep)
+    else:
+        sections = [rep.guarded("Design and settings", rep.design)]
+        sections += [rep.guarded(n, f) for n, f in (("Statistical maps", rep.maps), ("Clusters", rep.clusters),
+                                                     ("Regions of interest", rep.rois), ("Per-scan QC", rep.qc),
+                                                     ("Null distributions", rep.nulls))]
+        if rep.study.get("contrast") == "release":
+            sections.insert(3, rep.guarded("Release (lp-ntPET)", rep.release))
+        sections.insert(0, rep.guarded("Key results", rep.summary))
     if rep.problems:
         sections.append(Section("problems", "Problems", "<ul>" + "".join(f"<li>{esc(m)}</li>"
                                                                           for m in rep.problems) + "</ul>"))
@@ -1190,7 +1315,7 @@ def write_report(out_dir: Path, path: Path | None = None, *, study: Any = None,
     if not name and isinstance(rep.study.get("bids_dir"), str):
         name = Path(rep.study["bids_dir"]).name
     title = f"Study report: {name}" if isinstance(name, str) and name else "Study report"
-    contrast = _contrast_text(rep.study)
+    contrast = _contrast_text(rep.study, [v.heading for v in rep.views])
     res = out.resolve()
     subtitle = f"{res.parent.parent.name}/derivatives/{res.name}" if res.parent.name == "derivatives" else res.name
     if contrast:
@@ -1206,6 +1331,25 @@ def write_report(out_dir: Path, path: Path | None = None, *, study: Any = None,
     return dest
 
 
+def _contrast_sections(rep: _Report) -> list[Section]:
+    """The sections of a report with named contrasts: key results (one block per contrast), design and settings,
+    per-scan QC, then per contrast in the order named its maps, clusters, (release), ROI tables and nulls."""
+    sections = [rep.guarded("Design and settings", rep.design), rep.guarded("Per-scan QC", rep.qc)]
+    for v in rep.views:
+        builders = [("Statistical maps", v.maps), ("Clusters", v.clusters), ("Regions of interest", v.rois),
+                    ("Null distributions", v.nulls)]
+        if rep.study.get("contrast") == "release":
+            builders.insert(2, ("Release (lp-ntPET)", v.release))
+        sections += [v.guarded(v.title(n), f) for n, f in builders]
+    blocks, subs = [], []
+    for v in rep.views:  # after the sections above: they fill in what the key results say
+        s = v.guarded(v.title("Key results"), v.summary)
+        subs.append((v.sid("summary"), v.heading))
+        blocks.append(f'<h3 id="{esc(v.sid("summary"))}">{esc(v.heading)}</h3>\n{s.body}')
+    sections.insert(0, Section("summary", "Key results", "\n".join(blocks), subs))
+    return sections
+
+
 def _dataset_name(study: dict[str, Any]) -> str | None:
     """``Name`` of the BIDS dataset's dataset_description.json (None when absent or unreadable)."""
     bids = study.get("bids_dir")
@@ -1218,10 +1362,14 @@ def _dataset_name(study: dict[str, Any]) -> str | None:
     return name.strip() if isinstance(name, str) and name.strip() else None
 
 
-def _contrast_text(study: dict[str, Any]) -> str:
-    """E.g. "anakinra − placebo (bp_nd)" from the study settings ('' when unknown)."""
+def _contrast_text(study: dict[str, Any], named: list[str] | None = None) -> str:
+    """E.g. "anakinra − placebo (bp_nd)" from the study settings ('' when unknown); ``named``: the headings of
+    the named contrasts ("anakinra − placebo, anakinra − baseline (bp_nd)")."""
     conds = study.get("conditions")
     contrast = study.get("contrast")
+    if named:
+        text = ", ".join(named)
+        return f"{text} ({contrast})" if isinstance(contrast, str) and contrast else text
     if isinstance(conds, list) and len(conds) == 2:
         text = f"{conds[0]} − {conds[1]}"
         return f"{text} ({contrast})" if isinstance(contrast, str) and contrast else text

@@ -1,5 +1,5 @@
 """The simulator's study knobs (design, protocol, challenge window, release time course) defined once for the
-Python API (:class:`voxelkit.simulate.study.StudyConfig` fields) and the command line (``voxelkit simulate``,
+Python API (:class:`voxelkit.simulate.study.SimulationConfig` fields) and the command line (``voxelkit simulate``,
 ``voxelkit demo``).  Light: no NumPy/nibabel import, so the CLI starts fast.  Times in minutes."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ DEMO_DEFAULT_DESIGN = "release"
 
 
 #: The study knobs the command line offers beyond the basic ones, defined once here for ``voxelkit simulate``
-#: (and ``voxelkit demo``): (flag, StudyConfig field, argparse keywords).  Units in the help texts.
+#: (and ``voxelkit demo``): (flag, SimulationConfig field, argparse keywords).  Units in the help texts.
 CLI_KNOBS: tuple[tuple[str, str, dict], ...] = (
     ("--design", "design", {"choices": DESIGNS,
                             "help": "release: the pain challenge lowers BPND in the challenge regions in every session "
@@ -44,7 +44,7 @@ CLI_KNOBS: tuple[tuple[str, str, dict], ...] = (
 
 
 def add_cli_knobs(parser: argparse.ArgumentParser, defaults: dict | None = None, skip: tuple[str, ...] = ()) -> None:
-    """Add :data:`CLI_KNOBS` to an argparse parser (values default to None = the StudyConfig default, or
+    """Add :data:`CLI_KNOBS` to an argparse parser (values default to None = the SimulationConfig default, or
     ``defaults[field]``)."""
     for flag, name, kw in CLI_KNOBS:
         if name in skip:
@@ -53,7 +53,7 @@ def add_cli_knobs(parser: argparse.ArgumentParser, defaults: dict | None = None,
 
 
 def cli_knob_overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict:
-    """The :data:`CLI_KNOBS` given on the command line (except fields ``skip``), as StudyConfig overrides."""
+    """The :data:`CLI_KNOBS` given on the command line (except fields ``skip``), as SimulationConfig overrides."""
     out = {}
     for _, name, _ in CLI_KNOBS:
         if name in skip:

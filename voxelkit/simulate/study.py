@@ -62,7 +62,18 @@ from .phantom import Phantom, Region, TissueValues, build_phantom
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRESETS", "StudyConfig", "StudyResult", "simulate_study", "plan_study"]
+__all__ = ["PRESETS", "SimulationConfig", "SimulationResult", "simulate_study", "plan_study"]
+
+#: Names before 0.2 (``StudyConfig`` / ``StudyResult`` were also the pipeline's classes): deprecated aliases.
+_DEPRECATED = {"StudyConfig": "SimulationConfig", "StudyResult": "SimulationResult"}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED:
+        logging.getLogger("voxelkit").warning("DEPRECATED: voxelkit.simulate.study.%s is now %s (the old name "
+                                              "works for one release)", name, _DEPRECATED[name])
+        return globals()[_DEPRECATED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 BIDS_VERSION = "1.10.0"
 DERIV = "voxelkit-sim"
@@ -81,7 +92,7 @@ DEFAULT_EFFECT_REGIONS = ("thalamus", "insula", "nucleus_accumbens", "anterior_c
 
 
 @dataclass
-class StudyConfig:
+class SimulationConfig:
     """Everything that defines a simulated study (units in the field comments)."""
 
     n_subjects: int = 12
@@ -220,11 +231,11 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass
-class StudyResult:
+class SimulationResult:
     """Where the study went and what was planted."""
 
     root: Path
-    config: StudyConfig
+    config: SimulationConfig
     pet_files: list[Path]
     derivatives: Path
     truth: list[dict]
@@ -308,7 +319,7 @@ def release_shape(t_min, onset_min: float, peak_min: float, alpha: float,
     return h
 
 
-def release_steps(cfg: StudyConfig) -> tuple[np.ndarray, np.ndarray]:
+def release_steps(cfg: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
     """The release design's staircase: ``(switch_min (S-1,), h (S,))`` with h at each step's mid-time (0 before
     the onset and after the end of the challenge window)."""
     on, off = cfg.challenge_window_min
@@ -328,7 +339,7 @@ def _z(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
-def plan_study(cfg: StudyConfig, phantom: Phantom) -> tuple[list[dict], list[ScanPlan], np.ndarray]:
+def plan_study(cfg: SimulationConfig, phantom: Phantom) -> tuple[list[dict], list[ScanPlan], np.ndarray]:
     """Draw covariates, orders and per-scan parameter maps.  Returns (participant rows, scans, switch_min)."""
     ss = np.random.SeedSequence(cfg.seed)
     design_seed, noise_root = ss.spawn(2)
@@ -468,7 +479,7 @@ def _gauss_unit_factor(sigma_vox: float) -> float:
 
 def _simulate_scan(plan: ScanPlan) -> tuple[str, dict]:
     ctx = _CTX
-    cfg: StudyConfig = ctx["cfg"]
+    cfg: SimulationConfig = ctx["cfg"]
     table: SRTMTable = ctx["table"]
     brain: np.ndarray = ctx["brain"]
     frames: FrameTiming = table.frames
@@ -594,7 +605,7 @@ def _json_of(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".nii.gz") + ".json")
 
 
-def _pet_sidecar(cfg: StudyConfig, plan: ScanPlan, frames: FrameTiming) -> dict:
+def _pet_sidecar(cfg: SimulationConfig, plan: ScanPlan, frames: FrameTiming) -> dict:
     meta = {
         "Manufacturer": "voxelkit (simulated)",
         "ManufacturersModelName": "voxelkit-sim digital brain phantom",
@@ -665,24 +676,24 @@ def _prepare_outdir(root: Path, overwrite: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
 
 
-def simulate_study(outdir: str | Path, *, preset: str | None = None, config: StudyConfig | None = None,
-                   overwrite: bool = False, phantom: Phantom | None = None, **overrides) -> StudyResult:
+def simulate_study(outdir: str | Path, *, preset: str | None = None, config: SimulationConfig | None = None,
+                   overwrite: bool = False, phantom: Phantom | None = None, **overrides) -> SimulationResult:
     """Simulate a crossover study and write it as BIDS-PET under ``outdir``.
 
-    ``config`` is a complete :class:`StudyConfig` (default: the 12-subject 2 mm study); ``preset`` ("test": 4
+    ``config`` is a complete :class:`SimulationConfig` (default: the 12-subject 2 mm study); ``preset`` ("test": 4
     subjects at 4 mm, seconds; "demo": 10 subjects at 3 mm; "full": no change) replaces its fields; keyword
-    ``overrides`` (any StudyConfig field, e.g. ``n_subjects=12, effect=0.08, noise=0.1, seed=0,
+    ``overrides`` (any SimulationConfig field, e.g. ``n_subjects=12, effect=0.08, noise=0.1, seed=0,
     resolution=2``) win over both.  ``phantom`` reuses a built :class:`Phantom` of the same resolution.
     Deterministic for a seed (and independent of ``n_jobs``).  Refuses to write into a non-empty directory
     unless ``overwrite`` (and then only one that voxelkit simulate wrote).
     """
     t0 = time.perf_counter()
-    base = config or StudyConfig()
+    base = config or SimulationConfig()
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         base = replace(base, **PRESETS[preset])
-    names = {f.name for f in fields(StudyConfig)}
+    names = {f.name for f in fields(SimulationConfig)}
     unknown = set(overrides) - names
     if unknown:
         raise TypeError(f"simulate_study: unknown option(s) {', '.join(sorted(unknown))}")
@@ -742,12 +753,12 @@ def simulate_study(outdir: str | Path, *, preset: str | None = None, config: Stu
     write_tsv(truth, deriv / TRUTH_TABLE)
     if cfg.challenge == "within":
         write_tsv(occupancy_rows(cfg, phantom, scans, switch), deriv / OCCUPANCY_TABLE)
-    result = StudyResult(root, cfg, pets, deriv, truth, time.perf_counter() - t0)
+    result = SimulationResult(root, cfg, pets, deriv, truth, time.perf_counter() - t0)
     log.debug("%s", result.summary())  # callers print it (the CLI once); logging it too printed it twice
     return result
 
 
-def _truth_rows(cfg: StudyConfig, phantom: Phantom, scans: list[ScanPlan]) -> list[dict]:
+def _truth_rows(cfg: SimulationConfig, phantom: Phantom, scans: list[ScanPlan]) -> list[dict]:
     labels = phantom.labels[phantom.brain]
     rows = []
     for s in scans:
@@ -764,7 +775,7 @@ def _truth_rows(cfg: StudyConfig, phantom: Phantom, scans: list[ScanPlan]) -> li
     return rows
 
 
-def occupancy_rows(cfg: StudyConfig, phantom: Phantom, scans: list[ScanPlan], switch: np.ndarray) -> list[dict]:
+def occupancy_rows(cfg: SimulationConfig, phantom: Phantom, scans: list[ScanPlan], switch: np.ndarray) -> list[dict]:
     """The true occupancy curve per scan and region: one row per scan and piecewise-constant segment
     (``time_start_min``, ``time_end_min``), one column per region: the region mean of ``1 - BPND(t) / BPND``
     (BPND outside the challenge; voxels with BPND > 0)."""
@@ -799,7 +810,7 @@ def occupancy_rows(cfg: StudyConfig, phantom: Phantom, scans: list[ScanPlan], sw
     return rows
 
 
-def _write_static(root: Path, deriv: Path, cfg: StudyConfig, phantom: Phantom, participants: list[dict],
+def _write_static(root: Path, deriv: Path, cfg: SimulationConfig, phantom: Phantom, participants: list[dict],
                   frames: FrameTiming) -> None:
     gen = [{"Name": "voxelkit-simulate", "Version": _version(),
             "Description": "voxelkit simulate: [11C]carfentanil crossover study simulator"}]
@@ -923,7 +934,7 @@ def _version() -> str:
         return "unknown"
 
 
-def _readme(cfg: StudyConfig) -> str:
+def _readme(cfg: SimulationConfig) -> str:
     on, off = cfg.challenge_window_min
     return f"""# Simulated [11C]carfentanil crossover study
 

@@ -124,7 +124,7 @@ class Checked:
     inf: Inference
     masker: Masker
     design: Design
-    prep: _engine.Prepared
+    prep: _engine.PreparedDesign
     be: Any
     thr_t: float | None
     perms: Any

@@ -73,7 +73,7 @@ def _worker_config(cfg: _engine.EngineConfig) -> _engine.EngineConfig:
     return dataclasses.replace(cfg, threads=cfg.threads or 1)
 
 
-def chunk_task(prep: _engine.Prepared, mask_valid: np.ndarray, cfg: _engine.EngineConfig,
+def chunk_task(prep: _engine.PreparedDesign, mask_valid: np.ndarray, cfg: _engine.EngineConfig,
                perms: PermutationSet, lead: int) -> dict[str, Any]:
     """Run on a worker: the engine over one chunk of permutations led by ``lead`` identity rows (NumPy).
     Returns the null maxima and the exceedance counts of the chunk's own permutations: the leading rows are
@@ -92,7 +92,7 @@ def chunk_task(prep: _engine.Prepared, mask_valid: np.ndarray, cfg: _engine.Engi
     return out
 
 
-def observed(prep: _engine.Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backend,
+def observed(prep: _engine.PreparedDesign, perms: PermutationSet, mask_valid: np.ndarray, be: Backend,
              cfg: _engine.EngineConfig) -> _engine.EngineResult:
     """The engine over the identity alone, in this process: the observed maps (t, TFCE), the identity's entries
     of the nulls and its contribution to the exceedance counts -- computed where a single-process run computes
@@ -101,7 +101,7 @@ def observed(prep: _engine.Prepared, perms: PermutationSet, mask_valid: np.ndarr
     return _engine.run(prep, chunk_rows(perms, 0, 1, 1)[0], mask_valid, be, cfg)
 
 
-def run_distributed(prep: _engine.Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backend,
+def run_distributed(prep: _engine.PreparedDesign, perms: PermutationSet, mask_valid: np.ndarray, be: Backend,
                     cfg: _engine.EngineConfig, progress: Callable[[int], None] | None = None, *, scheduler: Any,
                     n_chunks: int | None = None) -> _engine.EngineResult:
     """:func:`voxelkit.stats.engine.run` with the permutation chunks as tasks of ``scheduler`` (a
@@ -139,7 +139,7 @@ def run_distributed(prep: _engine.Prepared, perms: PermutationSet, mask_valid: n
 def batch_runner(scheduler: Any, n_chunks: int | None = None) -> Callable[..., _engine.EngineResult]:
     """A drop-in for :func:`voxelkit.stats.engine.run` that runs the permutation chunks on ``scheduler``."""
 
-    def runner(prep: _engine.Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backend,
+    def runner(prep: _engine.PreparedDesign, perms: PermutationSet, mask_valid: np.ndarray, be: Backend,
                cfg: _engine.EngineConfig, progress: Callable[[int], None] | None = None) -> _engine.EngineResult:
         return run_distributed(prep, perms, mask_valid, be, cfg, progress, scheduler=scheduler, n_chunks=n_chunks)
 

@@ -14,7 +14,7 @@ permutations is one product of a (b*r x n) matrix with E.  For one-sample / pair
 ``t = kappa s / sqrt(1 - s^2)`` with ``s = sign(a) U`` is increasing in ``s``, so maxima and exceedance counts
 are taken on ``s`` directly (no per-element t evaluation) and only the maxima are converted.
 
-F contrasts (``Prepared.Fb``): ``F = |Fb U|^2 / s / ((1 - |U|^2) / df)`` with ``Fb = L' A'`` from the Cholesky
+F contrasts (``PreparedDesign.Fb``): ``F = |Fb U|^2 / s / ((1 - |U|^2) / df)`` with ``Fb = L' A'`` from the Cholesky
 factor ``L`` of ``[C (M'M)^+ C']^-1`` and ``A = Q' pinv(M)' C'`` (:func:`f_from_U`).  Variance smoothing
 (``EngineConfig.variance_smoothing``, :mod:`.varsmooth`): the variance rows ``(1 - |U|^2) norm^2 / df`` of a whole
 batch are smoothed within the mask before t is formed (:func:`smoothed_t`); voxels are coupled, so the batch's
@@ -60,7 +60,7 @@ log = logging.getLogger("voxelkit")
 
 
 @dataclass
-class Prepared:
+class PreparedDesign:
     """Normalised residual data and the design quantities the engine needs (host, float64)."""
 
     E: np.ndarray          # (n, V_valid) unit-norm residuals of Y on the nuisance space
@@ -93,7 +93,7 @@ class Prepared:
         return float(t / np.sqrt(self.kappa ** 2 + t ** 2))
 
 
-def prepare(Y: np.ndarray, design: Design) -> Prepared:
+def prepare(Y: np.ndarray, design: Design) -> PreparedDesign:
     """Residualise on the nuisance space, normalise, and flag constant / non-finite voxels."""
     Y = np.asarray(Y, np.float64)
     n, V = Y.shape
@@ -121,8 +121,9 @@ def prepare(Y: np.ndarray, design: Design) -> Prepared:
         L = np.linalg.cholesky(np.linalg.inv(C @ np.linalg.pinv(M.T @ M) @ C.T))
         if df < 1:
             raise ValueError(f"no residual degrees of freedom: {n} maps and a model of rank {r}")
-        return Prepared(E, Q, np.zeros(r), 1.0, df, False, 0.0, 1.0, valid, int(constant.sum() + degenerate.sum()),
-                        int((~finite).sum()), norm=norm[valid], Fb=L.T @ A.T, f_rank=int(C.shape[0]))
+        return PreparedDesign(E, Q, np.zeros(r), 1.0, df, False, 0.0, 1.0, valid,
+                              int(constant.sum() + degenerate.sum()), int((~finite).sum()), norm=norm[valid],
+                              Fb=L.T @ A.T, f_rank=int(C.shape[0]))
     w = np.linalg.pinv(M).T @ design.contrast
     a = Q.T @ w
     cvar = float(design.contrast @ np.linalg.pinv(M.T @ M) @ design.contrast)
@@ -130,7 +131,7 @@ def prepare(Y: np.ndarray, design: Design) -> Prepared:
         raise ValueError(f"no residual degrees of freedom: {n} maps and a model of rank {r}")
     fast = r == 1 and Zn.shape[1] == 0
     kappa = float(abs(a[0]) / np.sqrt(cvar / df)) if fast else 0.0
-    return Prepared(E, Q, a, cvar, df, fast, kappa, float(np.sign(a[0])) if fast else 1.0, valid,
+    return PreparedDesign(E, Q, a, cvar, df, fast, kappa, float(np.sign(a[0])) if fast else 1.0, valid,
                     int(constant.sum() + degenerate.sum()), int((~finite).sum()), norm=norm[valid])
 
 
@@ -195,7 +196,7 @@ def _computed_rows(perms: PermutationSet, B: int, symmetric: bool) -> tuple[np.n
     return rows, sl
 
 
-def _perm_rows(prep: Prepared, perms: PermutationSet, sl: slice | np.ndarray) -> np.ndarray:
+def _perm_rows(prep: PreparedDesign, perms: PermutationSet, sl: slice | np.ndarray) -> np.ndarray:
     """(b*r, n) float64 rows G such that G @ E gives U = Q' P E for each permutation of the slice (or rows)."""
     Q = prep.Q
     n, r = Q.shape
@@ -210,7 +211,7 @@ def _perm_rows(prep: Prepared, perms: PermutationSet, sl: slice | np.ndarray) ->
     return G.reshape(-1, n)
 
 
-def run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
+def run(prep: PreparedDesign, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
         progress: Callable[[int], None] | None = None) -> EngineResult:
     """Run all permutations.  ``mask_valid`` is the 3-D boolean mask of analysed voxels (C order = E columns)."""
     if be.is_gpu:
@@ -332,7 +333,7 @@ def _n_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
+def _run(prep: PreparedDesign, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
          progress: Callable[[int], None] | None = None) -> EngineResult:
     # CPU: the voxel blocks of a batch run in parallel threads (NumPy releases the GIL in matmul and
     # reductions; BLAS itself is single-threaded here); the GPU takes all voxels at once.
@@ -343,7 +344,7 @@ def _run(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Back
         return _run_batches(prep, perms, mask_valid, be, cfg, progress, pool, n_threads)
 
 
-def _run_batches(prep: Prepared, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
+def _run_batches(prep: PreparedDesign, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
                  progress: Callable[[int], None] | None, pool: ThreadPoolExecutor | None,
                  n_threads: int = 1) -> EngineResult:
     xp = be.xp

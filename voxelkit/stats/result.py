@@ -164,7 +164,7 @@ def settings_record(inf: Inference, *, design: Any, perms: Any, prep: Any, res: 
                     extra_settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``stats.json`` record of one permutation test: every inference setting (``inf``, the keys of
     :class:`~voxelkit.stats.settings.Inference` under their own names), the design, the permutations and what the
-    engine did (``res``: :class:`~voxelkit.stats.engine.EngineResult`; ``prep``: its ``Prepared``)."""
+    engine did (``res``: :class:`~voxelkit.stats.engine.EngineResult`; ``prep``: its ``PreparedDesign``)."""
     two_sided = inf.two_sided
     vs = inf.variance_smoothing
     settings: dict[str, Any] = {
