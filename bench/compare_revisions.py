@@ -103,8 +103,14 @@ def export(rev: str, dest: Path) -> Path:
     return dest
 
 
-def time_one(tree: Path, kind: str, settings: dict) -> float:
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+#: ``--fixed-malloc``: glibc keeps freed memory instead of returning large blocks to the OS, so that a run's
+#: time does not depend on whether earlier allocations moved the dynamic mmap threshold (page faults)
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "2000000000"}
+
+
+def time_one(tree: Path, kind: str, settings: dict, fixed_malloc: bool = False) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           **(FIXED_MALLOC if fixed_malloc else {})}
     out = subprocess.run([sys.executable, "-c", WORKER, kind, json.dumps(settings)], env=env, check=True,
                          capture_output=True, text=True, cwd=tree).stdout
     return float(json.loads(out.strip().splitlines()[-1])["seconds"])
@@ -117,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", nargs="*", default=None, help="workload names (default all)")
     ap.add_argument("--out", default=None, help="JSON file for the timings")
+    ap.add_argument("--fixed-malloc", action="store_true",
+                    help="workers with glibc's mmap/trim thresholds fixed (allocator state out of the timings)")
     args = ap.parse_args(argv)
     names = args.only or list(WORKLOADS)
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 kind, settings = WORKLOADS[n]
                 order = (("base", base), ("head", head)) if r % 2 == 0 else (("head", head), ("base", base))
                 for label, tree in order:
-                    times[n][label].append(time_one(tree, kind, settings))
+                    times[n][label].append(time_one(tree, kind, settings, args.fixed_malloc))
     print(f"| workload | base {args.base} s | head {args.head or 'working tree'} s | head / base |")
     print("|---|---|---|---|")
     for n in names:

@@ -1,9 +1,11 @@
-"""Host thread limits for skinny BLAS products (one helper for the models and the statistics engine)."""
+"""Host threads: the CPUs this process may use, and the BLAS thread limit for skinny products (one place for
+the models, the statistics engine and the pipeline's scheduler)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import Any
 
 
@@ -30,3 +32,11 @@ def blas_single_thread() -> contextlib.AbstractContextManager:
 
 
 __all__ = ["blas_single_thread"]
+
+
+def n_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)

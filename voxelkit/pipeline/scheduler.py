@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import InputError
+from ..threads import n_cpus
 
 log = logging.getLogger("voxelkit")
 
@@ -50,13 +51,6 @@ def check_spec(spec: str | None, workers: int | None = None) -> str:
             raise InputError(f"--workers {workers}: applies to --scheduler dask only (threads: use --jobs; an "
                              "existing cluster has its own workers)")
     return spec
-
-
-def _n_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class Scheduler:
@@ -219,7 +213,7 @@ def make_scheduler(spec: str | None = "threads", workers: int | None = None, *, 
         return Scheduler(jobs)
     distributed = _import_distributed(spec)
     if spec == "dask":
-        n = workers or _n_cpus()
+        n = workers or n_cpus()
         import dask  # noqa: PLC0415
 
         with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):

@@ -53,6 +53,7 @@ import numpy as np
 
 from ..backend import Backend, chunks
 from ..threads import blas_single_thread as _blas_single_thread  # the one helper (models use it too)
+from ..threads import n_cpus
 from .clusters import batch_cluster_max, label_clusters
 from .design import Design, PermutationSet
 
@@ -326,18 +327,11 @@ def start_cold_compile() -> bool:
     return True
 
 
-def _n_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _run(prep: PreparedDesign, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
          progress: Callable[[int], None] | None = None) -> EngineResult:
     # CPU: the voxel blocks of a batch run in parallel threads (NumPy releases the GIL in matmul and
     # reductions; BLAS itself is single-threaded here); the GPU takes all voxels at once.
-    n_threads = 1 if be.is_gpu else min(cfg.threads or _n_cpus(), 8)
+    n_threads = 1 if be.is_gpu else min(cfg.threads or n_cpus(), 8)
     if n_threads <= 1:
         return _run_batches(prep, perms, mask_valid, be, cfg, progress, None)
     with ThreadPoolExecutor(n_threads) as pool:
