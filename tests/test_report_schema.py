@@ -89,7 +89,7 @@ def test_p_of_exactly_alpha_is_decided_on_the_float64_p_and_the_report_shows_the
     assert tfce["decided_on"] == dec.DECIDED_ON_MAP and tfce["significant_voxels"] == 4
 
     out = tmp_path / "run"
-    res.save(dv.stats_dir(out))  # keeps the record made from float64 p (keep_exact)
+    res.save(dv.stats_dir(out))  # keeps the record made from float64 p
     saved = json.loads((dv.stats_dir(out) / dv.STATS_SETTINGS).read_text())[dv.STATS_DECISIONS_KEY]
     assert saved["maps"]["logp_fwe_voxel"]["significant_voxels"] == 3
     assert tuple(saved) == dv.STATS_DECISIONS_KEYS

@@ -132,15 +132,9 @@ def decisions(result: Any, alpha: float = ALPHA, *, p_values: Mapping[str, np.nd
 
 def record_decisions(result: Any, alpha: float = ALPHA, *, p_values: Mapping[str, np.ndarray] | None = None,
                      keep_exact: bool = False) -> dict[str, Any]:
-    """Store :func:`decisions` in ``result.settings[DECISIONS_KEY]`` and return it.  For a
-    :class:`~voxelkit.stats.result.MultiContrastResult` (``results``: label -> result) each contrast's record goes
-    into its own settings and ``result.settings[DECISIONS_KEY]`` holds them by label.  ``keep_exact``: the entries
+    """Store :func:`decisions` in ``result.settings[DECISIONS_KEY]`` and return it.  ``keep_exact``: the entries
     of a record already there that were decided on float64 p (given by the engine) are kept, not replaced by
     decisions on the map (whoever changes a map after recording records again, with its p)."""
-    if hasattr(result, "results"):
-        rec = {label: record_decisions(r, alpha, keep_exact=keep_exact) for label, r in result.results.items()}
-        result.settings[DECISIONS_KEY] = rec
-        return rec
     old = result.settings.get(DECISIONS_KEY)
     rec = decisions(result, alpha, p_values=p_values)
     if keep_exact and isinstance(old, dict) and old.get("alpha") == alpha:
@@ -149,3 +143,18 @@ def record_decisions(result: Any, alpha: float = ALPHA, *, p_values: Mapping[str
                 rec["maps"][name] = m
     result.settings[DECISIONS_KEY] = rec
     return rec
+
+
+def ensure_decisions(result: Any, alpha: float = ALPHA) -> dict[str, Any]:
+    """The decisions record ``result`` holds (made where its p-values were computed: ``stats.api.assemble``, and
+    again by whoever replaced a map), or, for a result built another way, one made now on its maps.  For a
+    :class:`~voxelkit.stats.result.MultiContrastResult` (``results``: label -> result) each contrast's record,
+    collected by label in ``result.settings[DECISIONS_KEY]``."""
+    if hasattr(result, "results"):
+        rec = {label: ensure_decisions(r, alpha) for label, r in result.results.items()}
+        result.settings[DECISIONS_KEY] = rec
+        return rec
+    old = result.settings.get(DECISIONS_KEY)
+    if isinstance(old, dict) and old.get("alpha") == alpha:
+        return old
+    return record_decisions(result, alpha)

@@ -28,7 +28,7 @@ from ..io.derivatives import stats_contrast_outputs
 from ..io.derivatives import stats_output_names as output_names  # noqa: F401 - re-exported
 from ..outputs import OutputFolder
 from .clusters import label_clusters, local_maxima
-from .decisions import record_decisions
+from .decisions import ensure_decisions
 from .inference import fwe_p, fwe_threshold, logp
 from .settings import Inference
 
@@ -69,7 +69,7 @@ class PermutationResult:
         by the caller).  Returns name -> path."""
         from ..io.writers import write_stats  # noqa: PLC0415 - the writers live in the I/O layer
 
-        record_decisions(self, keep_exact=True)  # stats.json "decisions": made in memory, before writing
+        ensure_decisions(self)  # stats.json "decisions": the record made with the p-values (or one made now)
         return write_stats(self, outdir, overwrite=overwrite, inputs=inputs)
 
 
@@ -154,7 +154,7 @@ class MultiContrastResult:
         ``overwrite``)."""
         from ..io.writers import write_stats  # noqa: PLC0415 - the writers live in the I/O layer
 
-        record_decisions(self, keep_exact=True)  # stats.json "decisions" by contrast, before writing
+        ensure_decisions(self)  # stats.json "decisions" by contrast label, before writing
         return write_stats(self, outdir, overwrite=overwrite, inputs=inputs)
 
 
