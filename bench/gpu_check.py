@@ -515,17 +515,11 @@ def step_tests(kind: str, quick_k: str | None, timeout_s: float = 300.0) -> dict
 
 # --------------------------------------------------------------------------------------------- output
 def write_json(path: Path, report: dict) -> None:
-    """Write ``report`` atomically (a temporary file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(report, fh, indent=2, default=_jsonable)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``report`` atomically (voxelkit's one atomic writer, :func:`voxelkit.io.derivatives.write_text_atomic`);
+    values JSON does not know are written as text (a report must never fail to be written)."""
+    from voxelkit.io.derivatives import write_text_atomic  # noqa: PLC0415
+
+    write_text_atomic(path, json.dumps(report, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(x: Any) -> Any:

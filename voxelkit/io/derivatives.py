@@ -53,7 +53,7 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -376,6 +376,18 @@ def contrast_label(quantity: str, a: str, b: str) -> str:
     or ``activation``): ``contrast_label("bp_nd", "anakinra", "placebo")`` = ``BPNDanakinraMinusPlacebo``."""
     label = f"{bids_label(quantity)}{a}Minus{b[:1].upper()}{b[1:]}"
     return check_label(label, f"contrast label of {quantity!r}, {a!r} - {b!r}")
+
+
+def contrast_conditions(text: str, conditions: Sequence[str]) -> tuple[str, str]:
+    """The conditions ``(A, B)`` of a named contrast ``"A-B"`` (``voxelkit run --contrasts``, study.json
+    ``contrasts``; a ``ses-`` prefix is dropped) over ``conditions``; :class:`InputError` unless A and B are two
+    different conditions of the list."""
+    a, sep, b = str(text).partition("-")
+    a, b = a.removeprefix("ses-"), b.removeprefix("ses-")
+    if not sep or a not in conditions or b not in conditions or a == b:
+        raise InputError(f"contrast {text!r}: expected A-B with two different conditions of "
+                         f"{' '.join(conditions)} (e.g. {'-'.join(conditions[:2])})")
+    return a, b
 
 
 def legacy_contrast_label(quantity: str, a: str, b: str) -> str:

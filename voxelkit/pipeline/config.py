@@ -256,13 +256,11 @@ class StudyConfig:
         :class:`InputError`."""
         if not self.contrasts:
             return [(self.conditions[0], self.conditions[1])]
+        from ..io.derivatives import contrast_conditions  # noqa: PLC0415
+
         pairs = []
         for text in self.contrasts:
-            a, sep, b = text.partition("-")
-            a, b = a.removeprefix("ses-"), b.removeprefix("ses-")
-            if not sep or a not in self.conditions or b not in self.conditions or a == b:
-                raise InputError(f"contrast {text!r}: expected A-B with two different conditions of "
-                                 f"{' '.join(self.conditions)} (e.g. {self.conditions[0]}-{self.conditions[1]})")
+            a, b = contrast_conditions(text, self.conditions)
             if (a, b) in pairs:
                 raise InputError(f"contrast {text!r} is named twice")
             pairs.append((a, b))

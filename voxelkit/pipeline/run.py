@@ -1010,8 +1010,8 @@ def run_study(cfg: StudyConfig, *, progress: bool = True) -> StudyResult:
 def _run_study(cfg: StudyConfig, progress: bool) -> StudyResult:
     t_start = time.perf_counter()
     out, pairing, plan, backend, folder = _prepare(cfg)
-    if cfg.tfce:  # a fresh install compiles the TFCE kernels in the background on the engine's first import,
-        import_module("voxelkit.stats.engine")  # so start it now, behind the per-scan fits
+    if cfg.tfce:  # a fresh install: compile the TFCE kernels in the background now, behind the per-scan fits
+        import_module("voxelkit.stats.engine").start_cold_compile()  # (a no-op on a warm cache or when started)
     with FolderLock(out, "voxelkit run"):
         folder.write_manifest(complete=False)  # first: an interrupted run stays resumable
         try:

@@ -363,9 +363,11 @@ class _Report:
         conds = [str(c) for c in conds] if isinstance(conds, list) else []
         out: list[tuple[str, str, str]] = []
         for text in names:
-            a, sep, b = str(text).partition("-")
-            a, b = a.removeprefix("ses-"), b.removeprefix("ses-")
-            if not sep or a not in conds or b not in conds or a == b or not isinstance(quantity, str):
+            try:
+                a, b = dv.contrast_conditions(text, conds)
+            except InputError:
+                a = b = None
+            if a is None or not isinstance(quantity, str):
                 self.problems.append(f"{dv.STUDY_RECORD}: contrast {text!r} is not A-B over the conditions "
                                      f"{' '.join(conds)} (with a contrast quantity); not shown")
                 continue
