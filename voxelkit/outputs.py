@@ -28,11 +28,10 @@ from .io.derivatives import (
     OutputFolder,
     _pid_alive,
     _resolved,
-    _same_file,
     check_not_input,
     read_manifest,
     resolve_output,
 )
 
 __all__ = ["LOCK_NAME", "MANIFEST_NAME", "FolderLock", "InputError", "OutputFolder", "check_not_input",
-           "read_manifest", "resolve_output", "_pid_alive", "_resolved", "_same_file"]
+           "read_manifest", "resolve_output", "_pid_alive", "_resolved"]

@@ -313,8 +313,8 @@ def _output_folder(args: argparse.Namespace, out: Path, glm_in: dict | None, inf
     if n >= 1:
         check_attainable(n, method, inf.two_sided, inf.n_perm, groups)
     n_t = len(glm_in["more_contrasts"]) + (glm_in["contrast"] is not None) if glm_in else 0
-    for name in stats_output_names(n_t, len(glm_in["f_contrasts"]) if glm_in else 0):
-        check_not_input(out / name, inputs)
+    check_not_input([out / name for name in stats_output_names(n_t, len(glm_in["f_contrasts"]) if glm_in else 0)],
+                    inputs)
     return OutputFolder(out, f"stats {kind}", overwrite=args.overwrite, inputs=inputs)
 
 

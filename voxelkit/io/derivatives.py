@@ -571,19 +571,62 @@ def _resolved(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
+class _InputSet:
+    """The inputs of a command, each resolved and stat-ed once: :meth:`find` says whether a path is (or links to,
+    or is a hard link of) one of them."""
+
+    def __init__(self, inputs: Iterable[str | Path | None]):
+        self.items: list[tuple[str | Path, Path, tuple[int, int] | None]] = []
+        for inp in inputs:
+            if inp is None:
+                continue
+            try:
+                st = os.stat(inp)
+                ident = (st.st_dev, st.st_ino)
+            except OSError:
+                ident = None
+            try:
+                self.items.append((inp, Path(inp).resolve(), ident))
+            except OSError:
+                continue
+
+    def find(self, path: str | Path) -> str | Path | None:
+        """The input ``path`` would overwrite, or None."""
+        try:
+            pr = Path(path).resolve()
+        except OSError:
+            return None
+        ident: tuple[int, int] | None | bool = False   # False: not stat-ed yet
+        for inp, ir, iid in self.items:
+            if pr == ir:
+                return inp
+            if iid is None:
+                continue
+            if ident is False:
+                try:
+                    st = os.stat(path)
+                    ident = (st.st_dev, st.st_ino)
+                except OSError:
+                    ident = None
+            if ident is not None and ident == iid:
+                return inp
+        return None
 
 
-def check_not_input(path: str | Path, inputs: Iterable[str | Path], what: str = "output") -> None:
-    """Raise :class:`InputError` if ``path`` is (or links to) one of ``inputs``."""
-    p = Path(path)
-    for inp in inputs:
-        if inp is not None and _same_file(p, Path(inp)):
-            raise InputError(f"{p}: the {what} would overwrite the input {inp}; choose another output name")
+def _overwrites_input(path: Path, inp: str | Path, what: str = "output") -> InputError:
+    return InputError(f"{path}: the {what} would overwrite the input {inp}; choose another output name")
+
+
+def check_not_input(path: str | Path | Iterable[str | Path], inputs: Iterable[str | Path | None],
+                    what: str = "output") -> None:
+    """Raise :class:`InputError` if ``path`` (one path, or several) is (or links to) one of ``inputs``.  Each
+    input is resolved once, however many paths are checked."""
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(q) for q in path]
+    ins = _InputSet(inputs)
+    for p in paths:
+        inp = ins.find(p)
+        if inp is not None:
+            raise _overwrites_input(p, inp, what)
 
 
 def check_writable_dir(path: str | Path) -> None:
@@ -694,11 +737,12 @@ class OutputFolder:
         if self.previous is None:
             return removed
         root = _resolved(self.path)
+        ins = self._input_set()
         for rel in self.previous.get("written", []):
             f = (root / rel).resolve()
             if root not in f.parents or not f.is_file():
                 continue
-            if any(_same_file(f, inp) for inp in self.inputs):
+            if ins.find(f) is not None:
                 log.warning("%s: kept (it is an input of this command)", f)
                 continue
             f.unlink()
@@ -718,16 +762,27 @@ class OutputFolder:
         self.previous = None
         return removed
 
+    def _input_set(self) -> _InputSet:
+        """The inputs, resolved once for the folder's life."""
+        if getattr(self, "_ins", None) is None:
+            self._ins = _InputSet(self.inputs)
+        return self._ins
+
+    def _check_not_input(self, q: Path) -> None:
+        inp = self._input_set().find(q)
+        if inp is not None:
+            raise _overwrites_input(q, inp)
+
     def check_planned(self, paths: Iterable[str | Path]) -> None:
         """Refuse planned outputs that are inputs, before any work."""
         for q in paths:
-            check_not_input(q, self.inputs)
+            self._check_not_input(Path(q))
 
     # --- recording ----------------------------------------------------------------------------------------
     def file(self, relative: str | Path) -> Path:
         """Path of an output inside the folder, recorded in the manifest (refused if it is an input)."""
         q = self.path / relative
-        check_not_input(q, self.inputs)
+        self._check_not_input(q)
         self.record(q)
         return q
 
