@@ -148,7 +148,7 @@ class EngineConfig:
     connectivity: int = 26
     batch_size: int | None = None
     dtype: str = "auto"          # "auto" (float32 for one-sample/paired, float64 otherwise), "float32", "float64"
-    threads: int | None = None   # CPU threads over voxel blocks (None: the CPUs this process may use)
+    threads: int | None = None   # CPU threads (None: the CPUs this process may use); see _run
     variance_smoothing: float | None = None  # FWHM in mm of the variance smoothing (None: plain t)
     affine: np.ndarray | None = None         # voxel-to-mm affine (voxel sizes for variance smoothing)
 
@@ -331,8 +331,9 @@ def start_cold_compile() -> bool:
 
 def _run(prep: PreparedDesign, perms: PermutationSet, mask_valid: np.ndarray, be: Backend, cfg: EngineConfig,
          progress: Callable[[int], None] | None = None) -> EngineResult:
-    # CPU: the voxel blocks of a batch run in parallel threads (NumPy releases the GIL in matmul and
-    # reductions; BLAS itself is single-threaded here); the GPU takes all voxels at once.
+    # CPU threads (NumPy releases the GIL in matmul and reductions; BLAS itself is single-threaded here): whole
+    # batches in parallel without TFCE, else the voxel blocks of one batch (_run_batches); the GPU takes all
+    # voxels of a batch at once.
     n_threads = 1 if be.is_gpu else min(cfg.threads or n_cpus(), 8)
     if n_threads <= 1:
         return _run_batches(prep, perms, mask_valid, be, cfg, progress, None)

@@ -271,7 +271,10 @@ def _max_pass(sv: np.ndarray, sg: np.ndarray, start: int, step: int, sgn: float,
         rv = g
         sz = 1
         for j in range(n_nb):
-            ru = _root(parent, nb[j])
+            u = nb[j]
+            if u == rv or parent[u] == rv:  # already in this component: what _root would return, sooner
+                continue
+            ru = _root(parent, u)
             if ru == rv:
                 continue
             su = -parent[ru]
