@@ -571,9 +571,18 @@ def _resolved(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
 
+def _file_id(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file (what ``os.path.samefile`` compares), else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class _InputSet:
-    """The inputs of a command, each resolved and stat-ed once: :meth:`find` says whether a path is (or links to,
-    or is a hard link of) one of them."""
+    """The inputs of a command, each resolved and stat-ed once: :meth:`find` says whether a path is one of them
+    (the same resolved path, or another name of the same file: a link)."""
 
     def __init__(self, inputs: Iterable[str | Path | None]):
         self.items: list[tuple[str | Path, Path, tuple[int, int] | None]] = []
@@ -581,12 +590,7 @@ class _InputSet:
             if inp is None:
                 continue
             try:
-                st = os.stat(inp)
-                ident = (st.st_dev, st.st_ino)
-            except OSError:
-                ident = None
-            try:
-                self.items.append((inp, Path(inp).resolve(), ident))
+                self.items.append((inp, Path(inp).resolve(), _file_id(inp)))
             except OSError:
                 continue
 
@@ -596,37 +600,27 @@ class _InputSet:
             pr = Path(path).resolve()
         except OSError:
             return None
-        ident: tuple[int, int] | None | bool = False   # False: not stat-ed yet
-        for inp, ir, iid in self.items:
+        for inp, ir, _ in self.items:
             if pr == ir:
                 return inp
-            if iid is None:
-                continue
-            if ident is False:
-                try:
-                    st = os.stat(path)
-                    ident = (st.st_dev, st.st_ino)
-                except OSError:
-                    ident = None
-            if ident is not None and ident == iid:
-                return inp
+        ident = _file_id(path)
+        if ident is not None:
+            for inp, _, iid in self.items:
+                if iid == ident:
+                    return inp
         return None
 
 
-def _overwrites_input(path: Path, inp: str | Path, what: str = "output") -> InputError:
-    return InputError(f"{path}: the {what} would overwrite the input {inp}; choose another output name")
-
-
-def check_not_input(path: str | Path | Iterable[str | Path], inputs: Iterable[str | Path | None],
+def check_not_input(path: str | Path | Iterable[str | Path], inputs: Iterable[str | Path | None] | _InputSet,
                     what: str = "output") -> None:
     """Raise :class:`InputError` if ``path`` (one path, or several) is (or links to) one of ``inputs``.  Each
     input is resolved once, however many paths are checked."""
     paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(q) for q in path]
-    ins = _InputSet(inputs)
+    ins = inputs if isinstance(inputs, _InputSet) else _InputSet(inputs)
     for p in paths:
         inp = ins.find(p)
         if inp is not None:
-            raise _overwrites_input(p, inp, what)
+            raise InputError(f"{p}: the {what} would overwrite the input {inp}; choose another output name")
 
 
 def check_writable_dir(path: str | Path) -> None:
@@ -702,6 +696,7 @@ class OutputFolder:
         self.command = command
         self.overwrite = overwrite
         self.inputs = [Path(p) for p in inputs if p is not None]
+        self._inputs = _InputSet(self.inputs)   # resolved and stat-ed once, for every check below
         self.resumable = resumable
         self.written: list[str] = []
         self.previous = None
@@ -737,12 +732,11 @@ class OutputFolder:
         if self.previous is None:
             return removed
         root = _resolved(self.path)
-        ins = self._input_set()
         for rel in self.previous.get("written", []):
             f = (root / rel).resolve()
             if root not in f.parents or not f.is_file():
                 continue
-            if ins.find(f) is not None:
+            if self.is_input(f):
                 log.warning("%s: kept (it is an input of this command)", f)
                 continue
             f.unlink()
@@ -762,27 +756,19 @@ class OutputFolder:
         self.previous = None
         return removed
 
-    def _input_set(self) -> _InputSet:
-        """The inputs, resolved once for the folder's life."""
-        if getattr(self, "_ins", None) is None:
-            self._ins = _InputSet(self.inputs)
-        return self._ins
-
-    def _check_not_input(self, q: Path) -> None:
-        inp = self._input_set().find(q)
-        if inp is not None:
-            raise _overwrites_input(q, inp)
+    def is_input(self, path: str | Path) -> bool:
+        """Whether ``path`` is one of the command's inputs (or another name of one)."""
+        return self._inputs.find(path) is not None
 
     def check_planned(self, paths: Iterable[str | Path]) -> None:
         """Refuse planned outputs that are inputs, before any work."""
-        for q in paths:
-            self._check_not_input(Path(q))
+        check_not_input(paths, self._inputs)
 
     # --- recording ----------------------------------------------------------------------------------------
     def file(self, relative: str | Path) -> Path:
         """Path of an output inside the folder, recorded in the manifest (refused if it is an input)."""
         q = self.path / relative
-        self._check_not_input(q)
+        check_not_input(q, self._inputs)
         self.record(q)
         return q
 

@@ -1399,7 +1399,7 @@ def _remove_stale(folder: OutputFolder) -> None:
         if rel in now or rel.startswith("sub-") or rel in (MANIFEST_NAME, LOCK_NAME):
             continue
         f = (root / rel).resolve()
-        if root in f.parents and f.is_file() and not any(f == Path(p).resolve() for p in folder.inputs):
+        if root in f.parents and f.is_file() and not folder.is_input(f):
             f.unlink()
             log.info("removed %s (an earlier run's output that this run does not produce)", f)
 
