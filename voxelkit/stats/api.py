@@ -37,7 +37,7 @@ from ..backend import get_backend
 from ..io import ImageLike, InputError, Masker, check_same_space, image_name, load_image
 from . import engine as _engine
 from .covariates import code_covariates
-from .decisions import record_decisions
+from .decisions import p_over_mask, record_decisions
 from .design import (
     MIN_SUBJECTS,
     Design,
@@ -219,11 +219,6 @@ def assemble(run: Checked, res: _engine.EngineResult, *, atlas: ImageLike | None
         out[valid] = v
         return out
 
-    def full_p(p: np.ndarray) -> np.ndarray:  # float64 p over the mask (1 where not analysed)
-        out = np.ones(V, np.float64)
-        out[valid] = p
-        return out
-
     t = res.t
     stat = np.abs(t) if two_sided else t
     p_unc = res.count / N
@@ -267,7 +262,7 @@ def assemble(run: Checked, res: _engine.EngineResult, *, atlas: ImageLike | None
                                extra_settings=extra_settings)
     result = PermutationResult(maps, masker, null, clusters, settings, analysed=valid)
     # significance decided once, here, on the float64 p (stats.json "decisions"; the report reads it)
-    record_decisions(result, p_values={k: full_p(p) for k, p in exact.items()})
+    record_decisions(result, p_values={k: p_over_mask(p, valid) for k, p in exact.items()})
     return result
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..io import InputError, Masker
 from ..io.derivatives import stats_contrast_label
-from .decisions import record_decisions
+from .decisions import p_over_mask, record_decisions
 from .design import Design, _null_space
 from .inference import logp
 from .result import MultiContrastResult, cluster_table
@@ -244,11 +244,8 @@ def run_contrasts(Y: np.ndarray, masker: Masker, base: Design, specs: Sequence[C
             for key, v in across.items():
                 r.null[f"{key}_across_contrasts"] = v
             r.settings["fwe_across_contrasts"] = True
-            p_full = {}
-            for k, p in exact.items():
-                p_full[k] = np.ones(valid.size, np.float64)
-                p_full[k][valid] = p
-            record_decisions(r, p_values=p_full, keep_exact=True)  # the replaced FWE maps decided again
+            # the replaced FWE maps decided again
+            record_decisions(r, p_values={k: p_over_mask(p, valid) for k, p in exact.items()}, keep_exact=True)
         settings["fwe_across_contrasts_rule"] = ("null of each statistic = max over the contrasts in each "
                                                  "permutation (PALM -corrcon)")
         settings.update({k: v for k, v in tail.settings().items() if k != "accel"} if tail.accel else {})

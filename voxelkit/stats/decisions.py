@@ -130,6 +130,14 @@ def decisions(result: Any, alpha: float = ALPHA, *, p_values: Mapping[str, np.nd
     return rec
 
 
+def p_over_mask(p: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Float64 p of the analysed voxels ``valid`` (bool over the mask) spread over the mask, 1 where not analysed:
+    the ``p_values`` :func:`record_decisions` takes."""
+    out = np.ones(valid.size, np.float64)
+    out[valid] = p
+    return out
+
+
 def record_decisions(result: Any, alpha: float = ALPHA, *, p_values: Mapping[str, np.ndarray] | None = None,
                      keep_exact: bool = False) -> dict[str, Any]:
     """Store :func:`decisions` in ``result.settings[DECISIONS_KEY]`` and return it.  ``keep_exact``: the entries
